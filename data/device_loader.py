@@ -1,0 +1,97 @@
+"""A device-resident loader for in-memory datasets: the uint8 images live on the training device and
+random crop (with padding), horizontal flip and normalisation are a few batched tensor ops.
+No worker processes, no host-to-device copies per step, no host synchronisation.
+
+The augmentation is the torchvision pipeline's (RandomCrop(size, padding, padding_mode) then
+RandomHorizontalFlip(0.5) then Normalize): crop offsets are uniform on [0, 2*padding] in each
+direction and flips happen with probability 1/2, drawn independently per image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sharding import epoch_generator, eval_indices, num_batches, train_indices
+
+
+def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    """Pad uint8 N x C x H x W images once, up front (reflect padding has no uint8 kernel)."""
+    if padding == 0:
+        return images
+    if mode == "constant":
+        return F.pad(images, (padding,) * 4)
+    return F.pad(images.float(), (padding,) * 4, mode=mode).to(torch.uint8)
+
+
+def crop_flip(padded: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+              flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Gather images ``index`` from ``padded``, crop ``size`` x ``size`` at (top, left) and mirror
+    where ``flip``, in one indexing op. Returns uint8 B x C x size x size."""
+    steps = torch.arange(size, device=padded.device)
+    rows = top[:, None] + steps  # B x size
+    cols = left[:, None] + torch.where(flip[:, None], size - 1 - steps, steps)
+    channels = torch.arange(padded.shape[1], device=padded.device)
+    return padded[index[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Normalizer:
+    """uint8 -> float ``(x / 255 - mean) / std`` as one multiply-add."""
+
+    def __init__(self, mean, std, device):
+        std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+class DeviceTrainLoader:
+    def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, rank: int = 0,
+                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True):
+        self.device = torch.device(device)
+        self.size = images.shape[-1]
+        self.padding, self.hflip = padding, hflip
+        self.padded = pad_images(images, padding, pad_mode).to(self.device)
+        self.labels = labels.to(self.device)
+        self.normalize = Normalizer(mean, std, self.device)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return num_batches(len(self.labels) // self.world_size, self.batch_size)
+
+    def __iter__(self):
+        order = train_indices(len(self.labels), self.seed, self.epoch, self.rank, self.world_size).to(self.device)
+        generator = epoch_generator(self.seed, self.epoch, stream=1 + self.rank)
+        count = len(order)
+        # Augmentation parameters for the whole epoch at once, on the CPU generator (reproducible on any device).
+        top = torch.randint(0, 2 * self.padding + 1, (count,), generator=generator).to(self.device)
+        left = torch.randint(0, 2 * self.padding + 1, (count,), generator=generator).to(self.device)
+        flip = (torch.rand(count, generator=generator) < 0.5) if self.hflip else torch.zeros(count, dtype=torch.bool)
+        flip = flip.to(self.device)
+        for start in range(0, count, self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            index = order[batch]
+            images = crop_flip(self.padded, index, top[batch], left[batch], flip[batch], self.size)
+            yield self.normalize(images), self.labels[index]
+
+
+class DeviceEvalLoader:
+    def __init__(self, images, labels, mean, std, batch_size: int, device, rank: int = 0, world_size: int = 1):
+        self.device = torch.device(device)
+        index = eval_indices(len(labels), rank, world_size)
+        self.images = images[index].to(self.device)
+        self.labels = labels[index].to(self.device)
+        self.normalize = Normalizer(mean, std, self.device)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return num_batches(len(self.labels), self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.labels), self.batch_size):
+            yield self.normalize(self.images[start : start + self.batch_size]), self.labels[start : start + self.batch_size]

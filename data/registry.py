@@ -1,0 +1,70 @@
+"""Dataset registry. A builder reads the ``data`` config and returns ``InMemoryData`` (uint8 image
+tensors, usable by the device-resident loader) or ``FolderData`` (torchvision datasets with their
+own transforms, read by DataLoader workers)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from engine.errors import ConfigError
+
+
+@dataclass
+class InMemoryData:
+    train_images: torch.Tensor  # uint8, N x 3 x H x W
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]  # in [0, 1] units
+    std: tuple[float, ...]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_images.shape[-1]
+
+
+@dataclass
+class FolderData:
+    train: Dataset  # yields (normalised float image, label), augmentation included
+    test: Dataset
+    num_classes: int
+    image_size: int
+
+
+DatasetData = Union[InMemoryData, FolderData]
+DATASETS: dict[str, Callable[..., DatasetData]] = {}
+
+
+def register_dataset(name: str):
+    def decorator(builder):
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        DATASETS[name] = builder
+        return builder
+
+    return decorator
+
+
+def build_dataset(data_config) -> DatasetData:
+    if data_config.name not in DATASETS:
+        raise ConfigError(f"unknown dataset {data_config.name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    return DATASETS[data_config.name](data_config)
+
+
+def normalisation(data_config, default_mean, default_std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The config's mean/std if given, else the dataset's own."""
+    mean = tuple(data_config.mean) if data_config.mean is not None else tuple(default_mean)
+    std = tuple(data_config.std) if data_config.std is not None else tuple(default_std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ConfigError(f"data.mean and data.std need 3 values each (std > 0), got {list(mean)} and {list(std)}")
+    return mean, std
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    pixels = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())

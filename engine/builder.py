@@ -1,0 +1,126 @@
+"""Build every part of an experiment from its config, before anything is written to disk, so that
+bad input fails early and leaves no trace."""
+from __future__ import annotations
+
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
+
+from data import Loaders, build_dataset, build_loaders
+from losses import LossTerm, build_loss_terms
+from models import build_model
+
+from .checkpoint import load_model_weights
+from .distributed import DistContext
+from .errors import ConfigError
+from .teacher import FrozenTeacher, build_teacher
+
+
+@dataclass
+class ModelProfile:
+    parameters: int
+    forward_flops: int  # per image; FLOPs = 2 x multiply-accumulates
+    feature_shapes: list[tuple[int, ...]]  # per stage, C x H x W
+
+
+@dataclass
+class Experiment:
+    model: nn.Module  # what the step calls: possibly DDP- and compile-wrapped
+    terms: list[LossTerm]
+    teacher: Optional[FrozenTeacher]
+    loaders: Loaders
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast_dtype: Optional[torch.dtype]
+    profile: ModelProfile
+    lr: float
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def profile_model(model: nn.Module, image_size: int) -> ModelProfile:
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        _, feats = model(torch.zeros(1, 3, image_size, image_size))
+    model.train()
+    return ModelProfile(
+        parameters=sum(p.numel() for p in model.parameters()),
+        forward_flops=counter.get_total_flops(),
+        feature_shapes=[tuple(f.shape[1:]) for f in feats],
+    )
+
+
+def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
+    if global_batch % world_size:
+        raise ConfigError(f"{key}={global_batch} is not divisible by the {world_size} processes; "
+                          f"use a multiple of {world_size}")
+    return global_batch // world_size
+
+
+def build_experiment(config, dist: DistContext) -> Experiment:
+    train_cfg = config.train
+    seed_everything(config.seed, train_cfg.deterministic)
+    batch = per_rank_batch(train_cfg.batch_size, dist.world_size, "train.batch_size")
+    eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
+    terms = build_loss_terms(config.loss.terms, config.loss)
+    data = build_dataset(config.data)
+    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size)
+
+    model = build_model(config.model.name, loaders.num_classes)
+    if config.model.weights:
+        load_model_weights(model, config.model.weights, what="model.weights")
+    profile = profile_model(model, loaders.image_size)
+    for term in terms:
+        term.check_features(len(profile.feature_shapes))
+    teacher = None
+    if any(term.requires_teacher for term in terms):
+        teacher = build_teacher(config.teacher, loaders.num_classes, dist.device)
+
+    memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
+    model = model.to(dist.device, memory_format=memory_format)
+    if teacher is not None:
+        teacher = teacher.to(memory_format=memory_format)
+    if dist.distributed:
+        if config.model.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if train_cfg.compile:
+        model = torch.compile(model)
+        if teacher is not None:
+            teacher = torch.compile(teacher)
+
+    lr = train_cfg.lr
+    if train_cfg.lr_scaling == "linear":
+        lr = lr * train_cfg.batch_size / train_cfg.lr_base_batch_size
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg.momentum,
+                                nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
+                                weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg.milestones, gamma=train_cfg.gamma)
+    autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
+    return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr)

@@ -1,0 +1,115 @@
+"""Checkpoints: atomic writes, safe reads (``weights_only=True``), clear errors on bad files."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import CheckpointError
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``:
+    a crash at any moment leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"{what} {path} holds Python objects that only arbitrary unpickling could load; refused for "
+                f"safety (weights_only=True). Re-save it as a plain state_dict of tensors"
+            ) from None
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({_first_line(error)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError) as error:
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def state_dict_from(checkpoint, path, what: str) -> dict[str, torch.Tensor]:
+    """The model weights inside a run checkpoint (``{"model": ...}``) or a bare state_dict."""
+    weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{what} {path} holds no model state_dict (expected tensors, or a 'model' entry)")
+    return {_strip_prefixes(key): value for key, value in weights.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def load_model_weights(model: nn.Module, path: str | Path, what: str) -> dict:
+    """Load weights into ``model`` strictly; a mismatch names the missing, unexpected or misshapen keys.
+    Returns the whole checkpoint (for its metadata)."""
+    checkpoint = load_checkpoint(path, what)
+    weights = state_dict_from(checkpoint, path, what)
+    expected = unwrap(model).state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshapen = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or misshapen:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_few(unexpected)}")
+        if misshapen:
+            problems.append(f"shape mismatches (file vs model) {_few(misshapen)}")
+        raise CheckpointError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
+    unwrap(model).load_state_dict(weights)
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def _few(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

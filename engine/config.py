@@ -1,0 +1,135 @@
+"""The experiment schema: every config key, its type, default and meaning.
+
+``python train.py --help-config`` prints this table. The ``loss`` section is assembled from the
+registered loss terms, so a new term brings its own documented options.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from losses.registry import LOSSES
+
+from .errors import ConfigError
+from .typed_config import apply_overrides, build, load_yaml_tree, option
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("resnet20", "backbone name (see models.MODELS)")
+    weights: Optional[str] = option(None, "local file of initial weights (a state_dict or a run's checkpoint)")
+    sync_bn: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
+
+
+@dataclass
+class DataConfig:
+    name: str = option("cifar100", "dataset (see data.DATASETS)")
+    root: str = option("data", "directory holding (or receiving) the dataset")
+    download: bool = option(False, "download through torchvision if missing (needs a network)")
+    loader: str = option(
+        "auto", "device: uint8 data on the device, batched augmentation; torchvision: Dataset + DataLoader "
+        "workers; auto: device for in-memory datasets", choices=("auto", "device", "torchvision")
+    )
+    num_workers: int = option(4, "DataLoader worker processes (torchvision loader)")
+    padding: int = option(4, "random-crop padding in pixels (0 disables the crop)")
+    pad_mode: str = option("constant", "random-crop padding: constant (zeros) or reflect", choices=("constant", "reflect"))
+    hflip: bool = option(True, "random horizontal flip")
+    image_size: int = option(32, "image side for synthetic / digits / imagefolder data")
+    num_classes: int = option(10, "number of classes of the synthetic dataset")
+    num_train: int = option(5000, "training images of the synthetic dataset")
+    num_test: int = option(1000, "test images of the synthetic dataset")
+    mean: Optional[list[float]] = option(None, "normalisation mean per channel; null = the dataset's own")
+    std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own")
+
+    def __post_init__(self):
+        for key in ("num_workers", "padding"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("image_size", "num_classes", "num_train", "num_test"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(240, "training epochs")
+    batch_size: int = option(128, "global batch size, split evenly across DDP ranks")
+    eval_batch_size: int = option(512, "global evaluation batch size")
+    lr: float = option(0.1, "base learning rate")
+    lr_scaling: str = option(
+        "none", "none: lr as given whatever the number of ranks; linear: lr * batch_size / lr_base_batch_size",
+        choices=("none", "linear"),
+    )
+    lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma")
+    gamma: float = option(0.1, "lr decay factor at each milestone")
+    amp: str = option("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + grad scaler)",
+                      choices=("none", "bf16", "fp16"))
+    channels_last: bool = option(False, "channels_last memory format (faster convolutions on GPUs)")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    deterministic: bool = option(False, "deterministic algorithms, for bit-exact reruns and resumes")
+    log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)")
+    nonfinite: str = option(
+        "stop", "a NaN/Inf loss: stop (keep the last good checkpoint) or skip the step (costs a sync per step)",
+        choices=("stop", "skip"),
+    )
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "eval_batch_size", "log_interval", "lr_base_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "weight_decay", "momentum"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.milestones != sorted(self.milestones):
+            raise ConfigError(f"train.milestones must be increasing, got {self.milestones}")
+
+
+@dataclass
+class TeacherConfig:
+    model: Optional[str] = option(None, "teacher backbone; required by terms that use a teacher (kd)")
+    checkpoint: Optional[str] = option(None, "teacher weights: a run's best.pt/last.pt or a state_dict file")
+
+
+def _loss_schema() -> type:
+    fields = [("terms", list[str], option(["ce"], "active loss terms, summed: " + ", ".join(sorted(LOSSES))))]
+    for name, registered in sorted(LOSSES.items()):
+        fields.append((name, registered.config, dataclasses.field(default_factory=registered.config)))
+    return dataclasses.make_dataclass("LossConfig", fields)
+
+
+LossConfig = _loss_schema()
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = option(0, "random seed (model init, data order, augmentation)")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment (with ``_base_`` files), apply ``KEY=VALUE`` overrides, check everything."""
+    data = load_yaml_tree(Path(path))
+    data = apply_overrides(data, list(overrides), ExperimentConfig)
+    return build(ExperimentConfig, data)
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    return build(ExperimentConfig, data)
+
+
+def print_schema() -> None:
+    from .typed_config import describe
+
+    for key, type_name, default, help_text in describe(ExperimentConfig):
+        print(f"{key:32s} {type_name:24s} {default!s:20s} {help_text}")

@@ -1,0 +1,84 @@
+"""One training session end to end: config -> distributed setup -> build -> run directory -> train.
+
+Everything that can fail on bad input (config, data, checkpoints, run directory) is checked before
+the first byte is written, so a failed start leaves no half-made run directory behind.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+import yaml
+
+from .builder import build_experiment
+from .checkpoint import atomic_write
+from .config import load_config
+from .distributed import barrier, init_distributed, shutdown
+from .errors import UserError
+from .logger import NullLogger, RunLogger
+from .run_dir import CONFIG_FILE, RunLock, check_run_dir, clear_run_files, default_run_dir
+from .trainer import NonFiniteLoss, Trainer
+from .typed_config import read_yaml, to_dict
+
+
+def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, overwrite: bool) -> int:
+    config = load_config(config_path, overrides)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(config_path, overrides)
+    resolved = to_dict(config)
+    saved = read_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
+    mode = check_run_dir(run_dir, overwrite, saved, resolved)  # raises before anything is built or written
+    dist = init_distributed(config.train.device)
+    try:
+        return _run(config, resolved, dist, run_dir, mode)
+    finally:
+        shutdown()
+
+
+def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
+    experiment = build_experiment(config, dist)
+    lock = RunLock(run_dir)
+    if dist.is_main:
+        lock.acquire()
+    try:
+        if dist.is_main:
+            if mode == "overwrite":
+                clear_run_files(run_dir)
+            text = yaml.safe_dump(resolved, sort_keys=False)
+            atomic_write(run_dir / CONFIG_FILE, lambda out: out.write(text.encode()))
+        barrier()
+        logger = RunLogger(run_dir) if dist.is_main else NullLogger()
+        try:
+            logger.info(header(config, resolved, experiment, dist, run_dir, mode))
+            trainer = Trainer(config, experiment, dist, run_dir, logger, resume=mode == "resume")
+            try:
+                return trainer.fit()
+            except NonFiniteLoss as error:
+                logger.info(f"error: {error}")
+                return error.exit_code
+        finally:
+            logger.close()
+    finally:
+        lock.release()
+
+
+def header(config, resolved: dict, experiment, dist, run_dir: Path, mode: str) -> str:
+    profile, loaders = experiment.profile, experiment.loaders
+    device = str(dist.device)
+    if dist.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(dist.device)})"
+    shapes = ", ".join(f"{c}@{h}x{w}" for c, h, w in profile.feature_shapes)
+    return "\n".join([
+        f"run directory: {run_dir} ({mode})",
+        "resolved config:",
+        yaml.safe_dump(resolved, sort_keys=False).rstrip(),
+        f"model: {config.model.name}, {profile.parameters / 1e6:.3f}M parameters, "
+        f"{profile.forward_flops / 1e6:.1f}M FLOPs per image forward ({profile.forward_flops / 2e6:.1f}M MACs), "
+        f"stage features {shapes}",
+        f"loss terms: {', '.join(config.loss.terms)}"
+        + (f"; teacher {config.teacher.model}" if experiment.teacher is not None else ""),
+        f"data: {config.data.name}, {loaders.num_train} train / {loaders.num_test} test images, "
+        f"{loaders.num_classes} classes, {type(loaders.train).__name__}",
+        f"device: {device}, {dist.world_size} process(es), torch {torch.__version__}, "
+        f"python {platform.python_version()}, lr {experiment.lr:g}, global batch {config.train.batch_size}",
+    ])

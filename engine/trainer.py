@@ -1,0 +1,253 @@
+"""The training loop. Reads top to bottom: maybe resume -> epoch loop (train, evaluate, record) -> finish.
+
+Loss terms are opaque here: each returns named, weighted scalars that are summed and logged by name.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from losses import StepOutput
+
+from .builder import Experiment
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
+from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers
+from .meters import DeviceMeter, add_sums, correct_topk, means
+from .run_dir import BEST, LAST, METRICS_FILE
+from .signals import StopRequest
+from .typed_config import to_dict
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLoss(Exception):
+    exit_code = 1
+
+
+@torch.no_grad()
+def evaluate(forward, loader, device: torch.device) -> dict:
+    """Top-1/top-5 and mean cross-entropy over the whole test split, summed over ranks."""
+    sums = torch.zeros(4, device=device)  # loss, hits@1, hits@5, count
+    for images, targets in loader:
+        logits = forward(images).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        sums += torch.cat([loss.view(1), correct_topk(logits, targets), sums.new_full((1,), targets.shape[0])])
+    loss, hits1, hits5, count = all_reduce_sum(sums).tolist()
+    count = max(count, 1)
+    return {"loss": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count, "count": int(count)}
+
+
+class Trainer:
+    def __init__(self, config, experiment: Experiment, dist: DistContext, run_dir: Path, logger, resume: bool):
+        self.config, self.exp, self.dist = config, experiment, dist
+        self.run_dir, self.log, self.resume = Path(run_dir), logger, resume
+        self.train_cfg = config.train
+        self.device = dist.device
+        self.eval_model = unwrap_ddp(experiment.model)
+        self.history: list[dict] = []
+        self.best_acc1, self.best_epoch = -1.0, 0
+        self.global_step = 0
+        self.wall_time = 0.0
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> int:
+        start_epoch = self._load_last() + 1 if self.resume else 1
+        epochs = self.train_cfg.epochs
+        if self.exp.teacher is not None:
+            teacher = evaluate(self.exp.teacher, self.exp.loaders.test, self.device)
+            self.log.info(f"teacher {self.config.teacher.model}: test top-1 {teacher['acc1']:.2f}%, "
+                          f"top-5 {teacher['acc5']:.2f}% ({self.config.teacher.checkpoint})")
+            self.teacher_acc1 = teacher["acc1"]
+        if start_epoch > 1:
+            self.log.info(f"resuming after epoch {start_epoch - 1} from {self.run_dir / LAST}")
+        stopped = None
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, epochs + 1):
+                began = time.perf_counter()
+                train = self._train_epoch(epoch, stop)
+                if train is None:
+                    stopped = stop
+                    break
+                train_seconds = time.perf_counter() - began
+                broadcast_buffers(self.exp.model)
+                test = evaluate(lambda x: self.eval_model(x)[0], self.exp.loaders.test, self.device)
+                self.exp.scheduler.step()
+                self.wall_time += time.perf_counter() - began
+                self._record(epoch, train, test, train_seconds, time.perf_counter() - began)
+                if any_rank(stop.requested, self.device):
+                    stopped = stop
+                    break
+        return self._finish(stopped)
+
+    # ------------------------------------------------------------------ one epoch
+    def _train_epoch(self, epoch: int, stop: StopRequest) -> dict | None:
+        exp, cfg, device = self.exp, self.train_cfg, self.device
+        exp.model.train()
+        loader = exp.loaders.train
+        loader.set_epoch(epoch)
+        meter, totals = DeviceMeter(device), {}
+        lr = exp.optimizer.param_groups[0]["lr"]
+        last_time, last_count = time.perf_counter(), 0
+        bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   dynamic_ncols=True, disable=None if self.dist.is_main else True)
+        for step, (images, targets) in enumerate(bar, 1):
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with exp.autocast(device):
+                logits, feats = exp.model(images)
+                teacher_logits = exp.teacher(images) if exp.teacher is not None else None
+                output = StepOutput(logits, feats, targets, epoch, teacher_logits)
+                losses = {}
+                for term in exp.terms:
+                    losses.update(term(output))
+                total = sum(losses.values())
+            if cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device):
+                exp.optimizer.zero_grad(set_to_none=True)
+                self.log.info(f"epoch {epoch} step {step}: non-finite loss, step skipped "
+                              f"({', '.join(n for n, v in losses.items() if not torch.isfinite(v))})")
+                continue
+            exp.optimizer.zero_grad(set_to_none=True)
+            exp.scaler.scale(total).backward()
+            exp.scaler.step(exp.optimizer)
+            exp.scaler.update()
+            meter.update({"loss": total, **losses}, logits, targets, step)
+            self.global_step += 1
+            at_interval = step % cfg.log_interval == 0
+            if at_interval:
+                sums = self._check_finite(meter.flush(reduce=self.dist.distributed), epoch)
+                add_sums(totals, sums)
+                now = time.perf_counter()
+                rate = (totals["count"] - last_count) / max(now - last_time, 1e-9)
+                last_time, last_count = now, totals["count"]
+                point = means(sums, meter.names)
+                self.log.scalars({**point, "lr": lr, "images_per_s": rate}, self.global_step, prefix="train/")
+                bar.set_postfix(loss=f"{point['loss']:.3f}", acc1=f"{point['acc1']:.1f}", refresh=False)
+            if stop.requested if not self.dist.distributed else (at_interval and any_rank(stop.requested, device)):
+                bar.close()
+                return None
+        bar.close()
+        add_sums(totals, self._check_finite(meter.flush(reduce=self.dist.distributed), epoch))
+        result = means(totals, meter.names)
+        result.update(lr=lr, count=totals["count"])
+        return result
+
+    def _check_finite(self, sums: dict, epoch: int) -> dict:
+        if sums["first_bad_step"] >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {epoch}, step {sums['first_bad_step']} "
+                f"(bad: {', '.join(sums['bad_names'])}); the last good checkpoint is kept in {self.run_dir / LAST}. "
+                f"Lower the lr or the loss weights, or set train.nonfinite=skip to skip such steps"
+            )
+        return sums
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _record(self, epoch: int, train: dict, test: dict, train_seconds: float, seconds: float) -> None:
+        images_per_s = train["count"] / max(train_seconds, 1e-9)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items() if k != "count"},
+                  **{f"test_{k}": v for k, v in test.items() if k != "count"},
+                  "test_samples": test["count"], "epoch_time_s": seconds, "images_per_s": images_per_s}
+        self.history.append(record)
+        is_best = test["acc1"] > self.best_acc1
+        if is_best:
+            self.best_acc1, self.best_epoch = test["acc1"], epoch
+        self.log.info(
+            f"epoch {epoch}/{self.train_cfg.epochs}  loss {train['loss']:.4f}  train top-1 {train['acc1']:.2f}%  "
+            f"test top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%  best {self.best_acc1:.2f}% (epoch "
+            f"{self.best_epoch})  lr {train['lr']:.4g}  {seconds:.1f}s  {images_per_s:.0f} img/s"
+        )
+        self.log.scalars({k: v for k, v in train.items() if k != "count"}, epoch, prefix="epoch/train_")
+        self.log.scalars({"images_per_s": images_per_s}, epoch, prefix="epoch/")
+        self.log.scalars({"acc1": test["acc1"], "acc5": test["acc5"], "loss": test["loss"]}, epoch, prefix="test/")
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / LAST, self._state(epoch))
+            if is_best:
+                atomic_write(self.run_dir / BEST, lambda out: out.write((self.run_dir / LAST).read_bytes()))
+            self._write_metrics(finished=False)
+        self.log.flush()
+
+    def _state(self, epoch: int) -> dict:
+        exp = self.exp
+        state = {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": self.global_step,
+            "model": unwrap(exp.model).state_dict(), "optimizer": exp.optimizer.state_dict(),
+            "scheduler": exp.scheduler.state_dict(), "scaler": exp.scaler.state_dict(),
+            "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
+            "history": self.history, "torch_rng": torch.get_rng_state(),
+            "model_name": self.config.model.name, "num_classes": self.exp.loaders.num_classes,
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _load_last(self) -> int:
+        state = load_checkpoint(self.run_dir / LAST, "run checkpoint")
+        exp = self.exp
+        unwrap(exp.model).load_state_dict(state["model"])
+        exp.optimizer.load_state_dict(state["optimizer"])
+        exp.scheduler.load_state_dict(state["scheduler"])
+        exp.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.best_acc1, self.best_epoch = state["best_acc1"], state["best_epoch"]
+        self.history, self.global_step = list(state["history"]), state["global_step"]
+        self.wall_time = state.get("wall_time_s", 0.0)
+        return int(state["epoch"])
+
+    def _metrics(self, finished: bool) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {
+            "best_acc1": self.best_acc1 if self.history else None, "best_epoch": self.best_epoch,
+            "last_acc1": last.get("test_acc1"), "last_acc5": last.get("test_acc5"),
+            "epochs_done": len(self.history), "epochs_total": self.train_cfg.epochs, "finished": finished,
+            "test_samples": last.get("test_samples"), "train_samples": self.exp.loaders.num_train,
+            "world_size": self.dist.world_size, "wall_time_s": self.wall_time,
+            "teacher_acc1": getattr(self, "teacher_acc1", None), "history": self.history,
+        }
+
+    def _write_metrics(self, finished: bool, **extra) -> None:
+        text = json.dumps({**self._metrics(finished), **extra}, indent=2) + "\n"
+        atomic_write(self.run_dir / METRICS_FILE, lambda out: out.write(text.encode()))
+
+    def _finish(self, stopped: StopRequest | None) -> int:
+        done = len(self.history)
+        finished = stopped is None and done == self.train_cfg.epochs
+        if self.dist.is_main:
+            self._write_metrics(finished, **({"stopped_by": stopped.signal_name} if stopped else {}))
+        if finished:
+            metrics = self._metrics(True)
+            self.log.hparams(hparams_of(self.config), {"hparam/best_acc1": metrics["best_acc1"],
+                                                      "hparam/last_acc1": metrics["last_acc1"]})
+            self.log.info(
+                f"done: best test top-1 {metrics['best_acc1']:.2f}% (epoch {metrics['best_epoch']}), "
+                f"last {metrics['last_acc1']:.2f}%\nrun directory: {self.run_dir}\n"
+                f"curves: tensorboard --logdir {self.run_dir.parent}"
+            )
+            return 0
+        signal_name = stopped.signal_name if stopped and stopped.signal_name else "a signal on another rank"
+        self.log.info(f"stopped by {signal_name} after {done} finished epochs; {self.run_dir / LAST} holds "
+                      f"epoch {done}. Run the same command again to resume.")
+        return stopped.exit_code if stopped else 1
+
+
+def unwrap_ddp(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def hparams_of(config) -> dict:
+    """Flat scalar hyper-parameters for TensorBoard's HParams tab (lists as strings)."""
+    flat, stack = {}, [("", to_dict(config))]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{key}.", value))
+            elif isinstance(value, (int, float, str, bool)):
+                flat[prefix + key] = value
+            else:
+                flat[prefix + key] = str(value)
+    return flat

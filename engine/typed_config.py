@@ -1,0 +1,255 @@
+"""Typed configuration: YAML files with ``_base_`` inheritance and dotted ``KEY=VALUE`` overrides,
+checked against dataclass schemas.
+
+The schema is the documentation: each field has a type, a default and a ``help`` string; fields with
+a fixed set of values carry ``choices``. Unknown keys and badly typed values raise ``ConfigError``
+naming the key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+BASE_KEY = "_base_"
+
+
+def option(default: Any, help: str, choices: tuple | None = None):
+    """A documented config field. Mutable defaults are copied per instance."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: _copy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+# ---------------------------------------------------------------- YAML files with inheritance
+def read_yaml(path: Path) -> dict:
+    """Read one YAML mapping with ``yaml.safe_load`` (no arbitrary Python objects)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.constructor.ConstructorError as error:
+        raise ConfigError(f"{path}: unsupported YAML tag (only plain YAML is allowed): {error.problem}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read ``path`` and merge it over its ``_base_`` files (a path or a list, relative to it)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: circular _base_ inheritance")
+    data = read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, load_yaml_tree(path.parent / base, _seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- schema checking
+def all_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for field in dataclasses.fields(schema):
+        key = prefix + field.name
+        keys.append(key)
+        field_type = _hints(schema)[field.name]
+        if dataclasses.is_dataclass(field_type):
+            keys.extend(all_keys(field_type, key + "."))
+    return keys
+
+
+def _unknown_key(key: str, root: type) -> ConfigError:
+    candidates = all_keys(root)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # a typo in the last part only: compare the leaf names under the same parent
+        parent, _, leaf = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in candidates if k.rpartition(".")[0] == parent}
+        close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.5)]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def build(schema: type, data: dict, root: type | None = None, prefix: str = ""):
+    """Instantiate dataclass ``schema`` from nested ``data``, checking keys and types."""
+    root = root or schema
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
+    hints = _hints(schema)
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key(prefix + str(key), root)
+    values = {}
+    for name, field in names.items():
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = build(hints[name], data.get(name, {}), root, key + ".")
+        elif name in data:
+            values[name] = coerce(data[name], hints[name], key)
+            choices = field.metadata.get("choices")
+            if choices and values[name] not in choices:
+                raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {values[name]!r}")
+    return schema(**values)
+
+
+def _hints(schema: type) -> dict:
+    return typing.get_type_hints(schema)
+
+
+def type_name(annotation) -> str:
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin is list:
+        return f"list of {type_name(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(value, annotation, key: str):
+    """Convert ``value`` to ``annotation``; strings (from the command line) are parsed by type."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))):
+            return None
+        for option_type in (o for o in options if o is not type(None)):
+            try:
+                return coerce(value, option_type, key)
+            except ConfigError:
+                pass
+        raise _type_error(key, annotation, value)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = _parse_yaml_value(value, key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise _type_error(key, annotation, value)
+        return [coerce(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise _type_error(key, annotation, value)
+    if annotation is int:
+        if isinstance(value, bool):
+            raise _type_error(key, annotation, value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _type_error(key, annotation, value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise _type_error(key, annotation, value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, annotation, value)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, annotation, value)
+    raise TypeError(f"unsupported config type {annotation!r} for {key}")
+
+
+def _parse_yaml_value(text: str, key: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: cannot parse {text!r}; write lists as [1, 2, 3]") from None
+
+
+def _type_error(key, annotation, value) -> ConfigError:
+    return ConfigError(f"{key} must be {type_name(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------- command-line overrides
+def apply_overrides(data: dict, overrides: list[str], schema: type) -> dict:
+    """Apply ``a.b.c=value`` strings to nested ``data``; keys must exist in ``schema``."""
+    data = _copy(data)
+    valid = set(all_keys(schema))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like KEY=VALUE (e.g. train.epochs=2)")
+        if key not in valid:
+            raise _unknown_key(key, schema)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[leaf] = value  # typed against the schema by build()
+    return data
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) rows for documentation and ``train.py --help-config``."""
+    rows = []
+    instance = schema()
+    hints = _hints(schema)
+    for field in dataclasses.fields(schema):
+        key = prefix + field.name
+        if dataclasses.is_dataclass(hints[field.name]):
+            rows.extend(describe(hints[field.name], key + "."))
+            continue
+        help_text = field.metadata.get("help", "")
+        if field.metadata.get("choices"):
+            help_text += f" (one of: {', '.join(map(str, field.metadata['choices']))})"
+        rows.append((key, type_name(hints[field.name]), getattr(instance, field.name), help_text))
+    return rows

@@ -1,0 +1,7 @@
+"""Loss terms composed from the config (``loss.terms``); see ``losses/base.py``."""
+from . import ce, kd, tffd  # noqa: F401  (registers terms)
+from .base import LossTerm, StepOutput
+from .registry import LOSSES, build_loss_terms, register_loss
+from .tffd import inter_fd, intra_fd
+
+__all__ = ["LOSSES", "LossTerm", "StepOutput", "build_loss_terms", "register_loss", "inter_fd", "intra_fd"]

@@ -1,0 +1,35 @@
+"""What a loss term sees and returns.
+
+A method is a list of loss terms. Each term reads the ``StepOutput`` of one training step and returns
+named, already-weighted scalars; the trainer adds them up and logs each name. Adding a method means
+adding a file with a registered term, never a branch in the training loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor
+    feats: list[torch.Tensor]
+    targets: torch.Tensor
+    epoch: int  # counted from 1, as in METHOD.md's warm-up weight
+    teacher_logits: Optional[torch.Tensor] = None
+
+
+class LossTerm(nn.Module):
+    """Base class of registered loss terms. Subclasses take their config dataclass."""
+
+    #: the trainer builds and runs a teacher only when an active term sets this
+    requires_teacher: bool = False
+
+    def check_features(self, num_stages: int) -> None:
+        """Raise ``ConfigError`` if the term's options do not fit a model with ``num_stages`` stages."""
+
+    def forward(self, step: StepOutput) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

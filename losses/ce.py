@@ -1,0 +1,28 @@
+"""Cross-entropy with the ground-truth labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from engine.typed_config import option
+
+from .base import LossTerm, StepOutput
+from .registry import register_loss
+
+
+@dataclass
+class CEConfig:
+    weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)")
+    label_smoothing: float = option(0.0, "label smoothing epsilon")
+
+
+@register_loss("ce", CEConfig)
+class CrossEntropy(LossTerm):
+    def __init__(self, config: CEConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, step: StepOutput):
+        loss = F.cross_entropy(step.logits, step.targets, label_smoothing=self.config.label_smoothing)
+        return {"ce": self.config.weight * loss}

@@ -1,0 +1,45 @@
+"""Logit knowledge distillation (Hinton et al.): KL(softmax(t/T) || softmax(s/T)) * T^2."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import ConfigError
+from engine.typed_config import option
+
+from .base import LossTerm, StepOutput
+from .registry import register_loss
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Batch-mean KL divergence of the softened distributions, scaled by T^2; the teacher is detached."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+@dataclass
+class KDConfig:
+    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)")
+    temperature: float = option(4.0, "softmax temperature T")
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.kd.temperature must be positive, got {self.temperature}")
+        if self.weight < 0:
+            raise ConfigError(f"loss.kd.weight must be >= 0, got {self.weight}")
+
+
+@register_loss("kd", KDConfig)
+class KnowledgeDistillation(LossTerm):
+    requires_teacher = True
+
+    def __init__(self, config: KDConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, step: StepOutput):
+        return {"kd": self.config.weight * kd_loss(step.logits, step.teacher_logits, self.config.temperature)}
