@@ -1,0 +1,45 @@
+"""Shared test helpers: run train.py in a subprocess, read run directories."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# A fast, learnable training setup on the synthetic dataset (seconds on a 2-core CPU).
+SMOKE = [
+    "data.name=synthetic", "data.num_train=512", "data.num_test=256", "data.image_size=16",
+    "train.batch_size=64", "train.eval_batch_size=256", "train.epochs=2", "train.log_interval=2",
+    "train.lr=0.05", "train.milestones=[]", "loss.tffd.warmup_epochs=1",
+]
+
+
+def train_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
+    return env
+
+
+def run_train(*args: str, config: str = "configs/quickstart.yaml", timeout: float = 300,
+              check: bool = False) -> subprocess.CompletedProcess:
+    """``python train.py --config CONFIG ARGS...`` from the repository root."""
+    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), *args]
+    result = subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,119 @@
+"""Typed configs: _base_ inheritance, typed dotted overrides, unknown keys, wrong types."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import ExperimentConfig, load_config
+from engine.errors import ConfigError
+from engine.run_dir import default_run_dir
+from engine.typed_config import describe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_paper_config_resolves_to_the_released_protocol():
+    config = load_config(REPO / "configs/cifar100/resnet20_tffd.yaml")
+    assert config.model.name == "resnet20" and config.data.name == "cifar100"
+    assert (config.train.epochs, config.train.batch_size, config.train.lr) == (240, 128, 0.1)
+    assert config.train.milestones == [150, 180, 210] and config.train.weight_decay == 5e-4
+    assert config.train.nesterov and config.train.momentum == 0.9
+    assert config.loss.terms == ["ce", "tffd"]
+    assert (config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra) == (5e-4, 8e-4)
+    assert config.loss.tffd.warmup_epochs == 20 and not config.loss.tffd.detach_salient
+    baseline = load_config(REPO / "configs/cifar100/resnet20_ce.yaml")
+    assert baseline.loss.terms == ["ce"] and baseline.train == config.train
+
+
+def test_every_shipped_config_loads():
+    paths = [p for p in (REPO / "configs").rglob("*.yaml") if "_base_" not in p.parts]
+    assert len(paths) >= 17
+    for path in paths:
+        load_config(path)
+
+
+def test_base_inheritance_later_files_and_the_child_win(tmp_path):
+    write(tmp_path / "a.yaml", "train: {epochs: 5, lr: 0.2}\nmodel: {name: resnet32}\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\ntrain: {lr: 0.3}\n")
+    child = write(tmp_path / "sub/c.yaml", "_base_: [../b.yaml]\ntrain: {batch_size: 7}\n")
+    config = load_config(child)
+    assert (config.train.epochs, config.train.lr, config.train.batch_size) == (5, 0.3, 7)
+    assert config.model.name == "resnet32"
+    assert config.train.weight_decay == ExperimentConfig().train.weight_decay  # untouched default
+
+
+def test_overrides_are_typed_like_their_field():
+    config = load_config(REPO / "configs/quickstart.yaml", [
+        "loss.tffd.lambda_intra=1e-3", "train.epochs=2", "train.nesterov=false", "data.name=synthetic",
+        "train.milestones=[3, 4]", "loss.tffd.stages=[2,3]", "model.weights=null", "seed=7",
+    ])
+    assert config.loss.tffd.lambda_intra == 1e-3 and isinstance(config.loss.tffd.lambda_intra, float)
+    assert config.train.epochs == 2 and config.train.nesterov is False
+    assert config.train.milestones == [3, 4] and config.loss.tffd.stages == [2, 3]
+    assert config.data.name == "synthetic" and config.model.weights is None and config.seed == 7
+
+
+def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads "5e-4" as a string; a float field must still get 0.0005.
+    config = load_config(write(tmp_path / "c.yaml", "train: {weight_decay: 5e-4}\n"))
+    assert config.train.weight_decay == 5e-4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.tffd.lamda_intra=1", "did you mean 'loss.tffd.lambda_intra'"),
+    ("train.epoch=3", "did you mean 'train.epochs'"),
+    ("trian.epochs=3", "did you mean 'train.epochs'"),
+])
+def test_unknown_override_names_the_nearest_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/quickstart.yaml", [override])
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.batchsize'; did you mean 'train.batch_size'"):
+        load_config(write(tmp_path / "c.yaml", "train: {batchsize: 3}\n"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=abc", "train.epochs must be int, got 'abc'"),
+    ("train.epochs=1.5", "train.epochs must be int"),
+    ("train.nesterov=maybe", "train.nesterov must be bool"),
+    ("train.milestones=5", "train.milestones must be list of int"),
+    ("train.amp=fp8", "train.amp must be one of none, bf16, fp16"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("loss.tffd.lambda_inter=-1", "loss.tffd.lambda_inter must be >= 0"),
+    ("noequals", "must look like KEY=VALUE"),
+])
+def test_wrong_values_are_rejected_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/quickstart.yaml", [override])
+
+
+def test_python_tags_are_refused(tmp_path):
+    path = write(tmp_path / "evil.yaml", "seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="unsupported YAML tag"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match="line 3"):
+        load_config(write(tmp_path / "bad.yaml", "train:\n  epochs: 3\n  lr: 0.1: 2\nseed: 1\n"))
+
+
+def test_every_key_is_documented():
+    rows = describe(ExperimentConfig)
+    assert {"seed", "train.epochs", "loss.tffd.lambda_intra", "teacher.checkpoint"} <= {r[0] for r in rows}
+    assert all(help_text for *_, help_text in rows)
+
+
+def test_default_run_dir_follows_config_and_overrides():
+    assert default_run_dir("configs/cifar100/resnet20_tffd.yaml", []) == Path("runs/cifar100/resnet20_tffd")
+    with_overrides = default_run_dir("configs/quickstart.yaml", ["seed=1", "train.epochs=2"])
+    assert with_overrides == Path("runs/quickstart/seed=1,train.epochs=2")
