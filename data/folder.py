@@ -1,0 +1,114 @@
+"""Datasets stored as image files in one folder per class, read by DataLoader workers.
+
+``imagenet``: ImageNet-1k (ILSVRC-2012) under ``data.root`` as ``train/<wnid>/*.JPEG`` and
+``val/<wnid>/*.JPEG`` (validation images sorted into class folders, the layout torchvision's
+reference scripts use). The standard recipe: random-resized crop 224 + flip for training, resize 256
++ center crop 224 for evaluation, ImageNet mean/std (``data.mean``/``data.std`` override them).
+
+``imagefolder``: the user's own data as ``train/<class>/*`` and ``val/<class>/*`` (or ``test/``).
+``data.image_size`` is the network's input side; ``data.crop`` picks the augmentation: ``pad``
+(CIFAR-like small images: resize + center crop to the input side, then pad by ``data.padding`` and
+random-crop back) or ``resized`` (ImageNet-like large images, as ``imagenet`` at ``data.image_size``).
+Normalisation is ``data.mean``/``data.std``, ImageNet's when null (reading every image to measure
+the dataset's own statistics would cost a pass over the data before each run).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from engine.errors import DataError
+
+from .registry import FolderData, normalisation, register_dataset
+from .torch_loader import small_image_transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224
+EVAL_CROP_FRACTION = 0.875  # evaluation: resize to side / 0.875 (256 for 224), then center-crop the side
+
+
+def resized_crop_transforms(size: int, mean, std, hflip: bool, train: bool) -> v2.Compose:
+    """ImageNet-style pipeline on PIL images: random-resized crop (+ flip) for training, resize +
+    center crop for evaluation; then a normalised float tensor."""
+    if train:
+        steps = [v2.RandomResizedCrop(size, antialias=True)] + ([v2.RandomHorizontalFlip()] if hflip else [])
+    else:
+        steps = [v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def padded_crop_transforms(size: int, mean, std, data_config, train: bool) -> v2.Compose:
+    """CIFAR-style pipeline on PIL images: bring the image to size x size, then the in-memory datasets'
+    pad + random crop (+ flip) and normalisation."""
+    return v2.Compose([
+        v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
+        small_image_transforms(size, mean, std, data_config.padding, data_config.pad_mode, data_config.hflip, train),
+    ])
+
+
+def _split_dir(root: Path, names: tuple[str, ...], what: str, hint: str) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    expected = " or ".join(str(root / name) for name in names)
+    raise DataError(f"{what}: directory not found: {expected} ({hint})")
+
+
+def _image_folder(directory: Path, transform, what: str) -> ImageFolder:
+    try:
+        dataset = ImageFolder(str(directory), transform=transform, allow_empty=True)
+    except FileNotFoundError:  # torchvision: no class folder at all
+        raise DataError(f"{what}: no class sub-folders in {directory} (expected one folder of images per class)") from None
+    counts = torch.bincount(torch.as_tensor(dataset.targets, dtype=torch.int64), minlength=len(dataset.classes))
+    empty = [name for name, count in zip(dataset.classes, counts.tolist()) if count == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else ""
+        raise DataError(f"{what}: empty class folder {directory / empty[0]}{more}: no images "
+                        f"({', '.join(IMG_EXTENSIONS)})")
+    return dataset
+
+
+def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_size: int, transforms,
+                 hint: str) -> FolderData:
+    """``transforms(train: bool)`` gives each split's pipeline; ``hint`` says how to lay out a missing split."""
+    root = Path(data_config.root).expanduser()
+    train_dir = _split_dir(root, ("train",), what, hint)
+    test_dir = _split_dir(root, test_splits, what, hint)
+    train = _image_folder(train_dir, transforms(True), what)
+    test = _image_folder(test_dir, transforms(False), what)
+    if test.classes != train.classes:  # labels are class indices in sorted order: the sets must agree
+        differing = sorted(set(train.classes) ^ set(test.classes))[0]
+        side = test_dir if differing in test.classes else train_dir
+        raise DataError(f"{what}: {test_dir} and {train_dir} must hold the same class folders; "
+                        f"{side / differing} has no counterpart")
+    return FolderData(train, test, len(train.classes), image_size)
+
+
+@register_dataset("imagenet")
+def imagenet(data_config) -> FolderData:
+    mean, std = normalisation(data_config, IMAGENET_MEAN, IMAGENET_STD)
+    return _folder_data(
+        data_config, "imagenet", ("val",), IMAGENET_SIZE,
+        lambda train: resized_crop_transforms(IMAGENET_SIZE, mean, std, data_config.hflip, train),
+        hint="ImageNet is never downloaded: put ILSVRC-2012's train/ and val/ under data.root, one folder per "
+             "class (wnid) in each, validation images sorted into theirs",
+    )
+
+
+@register_dataset("imagefolder")
+def imagefolder(data_config) -> FolderData:
+    mean, std = normalisation(data_config, IMAGENET_MEAN, IMAGENET_STD)
+    size = data_config.image_size
+    if data_config.crop == "resized":
+        def transforms(train):
+            return resized_crop_transforms(size, mean, std, data_config.hflip, train)
+    else:
+        def transforms(train):
+            return padded_crop_transforms(size, mean, std, data_config, train)
+    return _folder_data(data_config, "imagefolder", ("val", "test"), size, transforms,
+                        hint="expected train/ and val/ (or test/) under data.root, one sub-folder of images per class")

@@ -1,0 +1,114 @@
+"""Class-per-subfolder datasets (``imagefolder``, ``imagenet``) on a tiny generated folder of PNGs."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_metrics, run_train
+from data import build_dataset
+from data.folder import IMAGENET_MEAN, IMAGENET_STD
+from engine.config import DataConfig
+from engine.errors import DataError
+
+CLASSES = {"cat": (200, 40, 40), "dog": (40, 40, 200)}  # one flat colour per class: learnable, checkable
+SPLITS = {"train": 4, "val": 2}  # images per class
+
+
+def make_image_tree(root: Path, splits: dict = SPLITS, size: tuple[int, int] = (20, 12)) -> Path:
+    """root/<split>/<class>/<n>.png; images of the same class share a colour."""
+    for split, count in splits.items():
+        for name, colour in CLASSES.items():
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                Image.new("RGB", size, colour).save(root / split / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path) -> Path:
+    return make_image_tree(tmp_path / "images")
+
+
+def folder_config(root: Path, **options) -> DataConfig:
+    return DataConfig(name=options.pop("name", "imagefolder"), root=str(root), **options)
+
+
+@pytest.mark.parametrize("crop", ["pad", "resized"])
+def test_samples_are_normalised_images_labelled_by_folder(image_tree, crop):
+    data = build_dataset(folder_config(image_tree, image_size=16, crop=crop))
+    assert (data.num_classes, data.image_size, len(data.train), len(data.test)) == (2, 16, 8, 4)
+    for dataset in (data.train, data.test):
+        for index in (0, len(dataset) - 1):
+            image, label = dataset[index]
+            assert image.dtype == torch.float32 and image.shape == (3, 16, 16)
+            colour = torch.tensor(list(CLASSES.values())[label]) / 255
+            expected = (colour - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+            if dataset is data.test:  # no augmentation: every pixel is the class colour
+                torch.testing.assert_close(image, expected.view(3, 1, 1).expand(3, 16, 16), atol=1e-5, rtol=0)
+            else:  # padding may add zero pixels at the border; the centre is the class colour
+                torch.testing.assert_close(image[:, 8, 8], expected, atol=1e-5, rtol=0)
+
+
+def test_config_normalisation_and_test_split(tmp_path):
+    root = make_image_tree(tmp_path / "images", {"train": 2, "test": 1})
+    data = build_dataset(folder_config(root, image_size=8, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]))
+    image, label = data.test[0]
+    torch.testing.assert_close(image[:, 0, 0], torch.tensor(list(CLASSES.values())[label]) / 255)
+
+
+def test_imagenet_is_the_standard_224_pipeline(image_tree):
+    data = build_dataset(folder_config(image_tree, name="imagenet"))
+    assert data.image_size == 224 and data.num_classes == 2
+    image, _ = data.train[0]
+    assert image.shape == (3, 224, 224)
+    image, _ = data.test[0]
+    assert image.shape == (3, 224, 224)
+
+
+def test_trains_one_epoch_through_train_py(image_tree, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
+              "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4", "train.milestones=[]",
+              "loss.tffd.warmup_epochs=1", "--run-dir", str(run_dir), check=True)
+    metrics = read_metrics(run_dir)
+    assert metrics["finished"] and metrics["epochs_done"] == 1
+    assert "data: imagefolder, 8 train / 4 test images, 2 classes" in (run_dir / "log.txt").read_text()
+
+
+def _missing_train(root: Path) -> Path:
+    shutil.rmtree(root / "train")
+    return root / "train"
+
+
+def _empty_class(root: Path) -> Path:
+    for image in (root / "train" / "dog").iterdir():
+        image.unlink()
+    return root / "train" / "dog"
+
+
+@pytest.mark.parametrize("breakage", [_missing_train, _empty_class])
+def test_bad_folder_exits_2_naming_the_path_and_writes_nothing(image_tree, tmp_path, breakage):
+    bad_path = breakage(image_tree)
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0",
+                       "--run-dir", str(run_dir))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad_path) in lines[0], result.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda root: shutil.rmtree(root / "val"), r"directory not found: .*/val or .*/test"),
+    (lambda root: shutil.rmtree(root / "val" / "dog"), r"must hold the same class folders; .*/train/dog has no"),
+    (lambda root: (root / "val" / "bird").mkdir(), r"empty class folder .*/val/bird"),
+    (lambda root: [shutil.rmtree(root / "train" / name) for name in CLASSES], r"no class sub-folders in .*/train"),
+], ids=["no-val-or-test", "class-missing-from-val", "empty-val-class", "no-class-folders"])
+def test_bad_folders_are_data_errors(image_tree, breakage, message):
+    breakage(image_tree)
+    with pytest.raises(DataError, match=message):
+        build_dataset(folder_config(image_tree))
