@@ -37,6 +37,11 @@ class DataConfig:
     pad_mode: str = option("constant", "random-crop padding: constant (zeros) or reflect", choices=("constant", "reflect"))
     hflip: bool = option(True, "random horizontal flip")
     image_size: int = option(32, "image side for synthetic / digits / imagefolder data")
+    crop: str = option(
+        "pad", "imagefolder training crop: pad (resize to image_size, pad by `padding`, random crop; small "
+        "CIFAR-like images) or resized (random-resized crop, eval resize + center crop; large ImageNet-like images)",
+        choices=("pad", "resized"),
+    )
     num_classes: int = option(10, "number of classes of the synthetic dataset")
     num_train: int = option(5000, "training images of the synthetic dataset")
     num_test: int = option(1000, "test images of the synthetic dataset")
