@@ -1,4 +1,5 @@
-"""The frozen teacher of teacher-based terms (KD). Built only when an active term needs one."""
+"""The frozen teacher of teacher-based terms (KD). Built only when an active term needs one, so a
+method without such a term never loads, stores or runs a teacher."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,8 @@ from .errors import ConfigError
 
 
 class FrozenTeacher(nn.Module):
-    """A model in eval mode with no gradients whose ``train()`` cannot switch it back."""
+    """A model in eval mode with no gradients whose ``train()`` cannot switch it back: BatchNorm keeps
+    its running statistics and dropout stays off, whatever the trainer does to the modules around it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -28,11 +30,15 @@ class FrozenTeacher(nn.Module):
 
 
 def build_teacher(teacher_config, num_classes: int, device: torch.device) -> FrozenTeacher:
+    """The teacher ``teacher.model`` with the weights of ``teacher.checkpoint`` (a run's best.pt/last.pt
+    or a bare state_dict). A missing or corrupt file, another architecture or another class count is a
+    ``CheckpointError`` before any training."""
     if not teacher_config.model or not teacher_config.checkpoint:
         raise ConfigError(
             "an active loss term needs a teacher: set teacher.model and teacher.checkpoint "
             "(e.g. teacher.model=resnet110 teacher.checkpoint=runs/cifar100/resnet110_ce/best.pt)"
         )
     model = build_model(teacher_config.model, num_classes)
-    load_model_weights(model, teacher_config.checkpoint, what=f"teacher checkpoint ({teacher_config.model})")
+    load_model_weights(model, teacher_config.checkpoint, what="teacher.checkpoint",
+                       model_name=teacher_config.model, num_classes=num_classes)
     return FrozenTeacher(model).to(device)

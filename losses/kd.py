@@ -1,4 +1,8 @@
-"""Logit knowledge distillation (Hinton et al.): KL(softmax(t/T) || softmax(s/T)) * T^2."""
+"""Logit knowledge distillation (Hinton et al., 2015): KL(softmax(t/T) || softmax(s/T)) * T^2.
+
+The T^2 factor keeps the soft-target gradients at the scale of the cross-entropy's as T changes.
+The CIFAR-100 KD protocol (configs/_base_/methods/kd.yaml) weights CE 0.1 and KD 0.9 with T = 4.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,4 +46,6 @@ class KnowledgeDistillation(LossTerm):
         self.config = config
 
     def forward(self, step: StepOutput):
+        if step.teacher_logits is None:  # the builder makes a teacher for every term that sets requires_teacher
+            raise RuntimeError("the kd term got no teacher logits")
         return {"kd": self.config.weight * kd_loss(step.logits, step.teacher_logits, self.config.temperature)}

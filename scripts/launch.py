@@ -1,0 +1,266 @@
+"""Run a list of train.py jobs on a pool of GPUs: a few at a time, each pinned to one GPU, finished
+runs skipped, so the same launch can be repeated after a crash or a preemption until all are done.
+
+    python scripts/launch.py JOB_FILE|- [--gpus 0,1,2,3] [--jobs N] [--dry-run]
+
+A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...]``; blank lines and
+``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
+with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run (e.g. its teacher's)
+has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
+train.py. scripts/reproduce_cifar100.sh and scripts/sweep.py both launch through this file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.run_dir import read_metrics  # noqa: E402
+
+TRAIN = REPO / "train.py"
+POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
+
+
+@dataclass(frozen=True)
+class Job:
+    run_dir: Path
+    config: str
+    overrides: tuple[str, ...] = ()
+    needs: tuple[Path, ...] = ()  # run directories that must hold finished runs first
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        return [python, str(TRAIN), "--config", self.config, *self.overrides, "--run-dir", str(self.run_dir)]
+
+    def shown(self) -> str:
+        """The command as a user would type it from the current directory."""
+        text = shlex.join(self.command(python="python")).replace(str(TRAIN), os.path.relpath(TRAIN), 1)
+        return text + (f"  # after {', '.join(map(str, self.needs))}" if self.needs else "")
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir.with_name(self.run_dir.name + ".log")
+
+
+def parse_job(line: str) -> Job | None:
+    words = shlex.split(line, comments=True)
+    if not words:
+        return None
+    needs = []
+    while words and words[0] == "--needs":
+        if len(words) < 2:
+            raise ValueError(f"--needs without a run directory in job line {line.strip()!r}")
+        needs.append(Path(words[1]))
+        words = words[2:]
+    if len(words) < 2:
+        raise ValueError(f"a job line needs RUN_DIR and CONFIG, got {line.strip()!r}")
+    return Job(Path(words[0]), words[1], tuple(words[2:]), tuple(needs))
+
+
+def is_finished(run_dir: Path) -> bool:
+    metrics = read_metrics(run_dir)
+    return bool(metrics and metrics.get("finished"))
+
+
+def default_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (none on a CPU machine)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def _summary(run_dir: Path) -> str:
+    metrics = read_metrics(run_dir) or {}
+    if metrics.get("best_acc1") is None:
+        return ""
+    return f": best top-1 {metrics['best_acc1']:.2f}% (epoch {metrics['best_epoch']}), last {metrics['last_acc1']:.2f}%"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class _Stop:
+    """SIGINT/SIGTERM: start nothing new, pass SIGTERM on to running jobs (train.py then saves and stops)."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def check_jobs(jobs: list[Job]) -> None:
+    seen = set()
+    for job in jobs:
+        if job.run_dir in seen:
+            raise ValueError(f"two jobs write to the same run directory {job.run_dir}")
+        seen.add(job.run_dir)
+
+
+def run_jobs(jobs: list[Job], gpus: list[str] | None = None, parallel: int | None = None,
+             dry_run: bool = False, out=None) -> int:
+    """Run ``jobs`` in order as slots free up, each once its ``needs`` have finished. Returns 0 if every
+    job finished, 1 if some failed or were blocked, 128 + the signal number if stopped by a signal."""
+    check_jobs(jobs)
+    out = out or sys.stdout
+    if dry_run:
+        done = [job for job in jobs if is_finished(job.run_dir)]
+        for job in jobs:
+            print(("# finished: " if job in done else "") + job.shown(), file=out)
+        print(f"# {len(jobs)} runs: {len(jobs) - len(done)} to run, {len(done)} already finished", file=out)
+        return 0
+    gpus = default_gpus() if gpus is None else gpus
+    return _Pool(jobs, gpus, parallel or max(len(gpus), 1), out).run()
+
+
+class _Pool:
+    """``parallel`` slots, slot i pinned to GPU ``gpus[i % len(gpus)]`` (or the CPU without GPUs)."""
+
+    def __init__(self, jobs: list[Job], gpus: list[str], parallel: int, out):
+        self.jobs, self.out = jobs, out
+        self.slots: list[str | None] = [gpus[i % len(gpus)] if gpus else None for i in range(parallel)]
+        self.tag = {job: f"[{index}/{len(jobs)}]" for index, job in enumerate(jobs, 1)}
+        self.waiting = [job for job in jobs if not is_finished(job.run_dir)]
+        self.running: dict[int, tuple[Job, subprocess.Popen, float]] = {}  # slot -> (job, process, start)
+        self.failed: list[Job] = []
+        self.blocked: list[Job] = []
+        where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
+        self.say(f"{len(jobs)} runs: {len(jobs) - len(self.waiting)} already finished, {len(self.waiting)} to run, "
+                 f"{parallel} at a time on {where}")
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def run(self) -> int:
+        terminated: set[int] = set()
+        with _Stop() as stop:
+            while self.running or (self.waiting and not stop.signum):
+                self._reap(stopping=bool(stop.signum))
+                if stop.signum:  # once per job: train.py saves last.pt and exits
+                    for _, process, _ in self.running.values():
+                        if process.pid not in terminated:
+                            process.send_signal(signal.SIGTERM)
+                            terminated.add(process.pid)
+                else:
+                    self._block_unreachable()
+                    self._start_ready()
+                if self.running:
+                    time.sleep(POLL_SECONDS)
+        if stop.signum:
+            self.say(f"stopped by {signal.Signals(stop.signum).name}; launch the same jobs again to resume")
+            return 128 + stop.signum
+        finished = len(self.jobs) - len(self.failed) - len(self.blocked)
+        self.say(f"{len(self.jobs)} runs: {finished} finished, {len(self.failed)} failed, {len(self.blocked)} blocked")
+        return 1 if self.failed or self.blocked else 0
+
+    def _reap(self, stopping: bool) -> None:
+        for slot, (job, process, began) in list(self.running.items()):
+            if process.poll() is None:
+                continue
+            del self.running[slot]
+            took = time.strftime("%H:%M:%S", time.gmtime(time.time() - began))
+            if process.returncode == 0 and is_finished(job.run_dir):
+                self.say(f"{self.tag[job]} finished {job.run_dir} in {took}{_summary(job.run_dir)}")
+            elif stopping:
+                self.say(f"{self.tag[job]} stopped {job.run_dir} after {took}; the next launch resumes it")
+            else:
+                self.failed.append(job)
+                self.say(f"{self.tag[job]} FAILED (exit {process.returncode}) {job.run_dir}: "
+                         f"{_last_line(job.log_path)} (log: {job.log_path})")
+
+    def _start_ready(self) -> None:
+        for slot, gpu in enumerate(self.slots):
+            if slot in self.running:
+                continue
+            job = next((j for j in self.waiting if all(is_finished(n) for n in j.needs)), None)
+            if job is None:
+                return
+            self.waiting.remove(job)
+            self.running[slot] = (job, _start(job, gpu), time.time())
+            self.say(f"{self.tag[job]} started {job.run_dir} on {'GPU ' + gpu if gpu is not None else 'the CPU'} "
+                     f"(log: {job.log_path})")
+
+    def _block_unreachable(self) -> None:
+        """Drop the waiting jobs whose needs can no longer finish: not finished, and neither running nor
+        waiting (failed, or not part of this launch). With nothing running and no job ready, the rest wait
+        on each other (a cycle): drop them too."""
+        while True:
+            active = {j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
+            stuck = [j for j in self.waiting if any(not is_finished(n) and n not in active for n in j.needs)]
+            ready = any(all(is_finished(n) for n in j.needs) for j in self.waiting)
+            if not stuck and not self.running and not ready:
+                stuck = list(self.waiting)
+            if not stuck:
+                return
+            for job in stuck:
+                self.waiting.remove(job)
+                self.blocked.append(job)
+                missing = next(n for n in job.needs if not is_finished(n))
+                self.say(f"{self.tag[job]} BLOCKED {job.run_dir}: needs the finished run {missing}")
+
+
+def _start(job: Job, gpu: str | None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "ab") as log:
+        # Own session: a Ctrl-C reaches the launcher only, which stops the jobs with one SIGTERM each.
+        return subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def add_launch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpus", help="comma-separated GPU ids for CUDA_VISIBLE_DEVICES (default: all visible; "
+                                       "none on a CPU machine)")
+    parser.add_argument("--jobs", type=int, help="runs at a time, spread over the GPUs (default: one per GPU)")
+    parser.add_argument("--dry-run", action="store_true", help="print every command; run nothing")
+
+
+def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
+    if args.jobs is not None and args.jobs < 1:
+        raise SystemExit("error: --jobs must be >= 1")
+    gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus is not None else None
+    return run_jobs(jobs, gpus, args.jobs, args.dry_run)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job_file", help="file of job lines, or - for standard input")
+    add_launch_options(parser)
+    args = parser.parse_args(argv)
+    text = sys.stdin.read() if args.job_file == "-" else Path(args.job_file).read_text()
+    try:
+        jobs = [job for job in map(parse_job, text.splitlines()) if job is not None]
+        check_jobs(jobs)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return launch_from_args(jobs, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Reproduce the paper's CIFAR-100 table: the four teachers, then five students x four rows x N seeds.
+#
+#   scripts/reproduce_cifar100.sh [--gpus 0,1,2,3] [--jobs N] [--seeds 0,1,2] [--epochs N]
+#                                 [--root DIR] [--data-root DIR] [--set KEY=VALUE]... [--dry-run]
+#   python scripts/collect_results.py runs/cifar100          # the table, beside the paper's numbers
+#
+# Which protocol each row uses (docs METHOD.md), so that each row is comparable with its paper number:
+#   teachers  configs/cifar100/<teacher>_ce.yaml   KD-benchmark protocol: batch 64, lr 0.05 (overrides below)
+#   Baseline  configs/cifar100/<student>_ce.yaml   KD-benchmark protocol: batch 64, lr 0.05 (overrides below)
+#   Tf-FD     configs/cifar100/<student>_tffd.yaml released Tf-FD code: batch 128, lr 0.1 (as configured)
+#   KD        configs/cifar100/<student>_kd.yaml   KD-benchmark protocol (as configured)
+#   KD+Tf-FD  configs/cifar100/<student>_kd_tffd.yaml  KD-benchmark protocol, that of the KD row it adds to
+# The paper reuses the KD benchmark's baseline, teacher and KD numbers, which come from batch 64 / lr 0.05;
+# its Tf-FD numbers come from the released code's batch 128 / lr 0.1. All: 240 epochs, x0.1 at 150/180/210.
+#
+# Run directories: <root>/<teacher>_ce (one seed, the default teacher.checkpoint of the KD configs when
+# <root> is runs/cifar100) and <root>/<student config>/seed<k>; console output beside each, in <dir>.log.
+# Restartable: finished runs are skipped, unfinished ones resume from their last.pt, and a KD run starts
+# only once its teacher has finished. --epochs N is a quick pass: milestones and the Tf-FD warm-up scale
+# with N, and the runs go to runs/cifar100_e<N> unless --root is given. --set adds an override to every
+# run (e.g. --set train.amp=bf16 --set train.channels_last=true).
+# The interpreter is $PYTHON (default: python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TEACHERS=(resnet110 wrn_40_2 resnet32x4 vgg13)
+STUDENTS=(resnet20 resnet32 wrn_16_2 resnet8x4 vgg8)
+declare -A TEACHER_OF=([resnet20]=resnet110 [resnet32]=resnet110 [wrn_16_2]=wrn_40_2 [resnet8x4]=resnet32x4 [vgg8]=vgg13)
+KD_PROTOCOL=(train.batch_size=64 train.lr=0.05)  # for the CE configs, whose schedule is the released code's
+FULL_EPOCHS=240 MILESTONES=(150 180 210) WARMUP_EPOCHS=20
+
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
+
+needs_value() { [[ $# -ge 2 ]] || { echo "error: $1 needs a value (see --help)" >&2; exit 2; }; }
+
+SEEDS=0,1,2 EPOCHS="" ROOT="" DATA_ROOT="" LAUNCH_ARGS=() EXTRA=()
+while [[ $# -gt 0 ]]; do
+  [[ $1 == --*=* ]] && set -- "${1%%=*}" "${1#*=}" "${@:2}"  # --opt=value as --opt value
+  case "$1" in
+    --gpus|--jobs) needs_value "$@"; LAUNCH_ARGS+=("$1" "$2"); shift 2 ;;
+    --seeds) needs_value "$@"; SEEDS=$2; shift 2 ;;
+    --epochs) needs_value "$@"; EPOCHS=$2; shift 2 ;;
+    --root) needs_value "$@"; ROOT=$2; shift 2 ;;
+    --data-root) needs_value "$@"; DATA_ROOT=$2; shift 2 ;;
+    --set) needs_value "$@"; EXTRA+=("$2"); shift 2 ;;
+    --dry-run) LAUNCH_ARGS+=(--dry-run); shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "error: --seeds takes a list like 0,1,2, got '$SEEDS'" >&2; exit 2; }
+IFS=, read -r -a SEED_LIST <<< "$SEEDS"
+
+COMMON=()
+[[ -n $DATA_ROOT ]] && COMMON+=("data.root=$DATA_ROOT")
+if [[ -n $EPOCHS ]]; then
+  [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "error: --epochs takes a positive integer, got '$EPOCHS'" >&2; exit 2; }
+  scaled=()
+  for m in "${MILESTONES[@]}"; do  # the same schedule compressed in time; milestones below epoch 1 vanish
+    s=$(( m * EPOCHS / FULL_EPOCHS ))
+    (( s >= 1 )) && [[ " ${scaled[*]} " != *" $s "* ]] && scaled+=("$s")
+  done
+  milestones=$(IFS=,; echo "[${scaled[*]}]")
+  COMMON+=("train.epochs=$EPOCHS" "train.milestones=$milestones"
+           "loss.tffd.warmup_epochs=$(( WARMUP_EPOCHS * EPOCHS / FULL_EPOCHS ))")
+  ROOT=${ROOT:-runs/cifar100_e$EPOCHS}
+fi
+ROOT=${ROOT:-runs/cifar100}
+COMMON+=(${EXTRA[@]+"${EXTRA[@]}"})
+
+# One job line per run: [--needs DIR] RUN_DIR CONFIG KEY=VALUE... (see scripts/launch.py), shell-quoted.
+job() { printf '%q ' "$@"; echo; }
+jobs() {
+  local teacher student seed row
+  for teacher in "${TEACHERS[@]}"; do
+    job "$ROOT/${teacher}_ce" "configs/cifar100/${teacher}_ce.yaml" "${KD_PROTOCOL[@]}" ${COMMON[@]+"${COMMON[@]}"}
+  done
+  for seed in "${SEED_LIST[@]}"; do  # seed-major: a partial pass still yields whole tables
+    for student in "${STUDENTS[@]}"; do
+      teacher=${TEACHER_OF[$student]}
+      job "$ROOT/${student}_ce/seed$seed" "configs/cifar100/${student}_ce.yaml" "seed=$seed" "${KD_PROTOCOL[@]}" \
+          ${COMMON[@]+"${COMMON[@]}"}
+      job "$ROOT/${student}_tffd/seed$seed" "configs/cifar100/${student}_tffd.yaml" "seed=$seed" ${COMMON[@]+"${COMMON[@]}"}
+      for row in kd kd_tffd; do
+        job --needs "$ROOT/${teacher}_ce" "$ROOT/${student}_${row}/seed$seed" "configs/cifar100/${student}_${row}.yaml" \
+            "seed=$seed" "teacher.checkpoint=$ROOT/${teacher}_ce/best.pt" ${COMMON[@]+"${COMMON[@]}"}
+      done
+    done
+  done
+}
+
+jobs | "$PYTHON" scripts/launch.py - ${LAUNCH_ARGS[@]+"${LAUNCH_ARGS[@]}"}

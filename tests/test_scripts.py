@@ -1,0 +1,235 @@
+"""The scripts end to end on synthetic data with one-epoch runs: train a teacher, distil a student with
+KD + Tf-FD from its checkpoint, evaluate, sweep, collect the table; the reproduction matrix (dry run)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+from engine.config import load_config
+from engine.typed_config import to_dict
+
+sys.path.insert(0, str(REPO / "scripts"))
+import collect_results  # noqa: E402
+import evaluate as evaluate_script  # noqa: E402
+import sweep  # noqa: E402
+
+ONE_EPOCH = [*SMOKE, "data.num_train=256", "data.num_test=128", "train.epochs=1"]
+STUDENTS = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2", "resnet8x4": "resnet32x4",
+            "vgg8": "vgg13"}
+ROWS = ("ce", "tffd", "kd", "kd_tffd")
+
+
+def run_script(script: str, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """A script in its own process: the shell script, or launch.py fed on standard input."""
+    command = ["bash"] if script.endswith(".sh") else [sys.executable]
+    result = subprocess.run([*command, str(REPO / "scripts" / script), *args], cwd=REPO, input=stdin,
+                            env=dict(train_env(), PYTHON=sys.executable), capture_output=True, text=True,
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def call(main, capfd, *args: str, code: int = 0) -> tuple[str, str]:
+    """A script's main() in this process (no interpreter start-up); its exit code, stdout and stderr."""
+    returned = main(list(args))
+    out, err = capfd.readouterr()
+    assert returned == code, f"exit {returned}:\n{out[-3000:]}\n{err[-3000:]}"
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """A resnet110 teacher trained from its CE config, and a resnet20 distilled from its best.pt with KD+Tf-FD."""
+    root = tmp_path_factory.mktemp("table")
+    teacher = root / "resnet110_ce"
+    run_train(*ONE_EPOCH, "--run-dir", str(teacher), config="configs/cifar100/resnet110_ce.yaml", check=True)
+    student = root / "resnet20_kd_tffd" / "seed0"
+    result = run_train(*ONE_EPOCH, f"teacher.checkpoint={teacher / 'best.pt'}", "--run-dir", str(student),
+                       config="configs/cifar100/resnet20_kd_tffd.yaml", check=True)
+    return root, teacher, student, result
+
+
+def test_student_distils_from_the_teacher_checkpoint(distilled):
+    _, teacher, student, result = distilled
+    metrics = read_metrics(student)
+    assert metrics["finished"]
+    # Evaluated once at the start, the loaded teacher scores exactly what its own run measured.
+    assert metrics["teacher_acc1"] == pytest.approx(read_metrics(teacher)["best_acc1"], abs=1e-9)
+    assert "teacher resnet110: test top-1" in result.stdout
+    epoch = metrics["history"][-1]
+    assert epoch["train_kd"] > 0 and epoch["train_tffd_inter"] > 0 and epoch["train_tffd_intra"] > 0
+    saved = yaml.safe_load((student / "config.yaml").read_text())
+    assert saved["teacher"] == {"model": "resnet110", "checkpoint": str(teacher / "best.pt")}
+
+
+def test_evaluate_reproduces_a_checkpoints_test_accuracy(distilled, capfd):
+    _, teacher, _, _ = distilled
+    result = json.loads(call(evaluate_script.main, capfd, str(teacher / "best.pt"), "--json")[0])
+    metrics = read_metrics(teacher)
+    assert result["model"] == "resnet110" and result["images"] == metrics["test_samples"] == 128
+    assert result["acc1"] == pytest.approx(metrics["best_acc1"], abs=1e-9)
+    assert result["acc5"] == pytest.approx(metrics["history"][metrics["best_epoch"] - 1]["test_acc5"], abs=1e-9)
+
+
+def test_evaluate_rejects_a_checkpoint_of_another_class_count(distilled, capfd):
+    _, teacher, _, _ = distilled
+    _, err = call(evaluate_script.main, capfd, str(teacher / "best.pt"), "data.num_classes=7", code=2)
+    assert err.strip() == f"error: checkpoint {teacher / 'best.pt'} was trained for 10 classes, but the dataset has 7"
+
+
+def test_collect_results_tabulates_the_runs(distilled, tmp_path, capfd):
+    root, teacher, student, _ = distilled
+    csv_path = tmp_path / "table.csv"
+    out, _ = call(collect_results.main, capfd, str(root), "--csv", str(csv_path))
+    t, s = read_metrics(teacher), read_metrics(student)
+    assert re.search(rf"\| resnet110 \| Baseline \|.*\| {t['last_acc1']:.2f} \| {t['best_acc1']:.2f} \|", out), out
+    assert re.search(rf"\| resnet20 \| KD\+Tf-FD \| resnet110 \({s['teacher_acc1']:.2f}\) \|"
+                     rf".*\| {s['last_acc1']:.2f} \| {s['best_acc1']:.2f} \|.*\| 1/1 finished \|", out), out
+    assert "last-epoch" in out and "best-epoch" in out
+    rows = {row["method"]: row for row in csv.DictReader(csv_path.open())}
+    assert float(rows["KD+Tf-FD"]["last_mean"]) == pytest.approx(s["last_acc1"])
+    assert float(rows["Baseline"]["best_mean"]) == pytest.approx(t["best_acc1"])
+
+
+def _fake_run(run_dir: Path, config: str, overrides: list[str], last: float | None, best: float | None,
+              epochs_done: int = 240) -> None:
+    """A run directory as the trainer leaves it (resolved config.yaml, metrics.json), without training."""
+    run_dir.mkdir(parents=True)
+    resolved = to_dict(load_config(REPO / config, overrides))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    metrics = {"best_acc1": best, "last_acc1": last, "best_epoch": 200, "epochs_done": epochs_done,
+               "epochs_total": 240, "finished": epochs_done == 240, "teacher_acc1": None}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_collect_results_on_a_partial_cifar100_table(tmp_path, capfd):
+    kd_protocol = ["train.batch_size=64", "train.lr=0.05"]
+    lasts, bests = [69.0, 69.4, 68.8], [69.3, 69.5, 69.1]
+    for seed, (last, best) in enumerate(zip(lasts, bests)):
+        _fake_run(tmp_path / "resnet20_ce" / f"seed{seed}", "configs/cifar100/resnet20_ce.yaml",
+                  [f"seed={seed}", *kd_protocol], last, best)
+    _fake_run(tmp_path / "resnet20_kd" / "seed0", "configs/cifar100/resnet20_kd.yaml", ["seed=0"], 70.9, 71.0)
+    _fake_run(tmp_path / "resnet20_kd" / "seed1", "configs/cifar100/resnet20_kd.yaml", ["seed=1"], 50.0, 55.0,
+              epochs_done=17)
+    out, _ = call(collect_results.main, capfd, str(tmp_path))
+    lines = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in out.splitlines()
+             if line.startswith("| ")}
+    baseline = lines[("resnet20", "Baseline")]
+    mean_last, mean_best = statistics.fmean(lasts), statistics.fmean(bests)
+    assert f"| {mean_last:.2f} ± {statistics.stdev(lasts):.2f} | {mean_best:.2f} ± {statistics.stdev(bests):.2f} |" \
+        in baseline
+    assert f"| 69.06 | {mean_last - 69.06:+.2f} | {mean_best - 69.06:+.2f} | 3/3 finished |" in baseline
+    assert "batch 64, lr 0.05, 240 ep" in baseline
+    kd = lines[("resnet20", "KD")]  # the unfinished seed is marked, not averaged
+    assert "| 70.90 | 71.00 | 70.67 | +0.23 | +0.33 | 1/2 finished; seed 1: epoch 17/240 |" in kd
+    assert "missing" in lines[("resnet20", "Tf-FD")] and "| 70.62 |" in lines[("resnet20", "Tf-FD")]
+    assert "missing" in lines[("vgg8", "KD+Tf-FD")] and "missing" in lines[("resnet110", "Baseline")]
+    assert len([line for line in lines.values() if "missing" in line]) == 4 + 5 * 4 - 2
+
+
+def test_sweep_runs_a_grid_skips_finished_points_and_feeds_the_hparams_tab(tmp_path, capfd):
+    root = tmp_path / "sweep"
+    args = ["--config", "configs/cifar100/resnet20_tffd.yaml", "--grid", "loss.tffd.lambda_intra=1e-4,8e-4",
+            "--root", str(root), "--gpus=", "--jobs", "2", *ONE_EPOCH]
+    first, _ = call(sweep.main, capfd, *args)
+    points = [root / f"loss.tffd.lambda_intra={value}" / "seed0" for value in ("1e-4", "8e-4")]
+    assert all(read_metrics(point)["finished"] for point in points), first
+    assert first.count(" finished ") == 2
+    again, _ = call(sweep.main, capfd, *args)
+    assert "2 already finished, 0 to run" in again and "started" not in again
+
+    grid, _ = call(collect_results.main, capfd, str(root))
+    assert "#### resnet20 Tf-FD on synthetic: top-1 (%)" in grid
+    assert "| loss.tffd.lambda_intra | last-epoch top-1 | best-epoch top-1 |" in grid
+    for point, value in zip(points, ("0.0001", "0.0008")):
+        metrics = read_metrics(point)
+        assert f"| {value} | {metrics['last_acc1']:.2f} | {metrics['best_acc1']:.2f} |" in grid, grid
+        hparams = _hparams(point)
+        assert hparams["loss.tffd.lambda_intra"] == pytest.approx(float(value))
+        assert hparams["loss.terms"] == "['ce', 'tffd']"
+
+
+def _hparams(run_dir: Path) -> dict:
+    """The hyper-parameters TensorBoard's HParams tab shows for a run (its session start info)."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(run_dir))
+    events.Reload()
+    content = events.PluginRunToTagToContent("hparams")["."]
+    assert "_hparams_/experiment" in content and "_hparams_/session_end_info" in content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    return {key: value.string_value or value.number_value
+            for key, value in start.session_start_info.hparams.items()}
+
+
+def _dry_run_commands(*args: str) -> tuple[list[str], str]:
+    out = run_script("reproduce_cifar100.sh", "--dry-run", *args).stdout
+    return [line for line in out.splitlines() if re.match(r"(# finished: )?python train\.py ", line)], out
+
+
+def _arg(command: str, flag: str) -> str:
+    return command.split(f"{flag} ")[1].split()[0]
+
+
+def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
+    commands, out = _dry_run_commands("--root", str(tmp_path))
+    assert len(commands) == 4 + 5 * 4 * 3 and "64 runs: 64 to run" in out
+    run_dirs = [_arg(command, "--run-dir") for command in commands]
+    assert len(set(run_dirs)) == len(run_dirs)
+    assert run_dirs[:4] == [f"{tmp_path}/{teacher}_ce" for teacher in ("resnet110", "wrn_40_2", "resnet32x4", "vgg13")]
+    matrix = set()
+    for command, run_dir in zip(commands, run_dirs):
+        config = _arg(command, "--config")
+        assert (REPO / config).is_file(), config
+        if run_dir in run_dirs[:4]:
+            assert "train.batch_size=64 train.lr=0.05" in command  # the KD benchmark's teachers
+            continue
+        student, row = re.match(r"configs/cifar100/(\w+?)_(ce|tffd|kd|kd_tffd)\.yaml", config).groups()
+        seed = int(command.split(" seed=")[1].split()[0])
+        assert run_dir == f"{tmp_path}/{student}_{row}/seed{seed}"
+        matrix.add((student, row, seed))
+        teacher_dir = f"{tmp_path}/{STUDENTS[student]}_ce"
+        if row.startswith("kd"):
+            assert f"teacher.checkpoint={teacher_dir}/best.pt" in command and command.endswith(f"# after {teacher_dir}")
+        else:
+            assert "teacher.checkpoint" not in command
+        assert ("train.batch_size=64 train.lr=0.05" in command) == (row == "ce")
+    assert matrix == {(student, row, seed) for student in STUDENTS for row in ROWS for seed in (0, 1, 2)}
+
+
+def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
+    finished = tmp_path / "resnet20_kd" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text(json.dumps({"finished": True, "best_acc1": 1.0}))
+    commands, out = _dry_run_commands("--root", str(tmp_path), "--seeds", "0", "--epochs", "2")
+    assert len(commands) == 4 + 5 * 4 and "24 runs: 23 to run, 1 already finished" in out
+    skipped = [command for command in commands if command.startswith("# finished: ")]
+    assert len(skipped) == 1 and skipped[0].endswith(f"--run-dir {finished}  # after {tmp_path}/resnet110_ce")
+    assert all("train.epochs=2 'train.milestones=[1]' loss.tffd.warmup_epochs=0" in c for c in commands)
+
+
+def test_reproduce_rejects_bad_options():
+    result = run_script("reproduce_cifar100.sh", "--seeds", "zero", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: --seeds takes a list like 0,1,2, got 'zero'"
+
+
+def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path):
+    student = tmp_path / "student"
+    job = f"--needs {tmp_path / 'teacher'} {student} configs/cifar100/resnet20_kd.yaml\n"
+    result = run_script("launch.py", "-", "--gpus=", stdin=job, check=False)
+    assert result.returncode == 1
+    assert f"BLOCKED {student}: needs the finished run {tmp_path / 'teacher'}" in result.stdout
+    assert not student.exists() and not os.path.exists(f"{student}.log")
