@@ -1,0 +1,89 @@
+"""train.py under torchrun, plus what the DDP tests need from inside the live process group.
+
+    torchrun --nproc_per_node=2 tests/ddp_probe.py [--inject KIND --rank R --step S] --config FILE ...
+
+- After training, every rank gathers all ranks' parameters and buffers (BatchNorm statistics), and
+  rank 0 prints ``probe: replica max abs diff: parameters <x> buffers <y>``: 0.0 where the replicas
+  are identical, as DDP promises.
+- ``--inject`` disturbs rank R alone during training step S (counted over the run), from a forward
+  hook on its first loss term; the other ranks carry on as usual:
+  ``sigterm``: the process sends itself SIGTERM (a preemption notice reaching one process);
+  ``nan``: the loss term returns NaN;
+  ``fail``: the loss term raises an exception.
+
+Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from engine.checkpoint import unwrap  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
+
+
+def replica_max_abs_diff(tensors) -> float:
+    """The largest difference between any rank's ``tensors`` and rank 0's (a collective)."""
+    state = torch.cat([tensor.detach().double().flatten() for tensor in tensors])
+    replicas = [torch.empty_like(state) for _ in range(dist.get_world_size())]
+    dist.all_gather(replicas, state)
+    return max((replica - replicas[0]).abs().max().item() for replica in replicas)
+
+
+def injection(kind: str, rank: int, step: int):
+    """A forward hook for a loss term that acts at the term's ``step``-th call."""
+    calls = 0
+
+    def hook(term, inputs, losses):
+        nonlocal calls
+        calls += 1
+        if calls != step:
+            return losses
+        if kind == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return losses
+        if kind == "nan":
+            return {name: value * float("nan") for name, value in losses.items()}
+        raise RuntimeError(f"injected failure on rank {rank} at step {step}")
+
+    return hook
+
+
+def install(inject: str | None, rank: int, step: int) -> None:
+    fit = Trainer.fit
+
+    def fit_then_compare(self):
+        if inject and self.dist.rank == rank:
+            self.exp.terms[0].register_forward_hook(injection(inject, rank, step))
+        code = fit(self)
+        model = unwrap(self.exp.model)
+        parameters, buffers = replica_max_abs_diff(model.parameters()), replica_max_abs_diff(model.buffers())
+        if self.dist.is_main:
+            print(f"probe: replica max abs diff: parameters {parameters!r} buffers {buffers!r}", flush=True)
+        return code
+
+    Trainer.fit = fit_then_compare
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument("--inject", choices=("sigterm", "nan", "fail"))
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--step", type=int, default=1)
+    probe, train_args = parser.parse_known_args()
+    print(f"probe: rank {os.environ['RANK']} pid {os.getpid()}", flush=True)
+    install(probe.inject, probe.rank, probe.step)
+    return train.main(train_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
