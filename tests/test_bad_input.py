@@ -1,0 +1,202 @@
+"""Bad input: every case exits with code 2 and one line on stderr naming the problem, and writes nothing
+(no run directory). Checkpoints and YAML from strangers never execute code.
+
+A batch size not divisible across ranks needs two processes: tests/test_ddp.py covers it; an unknown
+key given as a command-line override: tests/test_train.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SMOKE, read_metrics, run_train
+from models import build_model
+
+BASE = f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
+TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.batch_size=32", "train.epochs=1"]
+
+
+def assert_refused(result: subprocess.CompletedProcess, run_dir: Path, *fragments: str) -> None:
+    """Exit code 2, exactly one line on stderr (no traceback) holding every fragment, no run directory."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+    assert not run_dir.exists()
+
+
+def refused(tmp_path: Path, *args: str, config: str = "configs/quickstart.yaml"):
+    """Run a tiny training with ``args`` into ``tmp_path/run``; returns (result, run_dir)."""
+    run_dir = tmp_path / "run"
+    return run_train(*TINY, *args, "--run-dir", str(run_dir), config=config), run_dir
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def save_weights(path: Path, model_name: str, num_classes: int = 10, run_checkpoint: bool = False) -> str:
+    weights = build_model(model_name, num_classes).state_dict()
+    torch.save({"model": weights, "model_name": model_name, "num_classes": num_classes} if run_checkpoint
+               else weights, path)
+    return str(path)
+
+
+# ---------------------------------------------------------------- config files and values
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    config = write_config(tmp_path, BASE + "train:\n  epochs: 2\n   lr: 0.1\n")  # line 4 indented one too far
+    result, run_dir = refused(tmp_path, config=config)
+    assert_refused(result, run_dir, "experiment.yaml: YAML syntax error at line 4, column 6: mapping values")
+
+
+def test_unknown_key_in_yaml_names_the_nearest_key(tmp_path):
+    config = write_config(tmp_path, BASE + "train:\n  weight_dacay: 1.0e-4\n")
+    result, run_dir = refused(tmp_path, config=config)
+    assert_refused(result, run_dir, "unknown config key 'train.weight_dacay'; did you mean 'train.weight_decay'?")
+
+
+def test_wrong_type(tmp_path):
+    result, run_dir = refused(tmp_path, "train.epochs=two")
+    assert_refused(result, run_dir, "train.epochs must be int, got 'two' (str)")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.tffd.lambda_intra=-1e-3", "loss.tffd.lambda_intra must be >= 0, got -0.001"),
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+])
+def test_out_of_range_value(tmp_path, override, message):
+    result, run_dir = refused(tmp_path, override)
+    assert_refused(result, run_dir, message)
+
+
+def test_unknown_model_lists_the_known_ones(tmp_path):
+    result, run_dir = refused(tmp_path, "model.name=resnet21")
+    assert_refused(result, run_dir, "unknown model 'resnet21'; known models:", "resnet20", "resnet32")
+
+
+def test_unknown_dataset_lists_the_known_ones(tmp_path):
+    result, run_dir = refused(tmp_path, "data.name=cifar1000")
+    assert_refused(result, run_dir, "unknown dataset 'cifar1000'; known datasets:", "cifar100", "synthetic")
+
+
+def test_missing_dataset_directory_names_the_expected_folder(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result, run_dir = refused(tmp_path, "data.name=cifar100", f"data.root={empty}")
+    assert_refused(result, run_dir, f"cifar100 not found in {empty / 'cifar-100-python'}", "data.download=true")
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_missing_checkpoint(tmp_path):
+    result, run_dir = refused(tmp_path, f"model.weights={tmp_path / 'nowhere.pt'}")
+    assert_refused(result, run_dir, f"model.weights not found: {tmp_path / 'nowhere.pt'}")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_checkpoint(tmp_path, damage):
+    path = tmp_path / "weights.pt"
+    save_weights(path, "resnet20")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else bytes(range(256)) * 64)
+    result, run_dir = refused(tmp_path, f"model.weights={path}")
+    assert_refused(result, run_dir, f"model.weights {path} is corrupt, truncated or not a PyTorch checkpoint")
+
+
+@pytest.mark.parametrize("saved_model, model, problem", [
+    ("resnet32", "resnet20", "unexpected"),  # deeper: extra blocks
+    ("resnet20", "resnet32", "missing"),
+])
+def test_checkpoint_of_another_architecture_names_the_keys(tmp_path, saved_model, model, problem):
+    path = save_weights(tmp_path / "weights.pt", saved_model)
+    saved, expected = (list(build_model(name, 10).state_dict()) for name in (saved_model, model))
+    keys = {"unexpected": [k for k in saved if k not in expected], "missing": [k for k in expected if k not in saved]}
+    result, run_dir = refused(tmp_path, f"model.name={model}", f"model.weights={path}")
+    assert_refused(result, run_dir, f"model.weights {path} does not fit the model: {problem} keys {keys[problem][0]}, ")
+
+
+KD = ["loss.terms=[ce,kd]", "teacher.model=resnet20"]
+
+
+def test_teacher_trained_for_another_class_count(tmp_path):
+    path = save_weights(tmp_path / "teacher.pt", "resnet20", num_classes=100, run_checkpoint=True)
+    result, run_dir = refused(tmp_path, *KD, f"teacher.checkpoint={path}")
+    assert_refused(result, run_dir, "was trained for 100 classes, but the dataset has 10")
+
+
+def test_teacher_state_dict_with_another_class_count_names_the_classifier(tmp_path):
+    path = save_weights(tmp_path / "teacher.pt", "resnet20", num_classes=100)
+    wide, narrow = build_model("resnet20", 100).state_dict(), build_model("resnet20", 10).state_dict()
+    classifier = next(key for key in narrow if wide[key].shape != narrow[key].shape)
+    result, run_dir = refused(tmp_path, *KD, f"teacher.checkpoint={path}")
+    assert_refused(result, run_dir, "does not fit the model: shape mismatches (file vs model) "
+                   f"{classifier} {tuple(wide[classifier].shape)} vs {tuple(narrow[classifier].shape)}")
+
+
+# ---------------------------------------------------------------- run directories
+def test_run_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes\n")
+    result = run_train(*TINY, "--run-dir", str(path))
+    assert_refused(result, tmp_path / "run", f"--run-dir {path}: {path} is a file, not a directory")
+    assert path.read_text() == "my notes\n"
+
+
+def test_finished_run_is_not_overwritten_without_the_flag(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(*TINY, "--run-dir", str(run_dir), check=True)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    result = run_train(*TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {run_dir} holds a finished run (best top-1 {read_metrics(run_dir)['best_acc1']}%); "
+        f"pass --overwrite to replace it or choose another --run-dir"
+    ]
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
+
+
+# ---------------------------------------------------------------- safety: nothing from a file executes
+class WritesMarker:
+    """Unpickling this calls exec, which writes the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "weights.pt"
+    torch.save({"model": build_model("resnet20", 10).state_dict(), "extra": WritesMarker(marker)}, path)
+    # The file really is malicious: an unsafe load writes the marker.
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"], check=True)
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+
+    result, run_dir = refused(tmp_path, f"model.weights={path}")
+    assert_refused(result, run_dir, f"model.weights {path} refused for safety: loading it would call exec")
+    assert not marker.exists()
+
+
+def test_yaml_python_object_tag_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    payload = f"open({str(marker)!r}, 'w')"
+    config = write_config(tmp_path, BASE + f'seed: !!python/object/apply:builtins.exec ["{payload}"]\n')
+    # The file really is malicious: an unsafe YAML load creates the marker.
+    subprocess.run([sys.executable, "-c", f"import yaml; yaml.unsafe_load(open({config!r}))"], check=True)
+    assert marker.exists()
+    marker.unlink()
+
+    result, run_dir = refused(tmp_path, config=config)
+    assert_refused(result, run_dir, "experiment.yaml: unsupported YAML tag (only plain YAML is allowed)",
+                   "python/object/apply:builtins.exec")
+    assert not marker.exists()
