@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from engine.errors import UserError
 from engine.session import run_experiment
 
@@ -28,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@record  # under torchrun, the failing rank's traceback heads torchrun's failure summary
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.help_config:

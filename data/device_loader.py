@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sharding import epoch_generator, eval_indices, num_batches, train_indices
+from .sharding import epoch_generator, eval_indices, num_batches, rank_positions, train_indices
 
 
 def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
@@ -26,12 +26,15 @@ def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
 def crop_flip(padded: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
               flip: torch.Tensor, size: int) -> torch.Tensor:
     """Gather images ``index`` from ``padded``, crop ``size`` x ``size`` at (top, left) and mirror
-    where ``flip``, in one indexing op. Returns uint8 B x C x size x size."""
+    where ``flip``, as one gather. Returns uint8 B x C x size x size."""
+    _, channels, height, width = padded.shape
     steps = torch.arange(size, device=padded.device)
-    rows = top[:, None] + steps  # B x size
+    rows = (top[:, None] + steps) * width  # B x size
     cols = left[:, None] + torch.where(flip[:, None], size - 1 - steps, steps)
-    channels = torch.arange(padded.shape[1], device=padded.device)
-    return padded[index[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    plane = height * width
+    planes = index[:, None] * (channels * plane) + torch.arange(channels, device=padded.device) * plane  # B x C
+    # Flat offsets and torch.take: about twice as fast on CPUs as indexing with four broadcast index tensors.
+    return torch.take(padded, planes[:, :, None, None] + rows[:, None, :, None] + cols[:, None, None, :])
 
 
 class Normalizer:
@@ -43,7 +46,7 @@ class Normalizer:
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, images.float(), self.scale)
+        return torch.addcmul(self.shift, images, self.scale)  # promotes uint8 to float in the same kernel
 
 
 class DeviceTrainLoader:
@@ -65,13 +68,18 @@ class DeviceTrainLoader:
         return num_batches(len(self.labels) // self.world_size, self.batch_size)
 
     def __iter__(self):
-        order = train_indices(len(self.labels), self.seed, self.epoch, self.rank, self.world_size).to(self.device)
-        generator = epoch_generator(self.seed, self.epoch, stream=1 + self.rank)
+        total = len(self.labels)
+        order = train_indices(total, self.seed, self.epoch, self.rank, self.world_size).to(self.device)
         count = len(order)
-        # Augmentation parameters for the whole epoch at once, on the CPU generator (reproducible on any device).
-        top = torch.randint(0, 2 * self.padding + 1, (count,), generator=generator).to(self.device)
-        left = torch.randint(0, 2 * self.padding + 1, (count,), generator=generator).to(self.device)
-        flip = (torch.rand(count, generator=generator) < 0.5) if self.hflip else torch.zeros(count, dtype=torch.bool)
+        # Augmentation parameters for the whole epoch at once, on the CPU generator (reproducible on any
+        # device). They are drawn for every position of the epoch's global order, which all ranks share,
+        # and sliced like the order: each sample gets its own crop and flip, and the same ones whatever
+        # the number of ranks, so a W-process run trains on the very images of the 1-process run.
+        generator = epoch_generator(self.seed, self.epoch, stream=1)
+        mine = rank_positions(total, self.rank, self.world_size)
+        top = torch.randint(0, 2 * self.padding + 1, (total,), generator=generator)[mine].to(self.device)
+        left = torch.randint(0, 2 * self.padding + 1, (total,), generator=generator)[mine].to(self.device)
+        flip = (torch.rand(total, generator=generator) < 0.5)[mine] if self.hflip else torch.zeros(count, dtype=bool)
         flip = flip.to(self.device)
         for start in range(0, count, self.batch_size):
             batch = slice(start, start + self.batch_size)

@@ -18,10 +18,14 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63))
 
 
+def rank_positions(num_samples: int, rank: int, world_size: int) -> slice:
+    """The positions of an epoch's global order that ``rank`` trains on (see the module docstring)."""
+    return slice(rank, num_samples - num_samples % world_size, world_size)
+
+
 def train_indices(num_samples: int, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
     permutation = torch.randperm(num_samples, generator=epoch_generator(seed, epoch))
-    usable = num_samples - num_samples % world_size
-    return permutation[rank:usable:world_size]
+    return permutation[rank_positions(num_samples, rank, world_size)]
 
 
 def eval_indices(num_samples: int, rank: int, world_size: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ class Experiment:
     autocast_dtype: Optional[torch.dtype]
     profile: ModelProfile
     lr: float
+    memory_format: torch.memory_format = torch.contiguous_format  # of the model, and so of its inputs
 
     def autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -86,6 +87,9 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     train_cfg = config.train
     seed_everything(config.seed, train_cfg.deterministic)
     batch = per_rank_batch(train_cfg.batch_size, dist.world_size, "train.batch_size")
+    if config.model.sync_bn and dist.distributed and dist.device.type != "cuda":
+        raise ConfigError("model.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation "
+                          "(set model.sync_bn=false for CPU runs)")
     eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
     terms = build_loss_terms(config.loss.terms, config.loss)
     data = build_dataset(config.data)
@@ -119,8 +123,12 @@ def build_experiment(config, dist: DistContext) -> Experiment:
         lr = lr * train_cfg.batch_size / train_cfg.lr_base_batch_size
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg.momentum,
                                 nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
-                                weight_decay=train_cfg.weight_decay)
+                                weight_decay=train_cfg.weight_decay,
+                                # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
+                                # check of a non-fused optimizer on the host, a device sync per fp16 step.
+                                fused=dist.device.type == "cuda" or train_cfg.amp == "fp16")
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg.milestones, gamma=train_cfg.gamma)
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr)
+    return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
+                      memory_format)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,6 +31,16 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the rename itself, so a power loss (not only a killed process) keeps the new file."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -41,21 +53,33 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A file pickled with a newer protocol warns before it loads or fails; the outcome says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:
             raise CheckpointError(
-                f"{what} {path} holds Python objects that only arbitrary unpickling could load; refused for "
-                f"safety (weights_only=True). Re-save it as a plain state_dict of tensors"
+                f"{what} {path} refused for safety: loading it would call {unsafe.group(1)}, which only arbitrary "
+                f"unpickling (code execution) allows. Re-save it as a plain state_dict of tensors"
             ) from None
-        raise CheckpointError(f"{what} {path} is corrupt or truncated ({_first_line(error)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError) as error:
-        raise CheckpointError(f"{what} {path} is corrupt or truncated ({_first_line(error)})") from None
+        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
+                              f"({_unpickler_reason(error)})") from None
+    except Exception as error:  # damaged files surface as RuntimeError, EOFError, KeyError, struct.error, ...
+        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
+                              f"({_first_line(error)})") from None
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The weights-only unpickler's own reason, without torch's generic advice to retry unsafely."""
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    return reason.group(1).strip()[:200] if reason else _first_line(error)
 
 
 def state_dict_from(checkpoint, path, what: str) -> dict[str, torch.Tensor]:
@@ -76,10 +100,14 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def load_model_weights(model: nn.Module, path: str | Path, what: str) -> dict:
+def load_model_weights(model: nn.Module, path: str | Path, what: str, *, model_name: str | None = None,
+                       num_classes: int | None = None) -> dict:
     """Load weights into ``model`` strictly; a mismatch names the missing, unexpected or misshapen keys.
-    Returns the whole checkpoint (for its metadata)."""
+    ``model_name`` / ``num_classes``, when given, are checked first against a run checkpoint's metadata
+    for a one-line diagnosis. Returns the whole checkpoint (for its metadata)."""
     checkpoint = load_checkpoint(path, what)
+    if isinstance(checkpoint, dict):
+        _check_trained_for(checkpoint, model_name, num_classes, path, what)
     weights = state_dict_from(checkpoint, path, what)
     expected = unwrap(model).state_dict()
     missing = [k for k in expected if k not in weights]
@@ -97,6 +125,18 @@ def load_model_weights(model: nn.Module, path: str | Path, what: str) -> dict:
         raise CheckpointError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
     unwrap(model).load_state_dict(weights)
     return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def _check_trained_for(checkpoint: dict, model_name: str | None, num_classes: int | None, path, what: str) -> None:
+    """Run checkpoints record ``model_name`` and ``num_classes``: name the real cause of a mismatch
+    instead of listing every key of a wrong architecture or a classifier of the wrong width."""
+    saved_name, saved_classes = checkpoint.get("model_name"), checkpoint.get("num_classes")
+    if model_name is not None and saved_name is not None and saved_name != model_name:
+        raise CheckpointError(f"{what} {path} holds a {saved_name}, not a {model_name}; "
+                              f"use a {model_name} checkpoint or set the model name to {saved_name}")
+    if num_classes is not None and saved_classes is not None and saved_classes != num_classes:
+        raise CheckpointError(f"{what} {path} was trained for {saved_classes} classes, "
+                              f"but the dataset has {num_classes}")
 
 
 def _few(items: list[str], limit: int = 3) -> str:

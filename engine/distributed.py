@@ -35,7 +35,11 @@ def choose_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     if preference in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:  # one process per GPU: NCCL refuses two ranks on one device
+            raise ConfigError(f"process {local_rank} of this node has no GPU of its own ({visible} visible); "
+                              f"start at most {visible} processes per node (torchrun --nproc_per_node)")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -58,8 +62,18 @@ def init_distributed(device_preference: str) -> DistContext:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise sum over ranks (a collective)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise maximum over ranks (a collective)."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
+
+
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=op)
     return tensor
 
 

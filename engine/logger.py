@@ -17,11 +17,15 @@ class RunLogger:
         self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, stream=None) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for line in message.splitlines() or [""]:
             self.log_file.write(f"[{stamp}] {line}\n")
-        print(message, file=sys.stdout, flush=True)
+        print(message, file=stream or sys.stdout, flush=True)
+
+    def error(self, message: str) -> None:
+        """One line on stderr (where train.py reports every failure) and in log.txt."""
+        self.info(f"error: {message}", stream=sys.stderr)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         for name, value in values.items():
@@ -43,7 +47,10 @@ class RunLogger:
 class NullLogger:
     """What non-main ranks log: nothing."""
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, stream=None) -> None:
+        pass
+
+    def error(self, message: str) -> None:
         pass
 
     def scalars(self, values, step, prefix="") -> None:

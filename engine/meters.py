@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_max, all_reduce_sum
 
 
 def correct_topk(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
@@ -47,17 +47,28 @@ class DeviceMeter:
 
     def flush(self, reduce: bool = False) -> dict:
         """{name: sum, 'hits1', 'hits5', 'count', 'first_bad_step', 'bad_names'}; then reset.
-        ``reduce`` sums the counts over all ranks (a collective)."""
+        ``reduce`` sums over all ranks and agrees on the first bad step (collectives)."""
         if self.sums is None:
             return {"count": 0, "first_bad_step": -1, "bad_names": []}
         sums = all_reduce_sum(self.sums.clone()) if reduce else self.sums
-        packed = torch.cat([sums, self.first_bad_step.view(1), self.bad_names]).tolist()
+        first_bad_step, bad_names = self.first_bad_step, self.bad_names
+        if reduce:
+            first_bad_step, bad_names = _first_bad_on_any_rank(first_bad_step, bad_names)
+        packed = torch.cat([sums, first_bad_step.view(1), bad_names]).tolist()
         n = len(self.names)
         out = dict(zip(self.names, packed[:n]))
         out.update(hits1=packed[n], hits5=packed[n + 1], count=int(packed[n + 2]), first_bad_step=int(packed[n + 3]),
                    bad_names=[name for name, bad in zip(self.names, packed[n + 4:]) if bad])
         self._reset()
         return out
+
+
+def _first_bad_on_any_rank(first_bad_step: torch.Tensor, bad_names: torch.Tensor):
+    """The earliest bad step of any rank and the names bad on any rank (a collective). A loss can go
+    non-finite on one rank only; every rank must then stop at the same step, with the same message."""
+    negated = torch.where(first_bad_step < 0, float("-inf"), -first_bad_step)  # max of -step = earliest step
+    packed = all_reduce_max(torch.cat([negated.view(1), bad_names]))
+    return torch.where(packed[0].isinf(), -1.0, -packed[0]), packed[1:]
 
 
 def add_sums(total: dict, part: dict) -> dict:

@@ -29,9 +29,13 @@ def default_run_dir(config_path: str, overrides: list[str]) -> Path:
     parts = path.parts[path.parts.index("configs") + 1:] if "configs" in path.parts else (path.name,)
     run_dir = Path("runs", *parts)
     if overrides:
-        name = ",".join(re.sub(r"[^A-Za-z0-9_.=+\-]", "_", o) for o in overrides)
-        run_dir = run_dir / name[:200]
+        run_dir = run_dir / overrides_name(overrides)
     return run_dir
+
+
+def overrides_name(overrides: list[str]) -> str:
+    """A directory name for KEY=VALUE overrides, e.g. ``loss.tffd.lambda_intra=1e-4,train.epochs=2``."""
+    return ",".join(re.sub(r"[^A-Za-z0-9_.=+\-]", "_", o) for o in overrides)[:200]
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -62,10 +66,12 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, saved_config: dict | None, new_config: dict) -> str:
-    """Decide, without writing anything: 'fresh', 'resume' or 'overwrite'. Raises ``RunDirError``."""
+    """Decide, without writing anything: 'fresh', 'resume', 'restart' (same config, no epoch finished)
+    or 'overwrite'. Raises ``RunDirError``."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
+    a_file = next((path for path in (run_dir, *run_dir.parents) if path.exists() and not path.is_dir()), None)
+    if a_file is not None:
+        raise RunDirError(f"--run-dir {run_dir}: {a_file} is a file, not a directory; choose another path")
     if not run_dir.exists() or not any((run_dir / name).exists() for name in RUN_FILES):
         return "fresh"
     if overwrite:
@@ -76,8 +82,6 @@ def check_run_dir(run_dir: Path, overwrite: bool, saved_config: dict | None, new
             f"{run_dir} holds a finished run (best top-1 {metrics.get('best_acc1')}%); "
             f"pass --overwrite to replace it or choose another --run-dir"
         )
-    if not (run_dir / LAST).is_file():
-        raise RunDirError(f"{run_dir} holds files of a run that saved no last.pt; pass --overwrite to start over")
     if saved_config is not None:
         differences = config_differences(saved_config, new_config)
         if differences:
@@ -86,6 +90,10 @@ def check_run_dir(run_dir: Path, overwrite: bool, saved_config: dict | None, new
                 f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
                 f"pass --overwrite to replace it or choose another --run-dir"
             )
+    if not (run_dir / LAST).is_file():
+        if saved_config is None:
+            raise RunDirError(f"{run_dir} holds files of a run that saved no last.pt; pass --overwrite to start over")
+        return "restart"  # stopped or killed in its first epoch: nothing to resume, nothing worth keeping
     return "resume"
 
 
@@ -102,10 +110,11 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                if self._holder_alive():
+                holder = self._holder()
+                if self._holder_alive(holder):
                     raise RunDirError(
-                        f"another run ({self.path.read_text().strip()}) is writing to {self.path.parent}; "
-                        f"wait for it or choose another --run-dir"
+                        f"another run ({holder or 'unknown'}) is writing to {self.path.parent}; wait for it, choose "
+                        f"another --run-dir, or delete {self.path} if no run is using that directory"
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
@@ -115,10 +124,21 @@ class RunLock:
             return
         raise RunDirError(f"could not take the lock {self.path}; remove it if no run is using that directory")
 
-    def _holder_alive(self) -> bool:
+    def _holder(self) -> str | None:
+        """'<host> pid <pid>' of the lock's holder; '' while it is being written; None once it is gone."""
         try:
-            host, _, pid = self.path.read_text().split()
-        except (OSError, ValueError):
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return ""  # unreadable: treat it as held
+
+    def _holder_alive(self, holder: str | None) -> bool:
+        if holder is None:
+            return False  # released in the meantime
+        try:
+            host, _, pid = holder.split()
+        except ValueError:
             return True  # being written right now by another process
         if host != socket.gethostname():
             return True  # cannot check another machine: assume it is alive

@@ -15,7 +15,6 @@ from .builder import build_experiment
 from .checkpoint import atomic_write
 from .config import load_config
 from .distributed import barrier, init_distributed, shutdown
-from .errors import UserError
 from .logger import NullLogger, RunLogger
 from .run_dir import CONFIG_FILE, RunLock, check_run_dir, clear_run_files, default_run_dir
 from .trainer import NonFiniteLoss, Trainer
@@ -29,10 +28,12 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     saved = read_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
     mode = check_run_dir(run_dir, overwrite, saved, resolved)  # raises before anything is built or written
     dist = init_distributed(config.train.device)
-    try:
-        return _run(config, resolved, dist, run_dir, mode)
-    finally:
-        shutdown()
+    code = _run(config, resolved, dist, run_dir, mode)
+    # Only after a run that returned: after an exception, other ranks may sit in a collective that never
+    # completes, and a teardown could wait for them forever. Exiting closes this rank's connections
+    # instead, so its peers fail at once and torchrun ends the job.
+    shutdown()
+    return code
 
 
 def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
@@ -42,7 +43,7 @@ def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
         lock.acquire()
     try:
         if dist.is_main:
-            if mode == "overwrite":
+            if mode in ("overwrite", "restart"):
                 clear_run_files(run_dir)
             text = yaml.safe_dump(resolved, sort_keys=False)
             atomic_write(run_dir / CONFIG_FILE, lambda out: out.write(text.encode()))
@@ -54,7 +55,7 @@ def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
             try:
                 return trainer.fit()
             except NonFiniteLoss as error:
-                logger.info(f"error: {error}")
+                logger.error(str(error))
                 return error.exit_code
         finally:
             logger.close()

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from losses import StepOutput
-
 from .builder import Experiment
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers
+from .errors import CheckpointError
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .run_dir import BEST, LAST, METRICS_FILE
 from .signals import StopRequest
+from .step import apply_gradients, compute_losses
 from .typed_config import to_dict
 
 CHECKPOINT_FORMAT = 1
@@ -52,6 +52,7 @@ class Trainer:
         self.best_acc1, self.best_epoch = -1.0, 0
         self.global_step = 0
         self.wall_time = 0.0
+        self.teacher_acc1: float | None = None
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> int:
@@ -74,7 +75,8 @@ class Trainer:
                     break
                 train_seconds = time.perf_counter() - began
                 broadcast_buffers(self.exp.model)
-                test = evaluate(lambda x: self.eval_model(x)[0], self.exp.loaders.test, self.device)
+                self.eval_model.eval()  # BatchNorm running statistics, not the test batch's
+                test = evaluate(self._eval_logits, self.exp.loaders.test, self.device)
                 self.exp.scheduler.step()
                 self.wall_time += time.perf_counter() - began
                 self._record(epoch, train, test, train_seconds, time.perf_counter() - began)
@@ -82,6 +84,9 @@ class Trainer:
                     stopped = stop
                     break
         return self._finish(stopped)
+
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.eval_model(images.contiguous(memory_format=self.exp.memory_format))[0]
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, stop: StopRequest) -> dict | None:
@@ -95,25 +100,13 @@ class Trainer:
         bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=None if self.dist.is_main else True)
         for step, (images, targets) in enumerate(bar, 1):
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with exp.autocast(device):
-                logits, feats = exp.model(images)
-                teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-                output = StepOutput(logits, feats, targets, epoch, teacher_logits)
-                losses = {}
-                for term in exp.terms:
-                    losses.update(term(output))
-                total = sum(losses.values())
+            logits, losses, total = compute_losses(exp, images, targets, epoch)
             if cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device):
                 exp.optimizer.zero_grad(set_to_none=True)
-                self.log.info(f"epoch {epoch} step {step}: non-finite loss, step skipped "
-                              f"({', '.join(n for n, v in losses.items() if not torch.isfinite(v))})")
+                bad = ", ".join(n for n, v in losses.items() if not torch.isfinite(v)) or "on another rank"
+                self.log.info(f"epoch {epoch} step {step}: non-finite loss, step skipped ({bad})")
                 continue
-            exp.optimizer.zero_grad(set_to_none=True)
-            exp.scaler.scale(total).backward()
-            exp.scaler.step(exp.optimizer)
-            exp.scaler.update()
+            apply_gradients(exp, total)
             meter.update({"loss": total, **losses}, logits, targets, step)
             self.global_step += 1
             at_interval = step % cfg.log_interval == 0
@@ -132,6 +125,7 @@ class Trainer:
         bar.close()
         add_sums(totals, self._check_finite(meter.flush(reduce=self.dist.distributed), epoch))
         result = means(totals, meter.names)
+        result.setdefault("loss", float("nan"))  # train.nonfinite=skip skipped every step of this epoch
         result.update(lr=lr, count=totals["count"])
         return result
 
@@ -139,7 +133,8 @@ class Trainer:
         if sums["first_bad_step"] >= 0:
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {epoch}, step {sums['first_bad_step']} "
-                f"(bad: {', '.join(sums['bad_names'])}); the last good checkpoint is kept in {self.run_dir / LAST}. "
+                f"(bad: {', '.join(_bad_terms(sums['bad_names']))}); "
+                f"the last good checkpoint is kept in {self.run_dir / LAST}. "
                 f"Lower the lr or the loss weights, or set train.nonfinite=skip to skip such steps"
             )
         return sums
@@ -165,7 +160,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.run_dir / LAST, self._state(epoch))
             if is_best:
-                atomic_write(self.run_dir / BEST, lambda out: out.write((self.run_dir / LAST).read_bytes()))
+                self._copy_last_to_best()
             self._write_metrics(finished=False)
         self.log.flush()
 
@@ -185,6 +180,9 @@ class Trainer:
 
     def _load_last(self) -> int:
         state = load_checkpoint(self.run_dir / LAST, "run checkpoint")
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.run_dir / LAST} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
+                                  f"(resume needs one); pass --overwrite to start over")
         exp = self.exp
         unwrap(exp.model).load_state_dict(state["model"])
         exp.optimizer.load_state_dict(state["optimizer"])
@@ -196,7 +194,12 @@ class Trainer:
         self.best_acc1, self.best_epoch = state["best_acc1"], state["best_epoch"]
         self.history, self.global_step = list(state["history"]), state["global_step"]
         self.wall_time = state.get("wall_time_s", 0.0)
+        if self.best_epoch == state["epoch"] and self.dist.is_main:
+            self._copy_last_to_best()  # a kill between the two writes left best.pt an epoch behind
         return int(state["epoch"])
+
+    def _copy_last_to_best(self) -> None:
+        atomic_write(self.run_dir / BEST, lambda out: out.write((self.run_dir / LAST).read_bytes()))
 
     def _metrics(self, finished: bool) -> dict:
         last = self.history[-1] if self.history else {}
@@ -206,7 +209,7 @@ class Trainer:
             "epochs_done": len(self.history), "epochs_total": self.train_cfg.epochs, "finished": finished,
             "test_samples": last.get("test_samples"), "train_samples": self.exp.loaders.num_train,
             "world_size": self.dist.world_size, "wall_time_s": self.wall_time,
-            "teacher_acc1": getattr(self, "teacher_acc1", None), "history": self.history,
+            "teacher_acc1": self.teacher_acc1, "history": self.history,
         }
 
     def _write_metrics(self, finished: bool, **extra) -> None:
@@ -232,6 +235,11 @@ class Trainer:
         self.log.info(f"stopped by {signal_name} after {done} finished epochs; {self.run_dir / LAST} holds "
                       f"epoch {done}. Run the same command again to resume.")
         return stopped.exit_code if stopped else 1
+
+
+def _bad_terms(names: list[str]) -> list[str]:
+    """The loss terms that went non-finite; the total ("loss") only when every term was finite."""
+    return [name for name in names if name != "loss"] or names
 
 
 def unwrap_ddp(model):

@@ -172,25 +172,14 @@ def coerce(value, annotation, key: str):
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise _type_error(key, annotation, value)
-    if annotation is int:
+    if annotation in (int, float):
         if isinstance(value, bool):
             raise _type_error(key, annotation, value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
+        if isinstance(value, int) or (annotation is float and isinstance(value, float)):
+            return annotation(value)
+        if isinstance(value, str):  # the command line, and YAML 1.1, which reads "5e-4" as a string
             try:
-                return int(value)
-            except ValueError:
-                pass
-        raise _type_error(key, annotation, value)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise _type_error(key, annotation, value)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
-            try:
-                return float(value)
+                return annotation(value)
             except ValueError:
                 pass
         raise _type_error(key, annotation, value)

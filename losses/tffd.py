@@ -4,6 +4,9 @@
 together (mean squared error). ``inter_fd``: a shallow stage is pulled towards a deeper one, whose
 feature is detached so the deep layer teaches and never learns from the shallow one.
 Nothing here knows a model: channel counts and pooling sizes come from the tensors.
+
+The training term computes the same numbers through ``losses/tffd_fused.py``, a faster path whose
+values and gradients the tests hold equal to the readable functions below.
 """
 from __future__ import annotations
 
@@ -19,16 +22,25 @@ from engine.typed_config import option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
+from .tffd_fused import feature_losses
 
 _NORM_EPS = 1e-12  # as F.normalize: an all-zero map (a dead ReLU channel) has salience 0
 
 
 @torch.no_grad()
 def channel_salience(feature: torch.Tensor) -> torch.Tensor:
-    """Mean over (N, H, W) of each (n, c) map normalised to unit L2 norm over (H, W); shape (C,)."""
-    flat = feature.detach().flatten(2).float()
-    norms = torch.linalg.vector_norm(flat, dim=2).clamp_min(_NORM_EPS)
-    return (flat.sum(dim=2) / norms).mean(dim=0) / flat.shape[2]
+    """Mean over (N, H, W) of each (n, c) map normalised to unit L2 norm over (H, W); shape (C,).
+    A normalised map sums to its sum over its norm: two reductions, no normalised copy."""
+    feature = feature.detach().float()
+    norms = torch.linalg.vector_norm(feature, dim=(2, 3)).clamp_min(_NORM_EPS)
+    return (feature.sum(dim=(2, 3)) / norms).mean(dim=0) / (feature.shape[2] * feature.shape[3])
+
+
+def salience_order(feature: torch.Tensor) -> torch.Tensor:
+    """Channel indices by descending salience; ties keep channel order."""
+    if feature.shape[1] < 2:
+        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
+    return torch.argsort(channel_salience(feature), descending=True, stable=True)
 
 
 def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tensor:
@@ -38,10 +50,8 @@ def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tenso
     next h redundant (an odd C leaves out the least salient channel). Both halves get gradient unless
     ``detach_salient`` (then only the redundant half learns, "salient teaches redundant").
     """
+    order = salience_order(feature)
     half = feature.shape[1] // 2
-    if half == 0:
-        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
-    order = torch.argsort(channel_salience(feature), descending=True, stable=True)
     salient = feature.index_select(1, order[:half])
     redundant = feature.index_select(1, order[half : 2 * half])
     if detach_salient:
@@ -88,7 +98,8 @@ class TfFDConfig:
 @register_loss("tffd", TfFDConfig)
 class TeacherFreeFD(LossTerm):
     """lambda_inter * mean over pairs of inter_fd + lambda_intra * mean over stages of intra_fd,
-    both scaled by the warm-up weight; returned as ``tffd_inter`` and ``tffd_intra``."""
+    both scaled by the warm-up weight; returned as ``tffd_inter`` and ``tffd_intra``.
+    Computed by ``feature_losses``: one fused call per stage feature that receives gradient."""
 
     def __init__(self, config: TfFDConfig):
         super().__init__()
@@ -115,14 +126,20 @@ class TeacherFreeFD(LossTerm):
     def forward(self, step: StepOutput):
         feats, cfg = step.feats, self.config
         weight = warmup_weight(step.epoch, cfg.warmup_epochs)
+        pairs = [tuple(pair) for pair in self._pairs(len(feats))] if cfg.lambda_inter > 0 else []
+        stages = self._stages(len(feats)) if cfg.lambda_intra > 0 else []
+        intra, inter = {}, {}
+        for stage in sorted(set(stages) | {shallow for shallow, _ in pairs}):
+            deeper = [deep for shallow, deep in pairs if shallow == stage]
+            order = salience_order(feats[stage - 1]) if stage in stages else None
+            losses = list(feature_losses(feats[stage - 1], order, cfg.detach_salient,
+                                         [feats[deep - 1] for deep in deeper]))
+            if stage in stages:
+                intra[stage] = losses.pop(0)
+            inter.update(((stage, deep), loss) for deep, loss in zip(deeper, losses))
         out = {}
-        if cfg.lambda_inter > 0:
-            pairs = self._pairs(len(feats))
-            if pairs:
-                inter = sum(inter_fd(feats[i - 1], feats[j - 1]) for i, j in pairs) / len(pairs)
-                out["tffd_inter"] = (weight * cfg.lambda_inter) * inter
-        if cfg.lambda_intra > 0:
-            stages = self._stages(len(feats))
-            intra = sum(intra_fd(feats[k - 1], cfg.detach_salient) for k in stages) / len(stages)
-            out["tffd_intra"] = (weight * cfg.lambda_intra) * intra
+        if pairs:
+            out["tffd_inter"] = (weight * cfg.lambda_inter) * (sum(inter[pair] for pair in pairs) / len(pairs))
+        if stages:
+            out["tffd_intra"] = (weight * cfg.lambda_intra) * (sum(intra[stage] for stage in stages) / len(stages))
         return out

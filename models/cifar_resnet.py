@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import StagedNet
 from .registry import register_model
 
 
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int):
         super().__init__()
         if (depth - 2) % 6:
@@ -58,14 +59,6 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
 
 
 _NARROW = (16, 16, 32, 64)

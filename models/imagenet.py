@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import models as tv
 
-from .layers import conv_bn, init_weights
+from .layers import StagedNet, conv_bn, init_weights
 from .registry import register_model
 
 
@@ -74,7 +74,7 @@ def separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
                          conv_bn(in_channels, out_channels, 1, 1))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(StagedNet):
     """MobileNet (Howard et al. 2017), width 1, 224x224 input. The layers up to output stride 4 are the
     stem; the three stages end at output strides 8, 16 and 32: 256@28, 512@14, 1024@7."""
 
@@ -91,14 +91,6 @@ class MobileNetV1(nn.Module):
         self.fc = nn.Linear(1024, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
 
 
 @register_model("mobilenetv1")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
@@ -34,3 +35,20 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
             nn.init.zeros_(module.bias)
+
+
+class StagedNet(nn.Module):
+    """stem -> stages -> classifier. Subclasses set ``stem``, ``stages`` (a ModuleList) and ``fc``;
+    every stage's output is a stage feature. Returns ``(logits, stage_features)``."""
+
+    def forward(self, x: torch.Tensor):
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return self.classify(x), feats
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pooling and the linear classifier; overridden where a head block comes first."""
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import channel_shuffle, conv_bn, init_weights
+from .layers import StagedNet, channel_shuffle, conv_bn, init_weights
 from .registry import register_model
 
 _STEM_CHANNELS = 24
@@ -41,7 +41,7 @@ class ShuffleUnit(nn.Module):
         return F.relu(out)
 
 
-class CifarShuffleNetV1(nn.Module):
+class CifarShuffleNetV1(StagedNet):
     def __init__(self, num_classes: int, widths=(240, 480, 960), blocks=(4, 8, 4), groups: int = 3):
         super().__init__()
         self.stem = conv_bn(3, _STEM_CHANNELS, 1)
@@ -56,14 +56,6 @@ class CifarShuffleNetV1(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
 
 
 @register_model("shufflenetv1")

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import channel_shuffle, conv_bn, init_weights
+from .layers import StagedNet, channel_shuffle, conv_bn, init_weights
 from .registry import register_model
 
 _STEM_CHANNELS = 24
@@ -55,7 +54,7 @@ class DownUnit(nn.Module):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
 
 
-class CifarShuffleNetV2(nn.Module):
+class CifarShuffleNetV2(StagedNet):
     def __init__(self, num_classes: int, widths=(116, 232, 464), blocks=(3, 7, 3), head_channels: int = 1024):
         super().__init__()
         self.stem = conv_bn(3, _STEM_CHANNELS, 3)
@@ -68,15 +67,8 @@ class CifarShuffleNetV2(nn.Module):
         self.fc = nn.Linear(head_channels, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        x = self.head(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return super().classify(self.head(x))  # the 1x1 conv to the head width
 
 
 @register_model("shufflenetv2")

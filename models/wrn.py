@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import init_weights
+from .layers import StagedNet, init_weights
 from .registry import register_model
 
 
@@ -36,7 +36,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     def __init__(self, depth: int, widen_factor: int, num_classes: int):
         super().__init__()
         if (depth - 4) % 6:
@@ -57,15 +57,8 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(in_planes, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        x = F.relu(self.final_bn(x))
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return super().classify(F.relu(self.final_bn(x)))  # pre-activation: the last BN + ReLU
 
 
 for _depth, _width in ((16, 2), (40, 1), (40, 2)):

@@ -26,10 +26,20 @@ def train_env() -> dict:
     return env
 
 
+def train_command(*args: str, config: str = "configs/quickstart.yaml") -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), *args]
+
+
+def start_train(*args: str, config: str = "configs/quickstart.yaml") -> subprocess.Popen:
+    """Start train.py without waiting (to signal it mid-run); stdout and stderr are text pipes."""
+    return subprocess.Popen(train_command(*args, config=config), cwd=REPO, env=train_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run_train(*args: str, config: str = "configs/quickstart.yaml", timeout: float = 300,
               check: bool = False) -> subprocess.CompletedProcess:
     """``python train.py --config CONFIG ARGS...`` from the repository root."""
-    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), *args]
+    command = train_command(*args, config=config)
     result = subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from losses import StepOutput
-from losses.tffd import TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, warmup_weight
+from losses.tffd import (TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, salience_order,
+                         warmup_weight)
+from losses.tffd_fused import feature_losses
 from engine.errors import ConfigError
 
 
@@ -158,3 +160,59 @@ def test_zero_lambda_skips_the_term_and_negative_is_rejected():
     assert set(out) == {"tffd_inter"}
     with pytest.raises(ConfigError, match="lambda_intra"):
         TfFDConfig(lambda_intra=-1e-3)
+
+
+# ---------------------------------------------------------------- the fused training path
+def fused_intra(feature, detach_salient=False):
+    return feature_losses(feature, salience_order(feature), detach_salient, [])[0]
+
+
+def fused_inter(shallow, deep):
+    return feature_losses(shallow, None, False, [deep])[0]
+
+
+def values_and_grads(fn, *tensors):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    value = fn(*leaves)
+    return value, torch.autograd.grad(value, leaves[0])[0]
+
+
+@pytest.mark.parametrize("shape, detach, channels_last", [
+    ((4, 16, 8, 8), False, False), ((4, 16, 8, 8), True, False), ((3, 7, 5, 5), False, False),
+    ((4, 16, 8, 8), False, True), ((2, 6, 1, 1), True, False),
+])
+def test_fused_intra_equals_readable(shape, detach, channels_last):
+    f = torch.randn(shape, generator=torch.Generator().manual_seed(3)).relu()
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    fast, fast_grad = values_and_grads(lambda x: fused_intra(x, detach), f)
+    slow, slow_grad = values_and_grads(lambda x: intra_fd(x, detach), f)
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("shallow_shape, deep_shape", [
+    ((4, 16, 16, 16), (4, 32, 8, 8)), ((4, 16, 16, 16), (4, 64, 4, 4)), ((2, 8, 7, 7), (2, 8, 3, 3)),
+    ((2, 8, 8, 8), (2, 16, 1, 1)), ((2, 24, 8, 6), (2, 16, 4, 3)),
+])
+def test_fused_inter_equals_readable_and_detaches_deep(shallow_shape, deep_shape):
+    generator = torch.Generator().manual_seed(4)
+    shallow, deep = torch.randn(shallow_shape, generator=generator), torch.randn(deep_shape, generator=generator)
+    fast, fast_grad = values_and_grads(fused_inter, shallow, deep)
+    slow, slow_grad = values_and_grads(inter_fd, shallow, deep)
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-9)
+    deep_leaf = deep.clone().requires_grad_(True)
+    fused_inter(shallow.clone().requires_grad_(True), deep_leaf).backward()
+    assert deep_leaf.grad is None
+
+
+def test_term_gradients_equal_readable_composition():
+    feats = three_stage_feats(5)
+    term = TeacherFreeFD(TfFDConfig(lambda_intra=0.3, lambda_inter=0.7, warmup_epochs=0))
+    out = term(StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 1))
+    fast_grads = torch.autograd.grad(out["tffd_intra"] + out["tffd_inter"], feats)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    readable = 0.7 * sum(inter_fd(feats[i], feats[j]) for i, j in pairs) / 3 + 0.3 * sum(intra_fd(f) for f in feats) / 3
+    for fast, slow in zip(fast_grads, torch.autograd.grad(readable, feats)):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-10)

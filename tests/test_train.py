@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+from conftest import SMOKE, read_metrics, run_train, start_train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def test_training_learns_well_above_chance(finished_run):
     assert metrics["best_acc1"] == max(h["test_acc1"] for h in metrics["history"])
     assert metrics["history"][metrics["best_epoch"] - 1]["test_acc1"] == metrics["best_acc1"]
     assert metrics["test_samples"] == 256
-    assert "done: best test top-1" in result.stdout and f"tensorboard --logdir" in result.stdout
+    assert "done: best test top-1" in result.stdout and "tensorboard --logdir" in result.stdout
 
 
 def test_run_directory_contents(finished_run):
@@ -72,9 +70,7 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run):
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/quickstart.yaml"),
-               *SMOKE, "train.epochs=3", "--run-dir", str(run_dir)]
-    process = subprocess.Popen(command, cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_train(*SMOKE, "train.epochs=3", "--run-dir", str(run_dir))
     for line in process.stdout:
         if line.startswith("epoch 1/3"):
             process.send_signal(signal.SIGTERM)

@@ -1,0 +1,42 @@
+"""One training step, split where the trainer may look at the loss before the update.
+
+The trainer and ``scripts/benchmark.py`` both call these, so the benchmark times the very step that
+trains. Nothing here reads a value back to the host: on a GPU the step is queued, not waited for.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from losses import StepOutput
+
+from .builder import Experiment
+
+
+class Losses(NamedTuple):
+    logits: torch.Tensor
+    terms: dict[str, torch.Tensor]  # named, weighted scalars, as the loss terms returned them
+    total: torch.Tensor
+
+
+def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> Losses:
+    """Forward pass of the model (and of the teacher, if a term needs one) and every loss term."""
+    images = images.contiguous(memory_format=exp.memory_format)
+    with exp.autocast(images.device):
+        logits, feats = exp.model(images)
+        teacher_logits = exp.teacher(images) if exp.teacher is not None else None
+        output = StepOutput(logits, feats, targets, epoch, teacher_logits)
+        terms = {}
+        for term in exp.terms:
+            terms.update(term(output))
+        total = sum(terms.values())
+    return Losses(logits, terms, total)
+
+
+def apply_gradients(exp: Experiment, total: torch.Tensor) -> None:
+    """Backward pass and optimizer update (through the gradient scaler, which is a no-op without fp16)."""
+    exp.optimizer.zero_grad(set_to_none=True)
+    exp.scaler.scale(total).backward()
+    exp.scaler.step(exp.optimizer)
+    exp.scaler.update()

@@ -1,0 +1,333 @@
+"""Training-step and data-loader speed, side by side in one process.
+
+    python scripts/benchmark.py --model resnet20 --batch-size 128 --device cpu
+    python scripts/benchmark.py --model resnet20 --batch-size 128 --device cuda --amp bf16 --compile --json gpu.json
+
+Times the training step of each method (ce, tffd, kd, kd_tffd: the loss terms of
+configs/_base_/methods/<method>.yaml, the KD teacher given by --teacher) and the two data loaders.
+The step is ``engine.step``'s, the one the trainer runs, built by the trainer's own builder; its
+inputs are a few batches already on the device, so the step and the data path are timed apart.
+Methods are timed in interleaved rounds (every round times --steps steps of each method, in a
+rotating order) and each figure is the median over rounds; the ratio to ce is the median of the
+per-round ratios, so a slow spell of a shared machine hits both sides of a ratio alike.
+The teacher has random weights: its cost matters here, not its accuracy.
+
+Before timing, the fused Tf-FD path that training uses (losses/tffd_fused.py) is checked against the
+readable intra_fd / inter_fd of losses/tffd.py on the model's real stage features: the values must be
+bit-for-bit equal in fp32 (exit code 1 if not).
+Bad input: one line, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from itertools import combinations
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data import build_dataset, build_loaders  # noqa: E402
+from engine.builder import build_experiment  # noqa: E402
+from engine.checkpoint import unwrap  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.distributed import DistContext, choose_device  # noqa: E402
+from engine.errors import ConfigError, UserError  # noqa: E402
+from engine.step import apply_gradients, compute_losses  # noqa: E402
+from losses.tffd import inter_fd, intra_fd, salience_order  # noqa: E402
+from losses.tffd_fused import feature_losses  # noqa: E402
+from models import MODELS, build_model  # noqa: E402
+
+METHODS = ("ce", "tffd", "kd", "kd_tffd")
+TFFD_TARGET = 1.03  # Tf-FD step time at most this times the ce step time
+MiB = 2**20
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", help="student backbone (default resnet20)")
+    parser.add_argument("--teacher", default="resnet110", help="KD teacher backbone (random weights)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (train.amp)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model and teacher (train.compile)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last format (train.channels_last)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}; "
+                        "must include ce, the baseline of every ratio")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=32, help="side of the synthetic images")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median over them)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per method and round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (compile, autotune)")
+    parser.add_argument("--loader-images", type=int, default=10000, help="images per loader timing epoch; 0 skips them")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader workers of the torchvision loader")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    for key in ("batch_size", "rounds", "steps", "num_classes", "image_size"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.loader_images < 0 or args.workers < 0:
+        parser.error("--warmup, --loader-images and --workers must be >= 0")
+    return args
+
+
+# ---------------------------------------------------------------- building what the trainer builds
+def method_config(method: str, args, overrides: list[str]):
+    """The config of one method: its loss terms from configs/_base_/methods, the rest from the CLI."""
+    return load_config(REPO / "configs" / "_base_" / "methods" / f"{method}.yaml", [
+        f"model.name={args.model}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
+        f"train.amp={args.amp}", f"train.compile={str(args.compile).lower()}",
+        f"train.channels_last={str(args.channels_last).lower()}", "train.milestones=[]",
+        "data.name=synthetic", f"data.num_classes={args.num_classes}", f"data.image_size={args.image_size}",
+        *overrides,
+    ])
+
+
+def build_methods(methods: list[str], args, device: torch.device, workdir: Path) -> dict:
+    teacher_file = workdir / f"{args.teacher}_random.pt"
+    torch.save(build_model(args.teacher, args.num_classes).state_dict(), teacher_file)
+    overrides = [f"data.num_train={4 * args.batch_size}", f"data.num_test={args.batch_size}",
+                 f"teacher.model={args.teacher}", f"teacher.checkpoint={teacher_file}"]
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    experiments = {}
+    for method in methods:
+        config = method_config(method, args, overrides)
+        experiments[method] = (config, build_experiment(config, dist))
+    return experiments
+
+
+# ---------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_steps(exp, batches: list, steps: int, epoch: int) -> None:
+    for step in range(steps):
+        images, targets = batches[step % len(batches)]
+        apply_gradients(exp, compute_losses(exp, images, targets, epoch).total)
+
+
+def time_methods(experiments: dict, args, device: torch.device) -> dict:
+    runs = {}
+    for method, (config, exp) in experiments.items():
+        exp.model.train()
+        exp.loaders.train.set_epoch(1)
+        # The last epoch of the schedule: past any loss warm-up, so every term does its full work.
+        batches = list(exp.loaders.train)
+        runs[method] = (exp, batches, config.train.epochs)
+        train_steps(exp, batches, args.warmup, config.train.epochs)
+    synchronize(device)
+    wall = {method: [] for method in runs}
+    cpu = {method: [] for method in runs}
+    peak = {method: 0 for method in runs}
+    names = list(runs)
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for method in names[shift:] + names[:shift]:
+            exp, batches, epoch = runs[method]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            began_wall, began_cpu = time.perf_counter(), time.process_time()
+            train_steps(exp, batches, args.steps, epoch)
+            synchronize(device)
+            wall[method].append((time.perf_counter() - began_wall) / args.steps)
+            cpu[method].append((time.process_time() - began_cpu) / args.steps)
+            if device.type == "cuda":
+                peak[method] = max(peak[method], torch.cuda.max_memory_allocated(device) - before)
+    results = {}
+    for method in names:
+        ms = 1000 * statistics.median(wall[method])
+        ratios = [mine / base for mine, base in zip(wall[method], wall["ce"])]
+        results[method] = {
+            "ms_per_step": ms,
+            "images_per_s": args.batch_size / ms * 1000,
+            "ratio_to_ce": statistics.median(ratios),
+            "peak_memory_mib": peak[method] / MiB if device.type == "cuda" else None,
+            "cpu_ms_per_step": 1000 * statistics.median(cpu[method]) if device.type == "cpu" else None,
+            "cpu_ratio_to_ce": (statistics.median(c / b for c, b in zip(cpu[method], cpu["ce"]))
+                                if device.type == "cpu" else None),
+            "samples_ms": [1000 * sample for sample in wall[method]],
+        }
+    return results
+
+
+def time_loaders(args, device: torch.device) -> dict:
+    """Images/s of each loader over epochs of the same synthetic images (median of up to 3 epochs)."""
+    config = method_config("ce", args, [f"data.num_train={args.loader_images}", "data.num_test=1",
+                                        f"data.num_workers={args.workers}"])
+    data = build_dataset(config.data)
+    loaders = {kind: build_loaders(dataclasses.replace(config.data, loader=kind), data, args.batch_size, 1, device,
+                                   config.seed).train for kind in ("device", "torchvision")}
+    rates = {kind: [] for kind in loaders}
+    for epoch in range(1, min(args.rounds, 3) + 1):
+        for kind, loader in loaders.items():
+            loader.set_epoch(epoch)
+            synchronize(device)
+            began, count = time.perf_counter(), 0
+            for images, _ in loader:
+                count += images.shape[0]
+            synchronize(device)
+            rates[kind].append(count / (time.perf_counter() - began))
+    return {"device": {"images_per_s": statistics.median(rates["device"])},
+            "torchvision": {"images_per_s": statistics.median(rates["torchvision"]), "workers": args.workers}}
+
+
+# ---------------------------------------------------------------- the reference check
+def fused_intra_fd(feature: torch.Tensor) -> torch.Tensor:
+    """intra_fd through the training term's fused path."""
+    return feature_losses(feature, salience_order(feature), False, [])[0]
+
+
+def fused_inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+    """inter_fd through the training term's fused path."""
+    return feature_losses(shallow, None, False, [deep])[0]
+
+
+def reference_check(exp, images: torch.Tensor) -> dict:
+    """The fused path against the readable intra_fd / inter_fd on the model's fp32 stage features."""
+    with torch.no_grad():
+        _, feats = unwrap(exp.model)(images.float())
+    feats = [feature.float().contiguous() for feature in feats]
+    cases = [(fused_intra_fd, intra_fd, (k,)) for k in range(len(feats))]
+    cases += [(fused_inter_fd, inter_fd, pair) for pair in combinations(range(len(feats)), 2)]
+    equal, grad_diff = True, 0.0
+    for fast, readable, stages in cases:
+        inputs = [[feats[k].clone().requires_grad_() for k in stages] for _ in range(2)]
+        values = [fn(*leaves) for fn, leaves in ((fast, inputs[0]), (readable, inputs[1]))]
+        equal &= bool(torch.equal(values[0], values[1]))
+        grads = [torch.autograd.grad(value, leaves[0])[0] for value, leaves in zip(values, inputs)]
+        scale = grads[1].abs().max().clamp_min(1e-30)
+        grad_diff = max(grad_diff, ((grads[0] - grads[1]).abs().max() / scale).item())
+    return {"feature_shapes": [list(f.shape) for f in feats], "values_bitwise_equal": equal,
+            "max_relative_grad_diff": grad_diff}
+
+
+# ---------------------------------------------------------------- reporting
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    return f"cpu ({model}, {torch.get_num_threads()} threads)"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes), where the OS reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def table(result: dict) -> str:
+    settings, methods, on_cpu = result["settings"], result["methods"], result["device"].startswith("cpu")
+    lines = [f"{settings['model']} training step, batch {settings['batch_size']}, {result['device']}, "
+             f"amp {settings['amp']}, {'compiled' if settings['compile'] else 'eager'}"
+             f"{', channels_last' if settings['channels_last'] else ''}, torch {result['torch']}; "
+             f"median of {settings['rounds']} interleaved rounds of {settings['steps']} steps",
+             f"{'method':10s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
+             f"{'ratio to ce':>13s}{'peak memory':>14s}"]
+    for method, row in methods.items():
+        cpu = f"{row['cpu_ms_per_step']:.1f}" if row["cpu_ms_per_step"] is not None else ""
+        memory = f"{row['peak_memory_mib']:.0f} MiB" if row["peak_memory_mib"] is not None else "n/a"
+        lines.append(f"{method:10s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
+                     f"{row['ratio_to_ce']:13.3f}{memory:>14s}")
+    if result["loaders"]:
+        lines.append(f"{'loader':14s}{'images/s':>10s}   (loader only, {settings['loader_images']} images per epoch)")
+        for kind, row in result["loaders"].items():
+            extra = f"   {row['workers']} workers" if "workers" in row else ""
+            lines.append(f"{kind:14s}{row['images_per_s']:10.0f}{extra}")
+    if "tffd" in methods:
+        target = result["targets"]["tffd_step_vs_ce"]
+        lines.append(f"target: tffd step <= {target['max_ratio']} x ce step: {target['measured']:.3f} "
+                     f"({'met' if target['met'] else 'not met'})")
+    load = settings.get("load_average", {})
+    if load.get("before") is not None:
+        lines.append(f"1-minute load average of the machine: {load['before']:.2f} before, {load['after']:.2f} after")
+    check = result.get("reference_check")
+    if check:
+        verdict = "bit-for-bit equal" if check["values_bitwise_equal"] else "NOT EQUAL"
+        lines.append(f"reference check: the fused Tf-FD path {verdict} to the readable intra_fd/inter_fd (fp32), "
+                     f"gradients within {check['max_relative_grad_diff']:.1e} (relative)")
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or "ce" not in methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods {args.methods!r}: list each of {', '.join(METHODS)} at most once, ce included")
+    for name in (args.model, args.teacher):
+        if name not in MODELS:
+            raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    device = choose_device(args.device, local_rank=0)
+    with tempfile.TemporaryDirectory() as workdir:
+        experiments = build_methods(methods, args, device, Path(workdir))
+    tffd_method = next((m for m in methods if "tffd" in m), None)
+    load_before = _load_average()
+    check = None
+    if tffd_method is not None:
+        exp = experiments[tffd_method][1]
+        images, _ = next(iter(exp.loaders.train))
+        check = reference_check(exp, images)
+    result = {
+        "device": device_name(device), "torch": torch.__version__,
+        "settings": {"model": args.model, "teacher": args.teacher, "batch_size": args.batch_size, "amp": args.amp,
+                     "compile": args.compile, "channels_last": args.channels_last, "rounds": args.rounds,
+                     "steps": args.steps, "warmup": args.warmup, "image_size": args.image_size,
+                     "num_classes": args.num_classes, "loader_images": args.loader_images,
+                     "threads": torch.get_num_threads()},
+        "methods": time_methods(experiments, args, device),
+        "loaders": time_loaders(args, device) if args.loader_images else {},
+        "reference_check": check,
+    }
+    # A shared machine's other work slows some rounds: the load average says how busy it was.
+    result["settings"]["load_average"] = {"before": load_before, "after": _load_average()}
+    if "tffd" in result["methods"]:
+        measured = result["methods"]["tffd"]["ratio_to_ce"]
+        result["targets"] = {"tffd_step_vs_ce": {"max_ratio": TFFD_TARGET, "measured": measured,
+                                                 "met": measured <= TFFD_TARGET}}
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.json and not args.json.parent.is_dir():
+        print(f"error: --json {args.json}: no directory {args.json.parent}", file=sys.stderr)
+        return 2
+    try:
+        result = run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    check = result["reference_check"]
+    if check is not None and not check["values_bitwise_equal"]:
+        print("error: the fused Tf-FD path differs from the readable intra_fd/inter_fd", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""scripts/benchmark.py for a few steps (its JSON and table, its reference check, bad input), and the
+property its GPU figures rest on: the timed training step never reads a device value on the host."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from engine.meters import DeviceMeter
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+
+TINY = ["--batch-size", "8", "--image-size", "16", "--num-classes", "10", "--teacher", "resnet20", "--rounds", "2",
+        "--steps", "1", "--warmup", "1", "--loader-images", "64", "--workers", "0", "--device", "cpu"]
+
+
+def test_benchmark_writes_every_method_and_loader(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert benchmark.main([*TINY, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu")
+    assert set(result["methods"]) == set(benchmark.METHODS)
+    for method, row in result["methods"].items():
+        assert row["ms_per_step"] > 0 and len(row["samples_ms"]) == 2, method
+        assert row["images_per_s"] == pytest.approx(8 / row["ms_per_step"] * 1000), method
+        assert row["ratio_to_ce"] > 0 and row["cpu_ms_per_step"] > 0, method
+        assert row["peak_memory_mib"] is None, "CPU peak memory is not measured"
+    assert result["methods"]["ce"]["ratio_to_ce"] == 1.0
+    assert result["loaders"]["device"]["images_per_s"] > 0
+    assert result["loaders"]["torchvision"]["images_per_s"] > 0 and result["loaders"]["torchvision"]["workers"] == 0
+    assert result["targets"]["tffd_step_vs_ce"]["measured"] == result["methods"]["tffd"]["ratio_to_ce"]
+    check = result["reference_check"]
+    assert check["values_bitwise_equal"] is True and check["max_relative_grad_diff"] < 1e-5
+    assert [shape[1:] for shape in check["feature_shapes"]] == [[16, 16, 16], [32, 8, 8], [64, 4, 4]]
+    printed = capsys.readouterr().out
+    for row in (*benchmark.METHODS, "device", "torchvision", "target: tffd", "reference check"):
+        assert row in printed
+
+
+def test_reference_check_catches_a_wrong_loss(monkeypatch, tmp_path):
+    args = benchmark.parse_args(TINY)
+    experiments = benchmark.build_methods(["tffd"], args, torch.device("cpu"), tmp_path)
+    exp = experiments["tffd"][1]
+    images, _ = next(iter(exp.loaders.train))
+    monkeypatch.setattr(benchmark, "fused_intra_fd", lambda feature: benchmark.intra_fd(feature) * (1 + 2**-20))
+    assert benchmark.reference_check(exp, images)["values_bitwise_equal"] is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "tffd,kd"], "ce included"),
+    (["--methods", "ce,dkd"], "ce included"),
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--teacher", "resnet111"], "unknown model 'resnet111'"),
+    (["--json", "/nonexistent/dir/out.json"], "no directory"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
+    assert benchmark.main([*TINY, "--loader-images", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Make every Python-level read of a tensor's value raise: on a GPU each one waits for the queue."""
+    def refuse(name):
+        def read(*_args, **_kwargs):
+            raise AssertionError(f"Tensor.{name} in the training step: a host sync per step on a GPU")
+        return read
+
+    names = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_training_step_never_reads_device_values(amp, tmp_path):
+    args = benchmark.parse_args([*TINY, "--amp", amp])
+    experiments = benchmark.build_methods(["ce", "kd_tffd"], args, torch.device("cpu"), tmp_path)  # every term
+    for method, (_, exp) in experiments.items():
+        meter = DeviceMeter(torch.device("cpu"))
+        exp.loaders.train.set_epoch(1)
+        with no_host_reads():  # what the trainer does per step: the loader, the step, the meter
+            for step, (images, targets) in enumerate(exp.loaders.train, 1):
+                logits, losses, total = benchmark.compute_losses(exp, images, targets, epoch=30)
+                benchmark.apply_gradients(exp, total)
+                meter.update({"loss": total, **losses}, logits, targets, step)
+        sums = meter.flush()  # the one read, once per logging interval
+        assert sums["count"] == 4 * 8 and sums["first_bad_step"] == -1, method
+        assert all(torch.isfinite(p).all() for p in exp.model.parameters()), method
