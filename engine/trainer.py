@@ -119,7 +119,7 @@ class Trainer:
                 point = means(sums, meter.names)
                 self.log.scalars({**point, "lr": lr, "images_per_s": rate}, self.global_step, prefix="train/")
                 bar.set_postfix(loss=f"{point['loss']:.3f}", acc1=f"{point['acc1']:.1f}", refresh=False)
-            if stop.requested if not self.dist.distributed else (at_interval and any_rank(stop.requested, device)):
+            if self._stop_now(stop, at_interval):
                 bar.close()
                 return None
         bar.close()
@@ -129,12 +129,20 @@ class Trainer:
         result.update(lr=lr, count=totals["count"])
         return result
 
+    def _stop_now(self, stop: StopRequest, at_interval: bool) -> bool:
+        """One process stops after the current step; DDP ranks agree at log intervals (a collective),
+        so that no rank is left waiting in a collective the others never join."""
+        if not self.dist.distributed:
+            return stop.requested
+        return at_interval and any_rank(stop.requested, self.device)
+
     def _check_finite(self, sums: dict, epoch: int) -> dict:
         if sums["first_bad_step"] >= 0:
+            kept = (f"the last good checkpoint is kept in {self.run_dir / LAST}" if (self.run_dir / LAST).is_file()
+                    else "no epoch had finished, so there is no checkpoint")
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {epoch}, step {sums['first_bad_step']} "
-                f"(bad: {', '.join(_bad_terms(sums['bad_names']))}); "
-                f"the last good checkpoint is kept in {self.run_dir / LAST}. "
+                f"(bad: {', '.join(_bad_terms(sums['bad_names']))}); {kept}. "
                 f"Lower the lr or the loss weights, or set train.nonfinite=skip to skip such steps"
             )
         return sums
