@@ -29,13 +29,23 @@ class NonFiniteLoss(Exception):
 
 
 @torch.no_grad()
-def evaluate(forward, loader, device: torch.device) -> dict:
-    """Top-1/top-5 and mean cross-entropy over the whole test split, summed over ranks."""
+def evaluate(model: torch.nn.Module, loader, device: torch.device,
+             memory_format: torch.memory_format = torch.contiguous_format) -> dict:
+    """Top-1/top-5 and mean cross-entropy over the whole test split, summed over ranks.
+
+    The model runs in eval mode (BatchNorm's running statistics, not the test batch's) and is put
+    back in its previous mode afterwards. It may return logits or ``(logits, stage_features)``."""
+    was_training = model.training
+    model.eval()
     sums = torch.zeros(4, device=device)  # loss, hits@1, hits@5, count
-    for images, targets in loader:
-        logits = forward(images).float()
-        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        sums += torch.cat([loss.view(1), correct_topk(logits, targets), sums.new_full((1,), targets.shape[0])])
+    try:
+        for images, targets in loader:
+            output = model(images.contiguous(memory_format=memory_format))
+            logits = (output[0] if isinstance(output, tuple) else output).float()
+            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            sums += torch.cat([loss.view(1), correct_topk(logits, targets), sums.new_full((1,), targets.shape[0])])
+    finally:
+        model.train(was_training)
     loss, hits1, hits5, count = all_reduce_sum(sums).tolist()
     count = max(count, 1)
     return {"loss": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count, "count": int(count)}
@@ -59,7 +69,7 @@ class Trainer:
         start_epoch = self._load_last() + 1 if self.resume else 1
         epochs = self.train_cfg.epochs
         if self.exp.teacher is not None:
-            teacher = evaluate(self.exp.teacher, self.exp.loaders.test, self.device)
+            teacher = evaluate(self.exp.teacher, self.exp.loaders.test, self.device, self.exp.memory_format)
             self.log.info(f"teacher {self.config.teacher.model}: test top-1 {teacher['acc1']:.2f}%, "
                           f"top-5 {teacher['acc5']:.2f}% ({self.config.teacher.checkpoint})")
             self.teacher_acc1 = teacher["acc1"]
@@ -75,8 +85,7 @@ class Trainer:
                     break
                 train_seconds = time.perf_counter() - began
                 broadcast_buffers(self.exp.model)
-                self.eval_model.eval()  # BatchNorm running statistics, not the test batch's
-                test = evaluate(self._eval_logits, self.exp.loaders.test, self.device)
+                test = evaluate(self.eval_model, self.exp.loaders.test, self.device, self.exp.memory_format)
                 self.exp.scheduler.step()
                 self.wall_time += time.perf_counter() - began
                 self._record(epoch, train, test, train_seconds, time.perf_counter() - began)
@@ -84,9 +93,6 @@ class Trainer:
                     stopped = stop
                     break
         return self._finish(stopped)
-
-    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.eval_model(images.contiguous(memory_format=self.exp.memory_format))[0]
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, stop: StopRequest) -> dict | None:

@@ -42,8 +42,7 @@ def evaluate_checkpoint(checkpoint: Path, config_path: Path | None, overrides: l
     model = build_model(config.model.name, loaders.num_classes)
     load_model_weights(model, checkpoint, what="checkpoint", model_name=config.model.name,
                        num_classes=loaders.num_classes)
-    model = model.to(device).eval()
-    result = evaluate(lambda images: model(images)[0], loaders.test, device)
+    result = evaluate(model.to(device), loaders.test, device)
     return {"checkpoint": str(checkpoint), "model": config.model.name, "dataset": config.data.name,
             "images": result["count"], "acc1": result["acc1"], "acc5": result["acc5"], "loss": result["loss"]}
 

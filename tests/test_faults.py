@@ -93,6 +93,19 @@ def wait_for_mid_epoch(process: subprocess.Popen, terminal: int, epoch: int) -> 
             raise AssertionError(f"train.py exited {process.returncode} before epoch {epoch} was half done: {seen}")
 
 
+def signal_mid_epoch(run_dir: Path, signum: int, epoch: int) -> tuple[subprocess.Popen, str]:
+    """Start a FAULT run, send ``signum`` while ``epoch`` is partly done; the ended process and its stdout."""
+    process, terminal = start_with_terminal(*FAULT, "--run-dir", str(run_dir))
+    try:
+        with watchdog(process):
+            wait_for_mid_epoch(process, terminal, epoch)
+            process.send_signal(signum)
+            stdout, _ = process.communicate()
+    finally:
+        os.close(terminal)
+    return process, stdout
+
+
 def checkpoint_epoch(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / "last.pt")["epoch"])
 
@@ -124,14 +137,8 @@ def reference(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- SIGKILL and exact resume
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     run_dir = tmp_path / "run"
-    process, terminal = start_with_terminal(*FAULT, "--run-dir", str(run_dir))
-    try:
-        with watchdog(process):
-            wait_for_mid_epoch(process, terminal, epoch=2)
-            process.send_signal(signal.SIGKILL)
-            assert process.wait() == -signal.SIGKILL
-    finally:
-        os.close(terminal)
+    process, _ = signal_mid_epoch(run_dir, signal.SIGKILL, epoch=2)
+    assert process.returncode == -signal.SIGKILL
     assert checkpoint_epoch(run_dir) == 1  # killed inside epoch 2: its partial progress is lost
     assert read_metrics(run_dir)["finished"] is False
     assert f"pid {process.pid}" in (run_dir / ".lock").read_text()  # left behind by the dead run: stale
@@ -185,14 +192,7 @@ def test_kill_during_atomic_write_keeps_previous_file(tmp_path):
 # ---------------------------------------------------------------- SIGTERM: graceful stop, same command resumes
 def test_sigterm_stops_cleanly_and_same_command_resumes(tmp_path, reference):
     run_dir = tmp_path / "run"
-    process, terminal = start_with_terminal(*FAULT, "--run-dir", str(run_dir))
-    try:
-        with watchdog(process):
-            wait_for_mid_epoch(process, terminal, epoch=2)
-            process.send_signal(signal.SIGTERM)
-            stdout, _ = process.communicate()
-    finally:
-        os.close(terminal)
+    process, stdout = signal_mid_epoch(run_dir, signal.SIGTERM, epoch=2)
     assert process.returncode == 128 + signal.SIGTERM == 143
     assert "stopped by SIGTERM after 1 finished epochs" in stdout and "Run the same command again" in stdout
     assert "Traceback" not in stdout

@@ -95,3 +95,26 @@ def test_overrides_change_the_run_and_bad_ones_write_nothing(tmp_path):
         "error: unknown config key 'loss.tffd.lamda_intra'; did you mean 'loss.tffd.lambda_intra'?"
     ]
     assert not (tmp_path / "typo").exists()
+
+
+def test_evaluate_uses_eval_mode_and_restores_the_mode():
+    from engine.trainer import evaluate
+
+    class ModeProbe(torch.nn.Module):
+        """Predicts class 1 in eval mode and class 0 in train mode, beside a BatchNorm that would learn."""
+
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            features = self.bn(x.flatten(1)[:, :3])
+            logits = torch.zeros(x.shape[0], 10).index_fill_(1, torch.tensor([0 if self.training else 1]), 1.0)
+            return logits + 0 * features.sum(), [features]
+
+    model = ModeProbe().train()
+    batches = [(torch.randn(4, 3, 2, 2), torch.ones(4, dtype=torch.long)) for _ in range(3)]
+    result = evaluate(model, batches, torch.device("cpu"))
+    assert result["acc1"] == 100.0 and result["count"] == 12
+    assert model.training, "evaluate must give the model back in the mode it found it"
+    assert torch.equal(model.bn.running_mean, torch.zeros(3)), "test batches must not move BatchNorm statistics"
