@@ -22,25 +22,8 @@ from engine.typed_config import option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
+from .salience import channel_salience, salience_order  # noqa: F401  (re-exported: part of the method)
 from .tffd_fused import feature_losses
-
-_NORM_EPS = 1e-12  # as F.normalize: an all-zero map (a dead ReLU channel) has salience 0
-
-
-@torch.no_grad()
-def channel_salience(feature: torch.Tensor) -> torch.Tensor:
-    """Mean over (N, H, W) of each (n, c) map normalised to unit L2 norm over (H, W); shape (C,).
-    A normalised map sums to its sum over its norm: two reductions, no normalised copy."""
-    feature = feature.detach().float()
-    norms = torch.linalg.vector_norm(feature, dim=(2, 3)).clamp_min(_NORM_EPS)
-    return (feature.sum(dim=(2, 3)) / norms).mean(dim=0) / (feature.shape[2] * feature.shape[3])
-
-
-def salience_order(feature: torch.Tensor) -> torch.Tensor:
-    """Channel indices by descending salience; ties keep channel order."""
-    if feature.shape[1] < 2:
-        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
-    return torch.argsort(channel_salience(feature), descending=True, stable=True)
 
 
 def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tensor:
@@ -131,8 +114,7 @@ class TeacherFreeFD(LossTerm):
         intra, inter = {}, {}
         for stage in sorted(set(stages) | {shallow for shallow, _ in pairs}):
             deeper = [deep for shallow, deep in pairs if shallow == stage]
-            order = salience_order(feats[stage - 1]) if stage in stages else None
-            losses = list(feature_losses(feats[stage - 1], order, cfg.detach_salient,
+            losses = list(feature_losses(feats[stage - 1], stage in stages, cfg.detach_salient,
                                          [feats[deep - 1] for deep in deeper]))
             if stage in stages:
                 intra[stage] = losses.pop(0)

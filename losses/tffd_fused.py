@@ -2,12 +2,19 @@
 ``losses/tffd.py`` (read those for the method), computed so that Tf-FD costs next to nothing on top of
 cross-entropy. ``tests/test_tffd.py`` checks values and gradients against the readable functions.
 
-Each loss value is the ``F.mse_loss`` of the readable version on tensors of the same values, so it is
-bit-for-bit the same in fp32; the work around it is what differs. All losses whose gradient flows
-into one stage feature are one autograd function (``_FeatureLosses``) whose backward writes that
-feature's whole Tf-FD gradient into a single buffer, where autograd would build a zero-filled scatter
-per channel half and per pooled copy and add them up one by one. The channel-sorted copy of the
-feature is freed after the forward pass; the backward needs only the feature, which the network keeps.
+All losses whose gradient flows into one stage feature are one autograd function (``_FeatureLosses``)
+whose backward writes that feature's whole Tf-FD gradient into a single buffer, where autograd would
+build a zero-filled scatter per channel half and per pooled copy and add them up one by one. The
+channel-sorted copy of the feature is not kept; the backward needs only the feature, which the
+network keeps anyway.
+
+The work is done by one of two interchangeable sets of ops:
+- ``CpuKernelOps``: C++ kernels (``losses/tffd_cpu.py``) for contiguous fp32 CPU features, one pass
+  over the feature per step where PyTorch's ops take several;
+- ``TorchOps``: PyTorch's ops, for everything else (GPUs, AMP, channels_last).
+Each loss value is bit-for-bit the ``F.mse_loss`` of the readable version in fp32, with either set.
+(The kernels rank channels by a salience accumulated in float64, the readable function in float32:
+their orders could differ only between two channels whose saliences agree to within rounding.)
 """
 from __future__ import annotations
 
@@ -17,78 +24,164 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .salience import NORM_EPS, check_intra_channels, salience_order
+from .tffd_cpu import cpu_kernels
+
 _MEAN = 1  # aten.mse_loss_backward's code for reduction="mean"
 
 
-def feature_losses(feature: torch.Tensor, order: Optional[torch.Tensor], detach_salient: bool,
+def feature_losses(feature: torch.Tensor, intra: bool, detach_salient: bool,
                    deeper: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """``intra_fd(feature)`` if ``order`` (its channels by descending salience) is given, then
-    ``inter_fd(feature, d)`` for each ``d`` in ``deeper``, computed together so that the backward forms
-    ``feature``'s gradient in one buffer."""
-    return _FeatureLosses.apply(feature, order, detach_salient, *(d.detach() for d in deeper))
+    """``intra_fd(feature, detach_salient)`` if ``intra``, then ``inter_fd(feature, d)`` for each ``d``
+    in ``deeper``, computed together so that the backward forms ``feature``'s gradient in one buffer."""
+    if intra:
+        check_intra_channels(feature)
+    return _FeatureLosses.apply(feature, intra, detach_salient, *(d.detach() for d in deeper))
 
 
 class _FeatureLosses(torch.autograd.Function):
-    """intra_fd of ``feature`` (when ``order``, its channels by salience, is given), then inter_fd of
-    ``feature`` towards each of ``targets`` (detached deeper features)."""
+    """intra_fd of ``feature`` (if ``intra``), then inter_fd of ``feature`` towards each of ``targets``
+    (detached deeper features)."""
 
     @staticmethod
-    def forward(ctx, feature, order, detach_salient, *targets):
+    def forward(ctx, feature, intra, detach_salient, *targets):
         ctx.set_materialize_grads(False)  # unused losses send no gradient: skip them
-        ctx.shape, ctx.dtype, ctx.has_intra = feature.shape, feature.dtype, order is not None
-        losses, saved = [], []
-        if order is not None:
+        ctx.shape, ctx.dtype, ctx.has_intra = feature.shape, feature.dtype, intra
+        ctx.ops = ops = ops_for(feature, targets)
+        channels = [min(feature.shape[1], target.shape[1]) for target in targets]
+        order, pooled = ops.scan(feature, intra, channels, [tuple(target.shape[-2:]) for target in targets])
+        losses, saved = [], [feature]  # the network keeps the feature anyway
+        if intra:
             half = feature.shape[1] // 2
-            ranked = _gather_channels(feature, order[: 2 * half])  # salient half, then redundant half
-            losses.append(F.mse_loss(ranked[:, half:], ranked[:, :half]))
-            ctx.intra_numel = ranked.numel() // 2
-            saved += [feature, *_partners(order, detach_salient)]
-        for target in targets:
-            channels = min(feature.shape[1], target.shape[1])
-            pooled = _adaptive_avg_pool(feature[:, :channels], target.shape[-2:])
-            target = target[:, :channels]
-            losses.append(F.mse_loss(pooled, target))
-            saved += [pooled, target]
-        ctx.save_for_backward(*saved)
+            losses.append(ops.intra_loss(feature, order[: 2 * half]))
+            ctx.intra_numel = feature.numel() // feature.shape[1] * half
+            saved += [order, _learning_channels(order, detach_salient)]
+        losses += [F.mse_loss(p, target[:, :c]) for p, target, c in zip(pooled, targets, channels)]
+        ctx.save_for_backward(*saved, *pooled, *targets)
         return tuple(losses)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *loss_grads):
-        saved, grad = ctx.saved_tensors, None
+        (feature, *saved), intra = ctx.saved_tensors, None
         if ctx.has_intra:
-            (feature, partner, coefficient), saved = saved[:3], saved[3:]
+            (order, learning), saved = saved[:2], saved[2:]
             if loss_grads[0] is not None:
                 scale = loss_grads[0] * (2.0 / ctx.intra_numel)
-                grad = _intra_grad(feature.to(scale.dtype), partner, coefficient, scale)
+                intra = (feature.to(scale.dtype), order, scale * learning)
             loss_grads = loss_grads[1:]
-        for index, loss_grad in enumerate(loss_grads):
-            if loss_grad is not None:
-                pooled, target = (t.to(loss_grad.dtype) for t in saved[2 * index : 2 * index + 2])
-                pooled_grad = torch.ops.aten.mse_loss_backward(loss_grad, pooled, target, _MEAN)
-                grad = _add_pooling_grad(grad, pooled_grad, ctx.shape)
-        return (None if grad is None else grad.to(ctx.dtype), None, None) + (None,) * len(loss_grads)
+        count = len(loss_grads)
+        inter = [(pooled, target, loss_grad) for pooled, target, loss_grad
+                 in zip(saved[:count], saved[count:], loss_grads) if loss_grad is not None]
+        grad = ctx.ops.feature_grad(feature, intra, inter) if intra or inter else None
+        return (None if grad is None else grad.to(ctx.dtype), None, None) + (None,) * count
 
 
-def _partners(order: torch.Tensor, detach_salient: bool) -> tuple[torch.Tensor, torch.Tensor]:
+class TorchOps:
+    """The steps of ``_FeatureLosses`` in PyTorch ops: any device, dtype and memory format."""
+
+    @staticmethod
+    def scan(feature, intra: bool, channels: list[int], sizes: list[tuple[int, int]]):
+        """(channels by descending salience if ``intra`` else None, [adaptive average pooling of
+        ``feature[:, :channels[k]]`` to ``sizes[k]`` for each k])."""
+        order = salience_order(feature) if intra else None
+        return order, [_adaptive_avg_pool(feature[:, :c], size) for c, size in zip(channels, sizes)]
+
+    @staticmethod
+    def intra_loss(feature: torch.Tensor, ranked_order: torch.Tensor) -> torch.Tensor:
+        """F.mse_loss(redundant half, salient half), ``ranked_order`` listing the salient channels first."""
+        half = ranked_order.numel() // 2
+        ranked = _gather_channels(feature, ranked_order)
+        return F.mse_loss(ranked[:, half:], ranked[:, :half])
+
+    @staticmethod
+    def feature_grad(feature, intra, inter) -> torch.Tensor:
+        """The feature's Tf-FD gradient. ``intra``: None or (the feature in the gradient's dtype,
+        channels by salience, coefficient per channel: the loss's scale, 0 where no gradient goes);
+        ``inter``: (pooled copy, deeper feature, incoming gradient) per loss."""
+        grad, shape = None, feature.shape
+        if intra is not None:
+            same_feature, order, coefficient = intra
+            grad = _intra_grad(same_feature, _partner(order), coefficient)
+        for pooled, target, loss_grad in inter:
+            pooled, target = pooled.to(loss_grad.dtype), target[:, : pooled.shape[1]].to(loss_grad.dtype)
+            pooled_grad = torch.ops.aten.mse_loss_backward(loss_grad, pooled, target, _MEAN)
+            grad = _add_pooling_grad(grad, pooled_grad, shape)
+        return grad
+
+
+class CpuKernelOps:
+    """The same steps through the C++ kernels of ``losses/tffd_cpu.py`` (one pass over the feature
+    each), for contiguous fp32 CPU features whose pooling windows tile the map."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    @staticmethod
+    def supports(feature: torch.Tensor, targets) -> bool:
+        def plain(t):
+            return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+
+        return plain(feature) and all(
+            plain(target) and tuple(target.shape[-2:]) != (1, 1) and _tiles(feature.shape[-2:], target.shape[-2:])
+            for target in targets
+        )
+
+    def scan(self, feature, intra, channels, sizes):
+        order, *pooled = self.kernels.scan(feature, NORM_EPS, channels, [side for size in sizes for side in size])
+        return (order if intra else None), pooled
+
+    def intra_loss(self, feature, ranked_order):
+        return self.kernels.intra_squared_error(feature, ranked_order).mean()
+
+    def feature_grad(self, feature, intra, inter):
+        height, width = feature.shape[-2:]
+        if intra is None:  # no intra-layer part: an empty coefficient says so
+            intra = (feature, torch.arange(feature.shape[1]), feature.new_empty(0))
+        scales = [loss_grad * (2.0 / pooled.numel()) / (height // pooled.shape[-2]) / (width // pooled.shape[-1])
+                  for pooled, _, loss_grad in inter]
+        scales = torch.stack(scales) if scales else intra[2].new_empty(0)
+        return self.kernels.feature_grad(*intra, [p for p, _, _ in inter], [t for _, t, _ in inter], scales)
+
+
+def ops_for(feature: torch.Tensor, targets):
+    """The C++ kernels where they apply and could be built, else PyTorch's ops: the same values."""
+    if CpuKernelOps.supports(feature, targets):
+        kernels = cpu_kernels()
+        if kernels is not None:
+            return CpuKernelOps(kernels)
+    return TorchOps
+
+
+def _tiles(full, part) -> bool:
+    return all(p > 0 and f % p == 0 for f, p in zip(full, part))
+
+
+def _learning_channels(order: torch.Tensor, detach_salient: bool) -> torch.Tensor:
+    """1 for each channel that intra_fd sends gradient into, else 0 (the salient half when detached)."""
+    learning = torch.ones(order.numel(), device=order.device)
+    if detach_salient:
+        learning[order[: order.numel() // 2]] = 0.0
+    return learning
+
+
+def _partner(order: torch.Tensor) -> torch.Tensor:
     """``partner[c]``: the channel that channel c is compared with (itself for the channel an odd
-    count leaves out); ``coefficient[c]``: 1 where c gets gradient, else 0."""
+    count leaves out)."""
     half = order.numel() // 2
     partner = torch.arange(order.numel(), device=order.device)
     partner[order[:half]] = order[half : 2 * half]
     partner[order[half : 2 * half]] = order[:half]
-    coefficient = torch.ones(order.numel(), device=order.device)
-    if detach_salient:
-        coefficient[order[:half]] = 0.0
-    return partner, coefficient
+    return partner
 
 
-def _intra_grad(feature, partner, coefficient, scale) -> torch.Tensor:
-    """d MSE / d feature[:, c] = 2 / numel * (feature[:, c] - feature[:, partner[c]]), the salient and
-    the redundant side alike; 0 for a channel compared with itself. One gather, two in-place ops."""
+def _intra_grad(feature, partner, coefficient) -> torch.Tensor:
+    """coefficient[c] * (feature[:, c] - feature[:, partner[c]]): d MSE / d feature[:, c] when the
+    coefficient holds 2 / numel, the salient and the redundant side alike; 0 for a channel compared
+    with itself. One gather, two in-place ops."""
     grad = _gather_channels(feature, partner)
     torch.sub(feature, grad, out=grad)
-    return grad.mul_(scale * coefficient.view(1, -1, 1, 1))
+    return grad.mul_(coefficient.view(1, -1, 1, 1))
 
 
 def _gather_channels(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -43,8 +44,8 @@ from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
 from engine.errors import ConfigError, UserError  # noqa: E402
 from engine.step import apply_gradients, compute_losses  # noqa: E402
-from losses.tffd import inter_fd, intra_fd, salience_order  # noqa: E402
-from losses.tffd_fused import feature_losses  # noqa: E402
+from losses.tffd import inter_fd, intra_fd  # noqa: E402
+from losses.tffd_fused import CpuKernelOps, ops_for, feature_losses  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
 METHODS = ("ce", "tffd", "kd", "kd_tffd")
@@ -65,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "must include ce, the baseline of every ratio")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=32, help="side of the synthetic images")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median over them)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per method and round")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (median over them)")
+    parser.add_argument("--steps", type=int, default=1, help="training steps per method and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (compile, autotune)")
     parser.add_argument("--loader-images", type=int, default=10000, help="images per loader timing epoch; 0 skips them")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -154,6 +155,7 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
             "ms_per_step": ms,
             "images_per_s": args.batch_size / ms * 1000,
             "ratio_to_ce": statistics.median(ratios),
+            "ratio_to_ce_ci95": median_ci95(ratios),
             "peak_memory_mib": peak[method] / MiB if device.type == "cuda" else None,
             "cpu_ms_per_step": 1000 * statistics.median(cpu[method]) if device.type == "cpu" else None,
             "cpu_ratio_to_ce": (statistics.median(c / b for c, b in zip(cpu[method], cpu["ce"]))
@@ -161,6 +163,14 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
             "samples_ms": [1000 * sample for sample in wall[method]],
         }
     return results
+
+
+def median_ci95(samples: list[float], resamples: int = 2000) -> list[float]:
+    """A 95% bootstrap confidence interval of the median of ``samples`` (a fixed seed: the same
+    samples always give the same interval). How far a shared machine's noise leaves the median open."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(samples, k=len(samples))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def time_loaders(args, device: torch.device) -> dict:
@@ -187,19 +197,19 @@ def time_loaders(args, device: torch.device) -> dict:
 # ---------------------------------------------------------------- the reference check
 def fused_intra_fd(feature: torch.Tensor) -> torch.Tensor:
     """intra_fd through the training term's fused path."""
-    return feature_losses(feature, salience_order(feature), False, [])[0]
+    return feature_losses(feature, True, False, [])[0]
 
 
 def fused_inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
     """inter_fd through the training term's fused path."""
-    return feature_losses(shallow, None, False, [deep])[0]
+    return feature_losses(shallow, False, False, [deep])[0]
 
 
 def reference_check(exp, images: torch.Tensor) -> dict:
     """The fused path against the readable intra_fd / inter_fd on the model's fp32 stage features."""
     with torch.no_grad():
         _, feats = unwrap(exp.model)(images.float())
-    feats = [feature.float().contiguous() for feature in feats]
+    feats = [feature.float() for feature in feats]  # in the memory format training sees
     cases = [(fused_intra_fd, intra_fd, (k,)) for k in range(len(feats))]
     cases += [(fused_inter_fd, inter_fd, pair) for pair in combinations(range(len(feats)), 2)]
     equal, grad_diff = True, 0.0
@@ -211,7 +221,13 @@ def reference_check(exp, images: torch.Tensor) -> dict:
         scale = grads[1].abs().max().clamp_min(1e-30)
         grad_diff = max(grad_diff, ((grads[0] - grads[1]).abs().max() / scale).item())
     return {"feature_shapes": [list(f.shape) for f in feats], "values_bitwise_equal": equal,
-            "max_relative_grad_diff": grad_diff}
+            "max_relative_grad_diff": grad_diff, "tffd_ops": tffd_ops_name(feats)}
+
+
+def tffd_ops_name(feats: list[torch.Tensor]) -> str:
+    """Which ops the fused path ran on these features: its C++ CPU kernels or PyTorch's."""
+    ops = ops_for(feats[0], feats[1:])
+    return "C++ CPU kernels" if isinstance(ops, CpuKernelOps) else "PyTorch ops"
 
 
 # ---------------------------------------------------------------- reporting
@@ -258,16 +274,17 @@ def table(result: dict) -> str:
             lines.append(f"{kind:14s}{row['images_per_s']:10.0f}{extra}")
     if "tffd" in methods:
         target = result["targets"]["tffd_step_vs_ce"]
+        low, high = methods["tffd"]["ratio_to_ce_ci95"]
         lines.append(f"target: tffd step <= {target['max_ratio']} x ce step: {target['measured']:.3f} "
-                     f"({'met' if target['met'] else 'not met'})")
+                     f"({'met' if target['met'] else 'not met'}; 95% interval of the median {low:.3f}-{high:.3f})")
     load = settings.get("load_average", {})
     if load.get("before") is not None:
         lines.append(f"1-minute load average of the machine: {load['before']:.2f} before, {load['after']:.2f} after")
     check = result.get("reference_check")
     if check:
         verdict = "bit-for-bit equal" if check["values_bitwise_equal"] else "NOT EQUAL"
-        lines.append(f"reference check: the fused Tf-FD path {verdict} to the readable intra_fd/inter_fd (fp32), "
-                     f"gradients within {check['max_relative_grad_diff']:.1e} (relative)")
+        lines.append(f"reference check: the fused Tf-FD path ({check['tffd_ops']}) {verdict} to the readable "
+                     f"intra_fd/inter_fd (fp32), gradients within {check['max_relative_grad_diff']:.1e} (relative)")
     return "\n".join(lines)
 
 

@@ -53,3 +53,12 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tffd_cpu_kernels_built():
+    """Build the Tf-FD CPU kernels (losses/tffd_cpu.py) once, before any test starts train.py: a
+    first build inside a training run would add its message to output that tests read."""
+    from losses import tffd_cpu
+
+    tffd_cpu.cpu_kernels()

@@ -11,6 +11,7 @@ import torch
 
 from conftest import REPO
 from engine.meters import DeviceMeter
+from losses import tffd_cpu
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
@@ -34,11 +35,14 @@ def test_benchmark_writes_every_method_and_loader(tmp_path, capsys):
     assert result["loaders"]["device"]["images_per_s"] > 0
     assert result["loaders"]["torchvision"]["images_per_s"] > 0 and result["loaders"]["torchvision"]["workers"] == 0
     assert result["targets"]["tffd_step_vs_ce"]["measured"] == result["methods"]["tffd"]["ratio_to_ce"]
+    low, high = result["methods"]["tffd"]["ratio_to_ce_ci95"]
+    assert low <= result["methods"]["tffd"]["ratio_to_ce"] <= high
     check = result["reference_check"]
     assert check["values_bitwise_equal"] is True and check["max_relative_grad_diff"] < 1e-5
+    assert check["tffd_ops"] == ("C++ CPU kernels" if tffd_cpu.enabled() else "PyTorch ops")
     assert [shape[1:] for shape in check["feature_shapes"]] == [[16, 16, 16], [32, 8, 8], [64, 4, 4]]
     printed = capsys.readouterr().out
-    for row in (*benchmark.METHODS, "device", "torchvision", "target: tffd", "reference check"):
+    for row in (*benchmark.METHODS, "device", "torchvision", "target: tffd", "95% interval", "reference check"):
         assert row in printed
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from losses import StepOutput
 from losses.tffd import (TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, salience_order,
                          warmup_weight)
-from losses.tffd_fused import feature_losses
+from losses import tffd_cpu, tffd_fused
+from losses.tffd_fused import CpuKernelOps, TorchOps, feature_losses
 from engine.errors import ConfigError
 
 
@@ -163,12 +164,25 @@ def test_zero_lambda_skips_the_term_and_negative_is_rejected():
 
 
 # ---------------------------------------------------------------- the fused training path
+@pytest.fixture(params=["kernels", "torch"])
+def backend(request, monkeypatch):
+    """Runs a test through the C++ CPU kernels and through PyTorch's ops. The kernels must build
+    here (a C++ compiler and ninja); TFFD_CPU_KERNELS=0 skips their runs instead."""
+    if request.param == "torch":
+        monkeypatch.setattr(tffd_fused, "cpu_kernels", lambda: None)
+    elif not tffd_cpu.enabled():
+        pytest.skip("TFFD_CPU_KERNELS=0")
+    else:
+        assert tffd_cpu.cpu_kernels() is not None, "the Tf-FD CPU kernels did not build: see the message above"
+    return request.param
+
+
 def fused_intra(feature, detach_salient=False):
-    return feature_losses(feature, salience_order(feature), detach_salient, [])[0]
+    return feature_losses(feature, True, detach_salient, [])[0]
 
 
 def fused_inter(shallow, deep):
-    return feature_losses(shallow, None, False, [deep])[0]
+    return feature_losses(shallow, False, False, [deep])[0]
 
 
 def values_and_grads(fn, *tensors):
@@ -181,7 +195,7 @@ def values_and_grads(fn, *tensors):
     ((4, 16, 8, 8), False, False), ((4, 16, 8, 8), True, False), ((3, 7, 5, 5), False, False),
     ((4, 16, 8, 8), False, True), ((2, 6, 1, 1), True, False),
 ])
-def test_fused_intra_equals_readable(shape, detach, channels_last):
+def test_fused_intra_equals_readable(shape, detach, channels_last, backend):
     f = torch.randn(shape, generator=torch.Generator().manual_seed(3)).relu()
     if channels_last:
         f = f.contiguous(memory_format=torch.channels_last)
@@ -193,9 +207,9 @@ def test_fused_intra_equals_readable(shape, detach, channels_last):
 
 @pytest.mark.parametrize("shallow_shape, deep_shape", [
     ((4, 16, 16, 16), (4, 32, 8, 8)), ((4, 16, 16, 16), (4, 64, 4, 4)), ((2, 8, 7, 7), (2, 8, 3, 3)),
-    ((2, 8, 8, 8), (2, 16, 1, 1)), ((2, 24, 8, 6), (2, 16, 4, 3)),
+    ((2, 8, 8, 8), (2, 16, 1, 1)), ((2, 24, 8, 6), (2, 16, 4, 3)), ((3, 8, 9, 12), (3, 4, 3, 2)),
 ])
-def test_fused_inter_equals_readable_and_detaches_deep(shallow_shape, deep_shape):
+def test_fused_inter_equals_readable_and_detaches_deep(shallow_shape, deep_shape, backend):
     generator = torch.Generator().manual_seed(4)
     shallow, deep = torch.randn(shallow_shape, generator=generator), torch.randn(deep_shape, generator=generator)
     fast, fast_grad = values_and_grads(fused_inter, shallow, deep)
@@ -207,7 +221,7 @@ def test_fused_inter_equals_readable_and_detaches_deep(shallow_shape, deep_shape
     assert deep_leaf.grad is None
 
 
-def test_term_gradients_equal_readable_composition():
+def test_term_gradients_equal_readable_composition(backend):
     feats = three_stage_feats(5)
     term = TeacherFreeFD(TfFDConfig(lambda_intra=0.3, lambda_inter=0.7, warmup_epochs=0))
     out = term(StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 1))
@@ -216,3 +230,103 @@ def test_term_gradients_equal_readable_composition():
     readable = 0.7 * sum(inter_fd(feats[i], feats[j]) for i, j in pairs) / 3 + 0.3 * sum(intra_fd(f) for f in feats) / 3
     for fast, slow in zip(fast_grads, torch.autograd.grad(readable, feats)):
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-10)
+
+
+def test_feature_with_intra_and_several_inter_losses_equals_readable(backend):
+    """An odd channel count (one channel left out of intra), two deeper targets of other widths."""
+    generator = torch.Generator().manual_seed(6)
+    shallow = torch.randn(3, 7, 16, 16, generator=generator).relu()
+    deep = [torch.randn(3, 5, 8, 8, generator=generator), torch.randn(3, 9, 2, 2, generator=generator)]
+    weights = (0.3, 0.5, 0.2)
+
+    def fused(x):
+        return sum(w * loss for w, loss in zip(weights, feature_losses(x, True, False, deep)))
+
+    def readable(x):
+        return weights[0] * intra_fd(x) + weights[1] * inter_fd(x, deep[0]) + weights[2] * inter_fd(x, deep[1])
+
+    leaves = [shallow.clone().requires_grad_(True) for _ in range(2)]
+    fast_losses = feature_losses(leaves[0], True, False, deep)
+    assert torch.equal(fast_losses[0], intra_fd(shallow))
+    assert all(torch.equal(fast, inter_fd(shallow, d)) for fast, d in zip(fast_losses[1:], deep))
+    fast_grad = torch.autograd.grad(fused(leaves[0]), leaves[0])[0]
+    slow_grad = torch.autograd.grad(readable(leaves[1]), leaves[1])[0]
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-10)
+
+
+def kernels_or_skip():
+    if not tffd_cpu.enabled():
+        pytest.skip("TFFD_CPU_KERNELS=0")
+    kernels = tffd_cpu.cpu_kernels()
+    assert kernels is not None, "the Tf-FD CPU kernels did not build: see the message above"
+    return kernels
+
+
+def test_kernels_take_plain_fp32_cpu_features_and_pytorch_the_rest():
+    kernels_or_skip()
+    f, deep = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4)
+    assert isinstance(tffd_fused.ops_for(f, [deep]), CpuKernelOps)
+    assert tffd_fused.ops_for(f.contiguous(memory_format=torch.channels_last), [deep]) is TorchOps
+    assert tffd_fused.ops_for(f.bfloat16(), [deep.bfloat16()]) is TorchOps
+    assert tffd_fused.ops_for(f, [torch.randn(2, 8, 3, 3)]) is TorchOps  # windows that overlap
+    assert tffd_fused.ops_for(f, [torch.randn(2, 8, 1, 1)]) is TorchOps  # PyTorch pools to 1 x 1 by mean()
+
+
+def test_kernel_salience_order_matches_readable_including_ties():
+    kernels = kernels_or_skip()
+    generator = torch.Generator().manual_seed(7)
+    for shape in [(4, 16, 8, 8), (3, 7, 5, 5), (2, 32, 16, 16)]:
+        f = torch.randn(shape, generator=generator).relu()
+        f[:, 1] = 0.0  # dead channels tie at salience 0 and keep channel order
+        f[:, 4] = 0.0
+        order = kernels.scan(f, 1e-12, [], [])[0]
+        assert torch.equal(order, salience_order(f)), shape
+
+
+@pytest.mark.parametrize("shape, size", [
+    ((4, 16, 32, 32), (16, 16)), ((4, 16, 32, 32), (8, 8)), ((2, 8, 56, 56), (7, 7)), ((5, 8, 9, 12), (3, 2)),
+    ((3, 6, 15, 15), (5, 5)), ((3, 6, 4, 6), (4, 3)),
+])
+def test_kernel_pooling_is_bitwise_pytorchs(shape, size):
+    kernels = kernels_or_skip()
+    f = torch.randn(shape, generator=torch.Generator().manual_seed(8))
+    channels = shape[1] // 2
+    pooled = kernels.scan(f, 1e-12, [channels, shape[1]], [*size, *size])[1:]
+    assert torch.equal(pooled[0], F.adaptive_avg_pool2d(f[:, :channels], size))
+    assert torch.equal(pooled[1], F.adaptive_avg_pool2d(f, size))
+
+
+def test_kernels_reject_tensors_they_cannot_read():
+    kernels = kernels_or_skip()
+    with pytest.raises(RuntimeError, match="contiguous 4-d float32 CPU tensor"):
+        kernels.scan(torch.randn(2, 8, 4, 4).transpose(2, 3), 1e-12, [], [])
+    with pytest.raises(RuntimeError, match="windows that do not tile"):
+        kernels.scan(torch.randn(2, 8, 4, 4), 1e-12, [8], [3, 3])
+    with pytest.raises(RuntimeError, match="permutation"):
+        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.tensor([0, 0, 1, 2]), torch.ones(4), [], [],
+                             torch.ones(0))
+
+
+def test_unbuildable_kernels_fall_back_to_pytorch_with_one_message(monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension 'tffd_cpu'\nc++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(tffd_cpu, "_tried", False)
+    monkeypatch.setattr(tffd_cpu, "_kernels", None)
+    f = torch.randn(2, 8, 8, 8).relu().requires_grad_(True)
+    assert tffd_fused.ops_for(f, []) is TorchOps
+    assert torch.equal(feature_losses(f, True, False, [])[0], intra_fd(f))
+    assert tffd_fused.ops_for(f, []) is TorchOps
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and "could not be built" in message[0] and "c++: not found" in message[0]
+
+
+def test_kernels_can_be_switched_off(monkeypatch, capsys):
+    monkeypatch.setenv(tffd_cpu.ENV_SWITCH, "0")
+    monkeypatch.setattr(tffd_cpu, "_tried", False)
+    monkeypatch.setattr(tffd_cpu, "_kernels", None)
+    assert tffd_fused.ops_for(torch.randn(2, 8, 8, 8), []) is TorchOps
+    assert capsys.readouterr().err == ""
