@@ -12,6 +12,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from engine.cli import exit_with
 from engine.errors import UserError
 from engine.session import run_experiment
 
@@ -46,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from data import build_dataset, build_loaders  # noqa: E402
 from engine.builder import build_experiment  # noqa: E402
 from engine.checkpoint import unwrap  # noqa: E402
+from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
 from engine.errors import ConfigError, UserError  # noqa: E402
@@ -347,4 +348,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -26,6 +26,7 @@ from paper_numbers import BASELINE, KD, KD_TFFD, METHODS, TFFD, paper_cells, pap
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
@@ -344,4 +345,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

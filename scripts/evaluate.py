@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from data import build_dataset, build_loaders  # noqa: E402
 from engine.checkpoint import load_model_weights  # noqa: E402
+from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import choose_device  # noqa: E402
 from engine.errors import CheckpointError, ConfigError, UserError  # noqa: E402
@@ -68,4 +69,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

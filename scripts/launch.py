@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine.cli import exit_with  # noqa: E402
 from engine.run_dir import read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
@@ -263,4 +264,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -22,6 +22,7 @@ from launch import Job, add_launch_options, launch_from_args
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.run_dir import default_run_dir, overrides_name  # noqa: E402
@@ -103,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -233,3 +233,22 @@ def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path):
     assert result.returncode == 1
     assert f"BLOCKED {student}: needs the finished run {tmp_path / 'teacher'}" in result.stdout
     assert not student.exists() and not os.path.exists(f"{student}.log")
+
+
+@pytest.mark.parametrize("command", [
+    [str(REPO / "train.py"), "--help-config"],
+    [str(REPO / "scripts/sweep.py"), "--config", str(REPO / "configs/quickstart.yaml"), "--grid", "seed=0,1,2",
+     "--dry-run"],
+])
+def test_a_reader_that_stops_early_gets_no_traceback(command, tmp_path):
+    """``python train.py --help-config | head``: the reader goes away; the command ends quietly with
+    the status a shell gives a process ended by SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads, so the first write fails at once
+    try:
+        done = subprocess.run([sys.executable, *command], cwd=tmp_path, env=train_env(), stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

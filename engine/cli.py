@@ -1,0 +1,20 @@
+"""What every command-line entry point does with its main()."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable, NoReturn
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """``sys.exit(main())``, but quietly when whoever reads stdout stops early (``... | head``): no
+    BrokenPipeError traceback, exit status 141 as a shell reports a process ended by SIGPIPE."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would report the same broken pipe there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 128 + signal.SIGPIPE
+    sys.exit(status)
