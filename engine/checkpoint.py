@@ -17,11 +17,14 @@ from .errors import CheckpointError
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
+_TMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``:
     a crash at any moment leaves either the old file or the new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -32,6 +35,13 @@ def atomic_write(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def remove_unfinished_writes(directory: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left in ``directory``.
+    Call it only while no other process can write there (with the run directory's lock held)."""
+    for leftover in Path(directory).glob(f".*{_TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from .builder import build_experiment
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
 from .distributed import barrier, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
@@ -43,6 +43,7 @@ def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
         lock.acquire()
     try:
         if dist.is_main:
+            remove_unfinished_writes(run_dir)
             if mode in ("overwrite", "restart"):
                 clear_run_files(run_dir)
             text = yaml.safe_dump(resolved, sort_keys=False)

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from conftest import REPO, SMOKE, read_metrics, run_train, start_train, train_command, train_env
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, remove_unfinished_writes
 from engine.errors import RunDirError
 from engine.run_dir import RunLock
 
@@ -142,9 +142,11 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     assert checkpoint_epoch(run_dir) == 1  # killed inside epoch 2: its partial progress is lost
     assert read_metrics(run_dir)["finished"] is False
     assert f"pid {process.pid}" in (run_dir / ".lock").read_text()  # left behind by the dead run: stale
+    unfinished = run_dir / ".last.pt.k1ll3d.tmp"  # as a kill in the middle of a checkpoint write leaves it
+    unfinished.write_bytes(b"half of a checkpoint")
     result = run_train(*FAULT, "--run-dir", str(run_dir), check=True)
     assert "(resume)" in result.stdout and "resuming after epoch 1" in result.stdout
-    assert not (run_dir / ".lock").exists()
+    assert not (run_dir / ".lock").exists() and not unfinished.exists()
     assert_same_run(run_dir, reference)
 
 
@@ -187,6 +189,8 @@ def test_kill_during_atomic_write_keeps_previous_file(tmp_path):
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], previous["model"]["w"])
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and leftovers[0].startswith(".last.pt.")  # the partial file never took the name
+    remove_unfinished_writes(tmp_path)  # what a run does once it holds the directory's lock
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 # ---------------------------------------------------------------- SIGTERM: graceful stop, same command resumes
