@@ -3,7 +3,7 @@
 On CPUs, each PyTorch op of the term is a separate pass over a feature map; the kernels do the same
 work in one pass per step, with the same loss values (see ``losses/tffd_fused.py``). They are
 compiled once per machine and PyTorch version by ``torch.utils.cpp_extension`` (a C++ compiler and
-ninja; about 15 s), into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
+ninja; 10-15 s), into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
 Where they cannot be built, the term says why once and computes through PyTorch: the same numbers,
 slower. ``TFFD_CPU_KERNELS=0`` turns them off.
 """
