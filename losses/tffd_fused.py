@@ -101,8 +101,8 @@ class TorchOps:
         ``inter``: (pooled copy, deeper feature, incoming gradient) per loss."""
         grad, shape = None, feature.shape
         if intra is not None:
-            same_feature, order, coefficient = intra
-            grad = _intra_grad(same_feature, _partner(order), coefficient)
+            cast_feature, order, coefficient = intra  # the feature in the gradient's dtype
+            grad = _intra_grad(cast_feature, _partner(order), coefficient)
         for pooled, target, loss_grad in inter:
             pooled, target = pooled.to(loss_grad.dtype), target[:, : pooled.shape[1]].to(loss_grad.dtype)
             pooled_grad = torch.ops.aten.mse_loss_backward(loss_grad, pooled, target, _MEAN)
