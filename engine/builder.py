@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data import Loaders, build_dataset, build_loaders
 from losses import LossTerm, build_loss_terms
-from models import build_model
+from models import build_model, stage_modules
 
 from .checkpoint import load_model_weights
 from .distributed import DistContext
@@ -44,6 +44,7 @@ class Experiment:
     profile: ModelProfile
     lr: float
     memory_format: torch.memory_format = torch.contiguous_format  # of the model, and so of its inputs
+    tapped_stages: int = 0  # stage modules handed to the loss terms' taps (LossTerm.tap_stages)
 
     def autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -109,9 +110,13 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     model = model.to(dist.device, memory_format=memory_format)
     if teacher is not None:
         teacher = teacher.to(memory_format=memory_format)
+    if dist.distributed and config.model.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Hooks that call autograd functions would break a compiled graph: no stage taps under compile.
+    tapped_stages = [] if train_cfg.compile else stage_modules(model)
+    for term in terms:
+        term.tap_stages(tapped_stages, profile.feature_shapes)
     if dist.distributed:
-        if config.model.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     if train_cfg.compile:
         model = torch.compile(model)
@@ -131,4 +136,4 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
     return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
-                      memory_format)
+                      memory_format, len(tapped_stages))

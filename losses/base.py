@@ -7,7 +7,7 @@ adding a file with a registered term, never a branch in the training loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,12 @@ class LossTerm(nn.Module):
 
     def check_features(self, num_stages: int) -> None:
         """Raise ``ConfigError`` if the term's options do not fit a model with ``num_stages`` stages."""
+
+    def tap_stages(self, modules: Sequence[nn.Module], feature_shapes: Sequence[tuple[int, ...]]) -> None:
+        """Called once by the builder with the model's stage modules, whose outputs are the stage
+        features, in order, for a term that hooks them (none under torch.compile, and none for a model
+        whose features are formed otherwise), and each stage feature's C x H x W in training. The
+        default ignores them."""
 
     def forward(self, step: StepOutput) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -17,10 +17,11 @@ def channel_salience(feature: torch.Tensor) -> torch.Tensor:
 
 def salience_order(feature: torch.Tensor) -> torch.Tensor:
     """Channel indices by descending salience; ties keep channel order."""
-    check_intra_channels(feature)
+    check_intra_channels(feature.shape)
     return torch.argsort(channel_salience(feature), descending=True, stable=True)
 
 
-def check_intra_channels(feature: torch.Tensor) -> None:
-    if feature.shape[1] < 2:
-        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
+def check_intra_channels(shape) -> None:
+    """``shape``: a feature's N x C x H x W, or C x H x W."""
+    if shape[-3] < 2:
+        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(shape)}")

@@ -23,7 +23,8 @@ from engine.typed_config import option
 from .base import LossTerm, StepOutput
 from .registry import register_loss
 from .salience import channel_salience, salience_order  # noqa: F401  (re-exported: part of the method)
-from .tffd_fused import feature_losses
+from .tffd_fused import FeaturePlan
+from .tffd_taps import StageTaps
 
 
 def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tensor:
@@ -82,11 +83,19 @@ class TfFDConfig:
 class TeacherFreeFD(LossTerm):
     """lambda_inter * mean over pairs of inter_fd + lambda_intra * mean over stages of intra_fd,
     both scaled by the warm-up weight; returned as ``tffd_inter`` and ``tffd_intra``.
-    Computed by ``feature_losses``: one fused call per stage feature that receives gradient."""
+    Computed by ``feature_work`` (``losses/tffd_fused.py``): one call per stage feature that receives
+    gradient, made by a tap as the stage finishes where the model lets the term tap its stages."""
 
     def __init__(self, config: TfFDConfig):
         super().__init__()
         self.config = config
+        self.taps = StageTaps()
+
+    def tap_stages(self, modules, feature_shapes) -> None:
+        plans = {stage - 1: self._plan(stage, intra, deeper, feature_shapes)
+                 for stage, intra, deeper in self._work(len(feature_shapes))}
+        self.taps.remove()
+        self.taps = StageTaps(modules, plans)
 
     def _stages(self, num_stages: int) -> list[int]:
         return self.config.stages if self.config.stages is not None else list(range(1, num_stages + 1))
@@ -106,17 +115,33 @@ class TeacherFreeFD(LossTerm):
         if not self._stages(num_stages):
             raise ConfigError("loss.tffd.stages is empty; use null for all stages")
 
+    def _active(self, num_stages: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """The stages with an intra-layer loss and the pairs with an inter-layer one (none at lambda 0)."""
+        stages = self._stages(num_stages) if self.config.lambda_intra > 0 else []
+        pairs = [tuple(pair) for pair in self._pairs(num_stages)] if self.config.lambda_inter > 0 else []
+        return stages, pairs
+
+    def _work(self, num_stages: int) -> list[tuple[int, bool, list[int]]]:
+        """(stage, whether it has an intra-layer loss, the deeper stages it is pulled towards) for each
+        stage whose feature receives gradient."""
+        stages, pairs = self._active(num_stages)
+        return [(stage, stage in stages, [deep for shallow, deep in pairs if shallow == stage])
+                for stage in sorted(set(stages) | {shallow for shallow, _ in pairs})]
+
+    def _plan(self, stage: int, intra: bool, deeper: list[int], shapes) -> FeaturePlan:
+        return FeaturePlan.of(shapes[stage - 1], intra, self.config.detach_salient, [shapes[d - 1] for d in deeper])
+
     def forward(self, step: StepOutput):
         feats, cfg = step.feats, self.config
         weight = warmup_weight(step.epoch, cfg.warmup_epochs)
-        pairs = [tuple(pair) for pair in self._pairs(len(feats))] if cfg.lambda_inter > 0 else []
-        stages = self._stages(len(feats)) if cfg.lambda_intra > 0 else []
+        shapes = [feature.shape for feature in feats]
+        stages, pairs = self._active(len(feats))
         intra, inter = {}, {}
-        for stage in sorted(set(stages) | {shallow for shallow, _ in pairs}):
-            deeper = [deep for shallow, deep in pairs if shallow == stage]
-            losses = list(feature_losses(feats[stage - 1], stage in stages, cfg.detach_salient,
-                                         [feats[deep - 1] for deep in deeper]))
-            if stage in stages:
+        for stage, has_intra, deeper in self._work(len(feats)):
+            plan = self._plan(stage, has_intra, deeper, shapes)
+            targets = [feats[deep - 1] for deep in deeper]
+            losses = list(plan.losses(self.taps.outputs(stage - 1, feats[stage - 1], plan), targets))
+            if has_intra:
                 intra[stage] = losses.pop(0)
             inter.update(((stage, deep), loss) for deep, loss in zip(deeper, losses))
         out = {}

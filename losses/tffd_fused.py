@@ -2,11 +2,13 @@
 ``losses/tffd.py`` (read those for the method), computed so that Tf-FD costs next to nothing on top of
 cross-entropy. ``tests/test_tffd.py`` checks values and gradients against the readable functions.
 
-All losses whose gradient flows into one stage feature are one autograd function (``_FeatureLosses``)
-whose backward writes that feature's whole Tf-FD gradient into a single buffer, where autograd would
-build a zero-filled scatter per channel half and per pooled copy and add them up one by one. The
-channel-sorted copy of the feature is not kept; the backward needs only the feature, which the
-network keeps anyway.
+All that the term reads from one stage feature (salience order, intra_fd, pooled copies for
+inter_fd) is one autograd function, ``feature_work``, planned by a ``FeaturePlan``. Its backward
+writes the feature's whole gradient into a single buffer: the Tf-FD part (where autograd would build
+a zero-filled scatter per channel half and per pooled copy and add them up one by one) plus the
+network's own gradient, when the network goes on with the function's view of the feature, as it
+does behind a stage tap (``losses/tffd_taps.py``). The channel-sorted copy of the feature is not
+kept; the backward needs only the feature, which the network keeps anyway.
 
 The work is done by one of two interchangeable sets of ops:
 - ``CpuKernelOps``: C++ kernels (``losses/tffd_cpu.py``) for contiguous fp32 CPU features, one pass
@@ -18,7 +20,7 @@ their orders could differ only between two channels whose saliences agree to wit
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,58 +29,89 @@ from torch.autograd.function import once_differentiable
 from .salience import NORM_EPS, check_intra_channels, salience_order
 from .tffd_cpu import cpu_kernels
 
-_MEAN = 1  # aten.mse_loss_backward's code for reduction="mean"
+
+class FeaturePlan(NamedTuple):
+    """What the Tf-FD term computes from one stage feature whose per-sample shape is ``shape``
+    (C x H x W): intra_fd or not (and whether the salient half learns), and one average-pooled copy per
+    deeper target, of the first ``channels[k]`` channels at the target's size ``sizes[k]``."""
+    shape: tuple[int, ...]
+    intra: bool
+    detach_salient: bool
+    channels: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, shape, intra: bool, detach_salient: bool, deeper_shapes: Sequence):
+        """The plan for a feature of ``shape`` and deeper targets of ``deeper_shapes`` (each N x C x H x W
+        or C x H x W)."""
+        if intra:
+            check_intra_channels(shape)
+        return cls(tuple(shape[-3:]), intra, detach_salient,
+                   tuple(min(shape[-3], deep[-3]) for deep in deeper_shapes),
+                   tuple(tuple(deep[-2:]) for deep in deeper_shapes))
+
+    def fits(self, feature: torch.Tensor) -> bool:
+        return tuple(feature.shape[1:]) == self.shape
+
+    def losses(self, outputs: Sequence[torch.Tensor], deeper: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The losses from ``feature_work``'s outputs: intra_fd (if planned), then inter_fd towards
+        each of ``deeper``, which is detached."""
+        _, *outputs = outputs  # the feature's view
+        intra = [outputs.pop(0)] if self.intra else []
+        inter = [F.mse_loss(pooled, d[:, :c].detach()) for pooled, d, c in zip(outputs, deeper, self.channels)]
+        return (*intra, *inter)
 
 
 def feature_losses(feature: torch.Tensor, intra: bool, detach_salient: bool,
                    deeper: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """``intra_fd(feature, detach_salient)`` if ``intra``, then ``inter_fd(feature, d)`` for each ``d``
     in ``deeper``, computed together so that the backward forms ``feature``'s gradient in one buffer."""
-    if intra:
-        check_intra_channels(feature)
-    return _FeatureLosses.apply(feature, intra, detach_salient, *(d.detach() for d in deeper))
+    plan = FeaturePlan.of(feature.shape, intra, detach_salient, [d.shape for d in deeper])
+    return plan.losses(feature_work(feature, plan), deeper)
 
 
-class _FeatureLosses(torch.autograd.Function):
-    """intra_fd of ``feature`` (if ``intra``), then inter_fd of ``feature`` towards each of ``targets``
-    (detached deeper features)."""
+def feature_work(feature: torch.Tensor, plan: FeaturePlan) -> tuple[torch.Tensor, ...]:
+    """(``feature`` itself, as a view; the intra_fd loss if ``plan.intra``; the pooled copies): all
+    that the Tf-FD term reads from ``feature``, done in one autograd function. Whether the network
+    goes on with the view (a stage tap, ``losses/tffd_taps.py``) or with ``feature`` itself, the
+    backward hands on the network's gradient with the Tf-FD gradient added, in one buffer."""
+    return _FeatureWork.apply(feature, plan)
 
+
+class _FeatureWork(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feature, intra, detach_salient, *targets):
-        ctx.set_materialize_grads(False)  # unused losses send no gradient: skip them
-        ctx.shape, ctx.dtype, ctx.has_intra = feature.shape, feature.dtype, intra
-        ctx.ops = ops = ops_for(feature, targets)
-        channels = [min(feature.shape[1], target.shape[1]) for target in targets]
-        order, pooled = ops.scan(feature, intra, channels, [tuple(target.shape[-2:]) for target in targets])
-        losses, saved = [], [feature]  # the network keeps the feature anyway
-        if intra:
+    def forward(ctx, feature, plan):
+        ctx.set_materialize_grads(False)  # unused outputs send no gradient: skip them
+        ctx.has_intra = plan.intra
+        ctx.ops = ops = ops_for(feature, plan.sizes)
+        order, pooled = ops.scan(feature, plan.intra, list(plan.channels), list(plan.sizes))
+        outputs, saved = [feature.view_as(feature)], [feature]  # the network keeps the feature anyway
+        if plan.intra:
             half = feature.shape[1] // 2
-            losses.append(ops.intra_loss(feature, order[: 2 * half]))
+            outputs.append(ops.intra_loss(feature, order[: 2 * half]))
             ctx.intra_numel = feature.numel() // feature.shape[1] * half
-            saved += [order, _learning_channels(order, detach_salient)]
-        losses += [F.mse_loss(p, target[:, :c]) for p, target, c in zip(pooled, targets, channels)]
-        ctx.save_for_backward(*saved, *pooled, *targets)
-        return tuple(losses)
+            saved += [order, _learning_channels(order, plan.detach_salient)]
+        ctx.save_for_backward(*saved)
+        return (*outputs, *pooled)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *loss_grads):
-        (feature, *saved), intra = ctx.saved_tensors, None
+    def backward(ctx, incoming, *grads):
+        feature, *saved = ctx.saved_tensors
+        intra = None
         if ctx.has_intra:
-            (order, learning), saved = saved[:2], saved[2:]
-            if loss_grads[0] is not None:
-                scale = loss_grads[0] * (2.0 / ctx.intra_numel)
+            (order, learning), (intra_grad, *grads) = saved, grads
+            if intra_grad is not None:
+                scale = intra_grad * (2.0 / ctx.intra_numel)
                 intra = (feature.to(scale.dtype), order, scale * learning)
-            loss_grads = loss_grads[1:]
-        count = len(loss_grads)
-        inter = [(pooled, target, loss_grad) for pooled, target, loss_grad
-                 in zip(saved[:count], saved[count:], loss_grads) if loss_grad is not None]
-        grad = ctx.ops.feature_grad(feature, intra, inter) if intra or inter else None
-        return (None if grad is None else grad.to(ctx.dtype), None, None) + (None,) * count
+        pooled_grads = [grad for grad in grads if grad is not None]
+        if intra is None and not pooled_grads:
+            return incoming, None
+        return ctx.ops.feature_grad(feature, intra, pooled_grads, incoming), None
 
 
 class TorchOps:
-    """The steps of ``_FeatureLosses`` in PyTorch ops: any device, dtype and memory format."""
+    """The steps of ``_FeatureWork`` in PyTorch ops: any device, dtype and memory format."""
 
     @staticmethod
     def scan(feature, intra: bool, channels: list[int], sizes: list[tuple[int, int]]):
@@ -95,19 +128,19 @@ class TorchOps:
         return F.mse_loss(ranked[:, half:], ranked[:, :half])
 
     @staticmethod
-    def feature_grad(feature, intra, inter) -> torch.Tensor:
-        """The feature's Tf-FD gradient. ``intra``: None or (the feature in the gradient's dtype,
-        channels by salience, coefficient per channel: the loss's scale, 0 where no gradient goes);
-        ``inter``: (pooled copy, deeper feature, incoming gradient) per loss."""
-        grad, shape = None, feature.shape
+    def feature_grad(feature, intra, pooled_grads, incoming) -> torch.Tensor:
+        """The feature's gradient in its dtype: its Tf-FD gradient plus ``incoming`` (the network's
+        gradient, or None). ``intra``: None or (the feature in the gradient's dtype, channels by
+        salience, coefficient per channel: the loss's scale, 0 where no gradient goes);
+        ``pooled_grads``: the gradient of each pooled copy."""
+        grad = None
         if intra is not None:
-            cast_feature, order, coefficient = intra  # the feature in the gradient's dtype
+            cast_feature, order, coefficient = intra
             grad = _intra_grad(cast_feature, _partner(order), coefficient)
-        for pooled, target, loss_grad in inter:
-            pooled, target = pooled.to(loss_grad.dtype), target[:, : pooled.shape[1]].to(loss_grad.dtype)
-            pooled_grad = torch.ops.aten.mse_loss_backward(loss_grad, pooled, target, _MEAN)
-            grad = _add_pooling_grad(grad, pooled_grad, shape)
-        return grad
+        for pooled_grad in pooled_grads:
+            grad = _add_pooling_grad(grad, pooled_grad, feature.shape)
+        grad = grad.to(feature.dtype)
+        return grad if incoming is None else incoming + grad
 
 
 class CpuKernelOps:
@@ -118,14 +151,9 @@ class CpuKernelOps:
         self.kernels = kernels
 
     @staticmethod
-    def supports(feature: torch.Tensor, targets) -> bool:
-        def plain(t):
-            return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
-
-        return plain(feature) and all(
-            plain(target) and tuple(target.shape[-2:]) != (1, 1) and _tiles(feature.shape[-2:], target.shape[-2:])
-            for target in targets
-        )
+    def supports(feature: torch.Tensor, sizes) -> bool:
+        plain = feature.device.type == "cpu" and feature.dtype == torch.float32 and feature.is_contiguous()
+        return plain and all(tuple(size) != (1, 1) and _tiles(feature.shape[-2:], size) for size in sizes)
 
     def scan(self, feature, intra, channels, sizes):
         order, *pooled = self.kernels.scan(feature, NORM_EPS, channels, [side for size in sizes for side in size])
@@ -134,23 +162,26 @@ class CpuKernelOps:
     def intra_loss(self, feature, ranked_order):
         return self.kernels.intra_squared_error(feature, ranked_order).mean()
 
-    def feature_grad(self, feature, intra, inter):
-        height, width = feature.shape[-2:]
+    def feature_grad(self, feature, intra, pooled_grads, incoming):
         if intra is None:  # no intra-layer part: an empty coefficient says so
             intra = (feature, torch.arange(feature.shape[1]), feature.new_empty(0))
-        scales = [loss_grad * (2.0 / pooled.numel()) / (height // pooled.shape[-2]) / (width // pooled.shape[-1])
-                  for pooled, _, loss_grad in inter]
-        scales = torch.stack(scales) if scales else intra[2].new_empty(0)
-        return self.kernels.feature_grad(*intra, [p for p, _, _ in inter], [t for _, t, _ in inter], scales)
+        return self.kernels.feature_grad(*intra, [_plain(grad) for grad in pooled_grads],
+                                         None if incoming is None else _plain(incoming))
 
 
-def ops_for(feature: torch.Tensor, targets):
-    """The C++ kernels where they apply and could be built, else PyTorch's ops: the same values."""
-    if CpuKernelOps.supports(feature, targets):
+def ops_for(feature: torch.Tensor, sizes: Sequence[Sequence[int]]):
+    """The C++ kernels where they apply to ``feature`` pooled to ``sizes`` and could be built, else
+    PyTorch's ops: the same values."""
+    if CpuKernelOps.supports(feature, sizes):
         kernels = cpu_kernels()
         if kernels is not None:
             return CpuKernelOps(kernels)
     return TorchOps
+
+
+def _plain(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient as the kernels read it: contiguous fp32 (it nearly always is already)."""
+    return grad.float().contiguous()
 
 
 def _tiles(full, part) -> bool:

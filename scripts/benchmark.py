@@ -222,12 +222,13 @@ def reference_check(exp, images: torch.Tensor) -> dict:
         scale = grads[1].abs().max().clamp_min(1e-30)
         grad_diff = max(grad_diff, ((grads[0] - grads[1]).abs().max() / scale).item())
     return {"feature_shapes": [list(f.shape) for f in feats], "values_bitwise_equal": equal,
-            "max_relative_grad_diff": grad_diff, "tffd_ops": tffd_ops_name(feats)}
+            "max_relative_grad_diff": grad_diff, "tffd_ops": tffd_ops_name(feats),
+            "tapped_stages": exp.tapped_stages}
 
 
 def tffd_ops_name(feats: list[torch.Tensor]) -> str:
     """Which ops the fused path ran on these features: its C++ CPU kernels or PyTorch's."""
-    ops = ops_for(feats[0], feats[1:])
+    ops = ops_for(feats[0], [f.shape[-2:] for f in feats[1:]])
     return "C++ CPU kernels" if isinstance(ops, CpuKernelOps) else "PyTorch ops"
 
 
@@ -284,7 +285,8 @@ def table(result: dict) -> str:
     check = result.get("reference_check")
     if check:
         verdict = "bit-for-bit equal" if check["values_bitwise_equal"] else "NOT EQUAL"
-        lines.append(f"reference check: the fused Tf-FD path ({check['tffd_ops']}) {verdict} to the readable "
+        taps = f"stage taps on {check['tapped_stages']} stages" if check["tapped_stages"] else "no stage taps"
+        lines.append(f"reference check: the fused Tf-FD path ({check['tffd_ops']}, {taps}) {verdict} to the readable "
                      f"intra_fd/inter_fd (fp32), gradients within {check['max_relative_grad_diff']:.1e} (relative)")
     return "\n".join(lines)
 

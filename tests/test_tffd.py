@@ -164,19 +164,6 @@ def test_zero_lambda_skips_the_term_and_negative_is_rejected():
 
 
 # ---------------------------------------------------------------- the fused training path
-@pytest.fixture(params=["kernels", "torch"])
-def backend(request, monkeypatch):
-    """Runs a test through the C++ CPU kernels and through PyTorch's ops. The kernels must build
-    here (a C++ compiler and ninja); TFFD_CPU_KERNELS=0 skips their runs instead."""
-    if request.param == "torch":
-        monkeypatch.setattr(tffd_fused, "cpu_kernels", lambda: None)
-    elif not tffd_cpu.enabled():
-        pytest.skip("TFFD_CPU_KERNELS=0")
-    else:
-        assert tffd_cpu.cpu_kernels() is not None, "the Tf-FD CPU kernels did not build: see the message above"
-    return request.param
-
-
 def fused_intra(feature, detach_salient=False):
     return feature_losses(feature, True, detach_salient, [])[0]
 
@@ -264,12 +251,12 @@ def kernels_or_skip():
 
 def test_kernels_take_plain_fp32_cpu_features_and_pytorch_the_rest():
     kernels_or_skip()
-    f, deep = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4)
-    assert isinstance(tffd_fused.ops_for(f, [deep]), CpuKernelOps)
-    assert tffd_fused.ops_for(f.contiguous(memory_format=torch.channels_last), [deep]) is TorchOps
-    assert tffd_fused.ops_for(f.bfloat16(), [deep.bfloat16()]) is TorchOps
-    assert tffd_fused.ops_for(f, [torch.randn(2, 8, 3, 3)]) is TorchOps  # windows that overlap
-    assert tffd_fused.ops_for(f, [torch.randn(2, 8, 1, 1)]) is TorchOps  # PyTorch pools to 1 x 1 by mean()
+    f = torch.randn(2, 8, 8, 8)
+    assert isinstance(tffd_fused.ops_for(f, [(4, 4)]), CpuKernelOps)
+    assert tffd_fused.ops_for(f.contiguous(memory_format=torch.channels_last), [(4, 4)]) is TorchOps
+    assert tffd_fused.ops_for(f.bfloat16(), [(4, 4)]) is TorchOps
+    assert tffd_fused.ops_for(f, [(3, 3)]) is TorchOps  # windows that overlap
+    assert tffd_fused.ops_for(f, [(1, 1)]) is TorchOps  # PyTorch pools to 1 x 1 by mean()
 
 
 def test_kernel_salience_order_matches_readable_including_ties():
@@ -303,8 +290,9 @@ def test_kernels_reject_tensors_they_cannot_read():
     with pytest.raises(RuntimeError, match="windows that do not tile"):
         kernels.scan(torch.randn(2, 8, 4, 4), 1e-12, [8], [3, 3])
     with pytest.raises(RuntimeError, match="permutation"):
-        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.tensor([0, 0, 1, 2]), torch.ones(4), [], [],
-                             torch.ones(0))
+        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.tensor([0, 0, 1, 2]), torch.ones(4), [], None)
+    with pytest.raises(RuntimeError, match="does not fit the feature"):
+        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.arange(4), torch.ones(4), [torch.randn(2, 4, 3, 3)], None)
 
 
 def test_unbuildable_kernels_fall_back_to_pytorch_with_one_message(monkeypatch, capsys):

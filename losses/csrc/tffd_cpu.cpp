@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -54,16 +55,14 @@ void pool_map(const float* __restrict__ map, float* __restrict__ out, int64_t w,
   }
 }
 
-// g[y, x] += (pooled[y / kh, x / kw] - target[y / kh, x / kw]) * scale over one h x w map: the
-// gradient of scale * sum((pooled - target) ** 2) / 2 through the pooling, scale including 1 / (kh kw).
-// wide: a buffer of w floats.
+// g[y, x] += pooled_grad[y / kh, x / kw] / kh / kw over one h x w map: the gradient through the
+// pooling (nearest upsampling, divided as PyTorch's backward divides). wide: a buffer of w floats.
 template <typename KH, typename KW>
-void add_pooling_grad_map(const float* __restrict__ pooled, const float* __restrict__ target, float scale,
-                          float* __restrict__ g, float* __restrict__ wide, int64_t w, int64_t out_h,
-                          int64_t out_w, KH kh, KW kw) {
+void add_pooling_grad_map(const float* __restrict__ pooled_grad, float* __restrict__ g, float* __restrict__ wide,
+                          int64_t w, int64_t out_h, int64_t out_w, KH kh, KW kw) {
   for (int64_t oy = 0; oy < out_h; ++oy) {
     for (int64_t ox = 0; ox < out_w; ++ox) {
-      const float share = (pooled[oy * out_w + ox] - target[oy * out_w + ox]) * scale;
+      const float share = pooled_grad[oy * out_w + ox] / kh / kw;
       for (int64_t j = 0; j < kw; ++j) wide[ox * kw + j] = share;
     }
     for (int64_t i = 0; i < kh; ++i) {
@@ -174,19 +173,19 @@ at::Tensor intra_squared_error(const at::Tensor& feature, const at::Tensor& orde
   return out;
 }
 
-// The whole Tf-FD gradient of one feature, in one buffer. With order listing the channels by
-// salience (the first h salient, the next h redundant, h = C / 2) and d = feature[n, s] - feature[n, r]
-// for the i-th pair (s, r) = (order[i], order[h + i]):
+// The feature's whole gradient, in one buffer: the Tf-FD part, plus the network's gradient
+// `incoming` if given. With order listing the channels by salience (the first h salient, the next h
+// redundant, h = C / 2) and d = feature[n, s] - feature[n, r] for the i-th pair (s, r) = (order[i], order[h + i]):
 //   intra-layer (left out if coefficient is empty):  d * coefficient[s] into channel s,
 //                                                    -(d * coefficient[r]) into channel r,
 //                                                    0 into a channel an odd C leaves out;
-//   inter-layer, added for each k with c < pooled[k].size(1):
-//     (pooled[k][n, c] - deep[k][n, c]) * scales[k], upsampled (nearest) to the feature's size.
-// deep[k] is the whole deeper feature (its first channels are the target); coefficient holds the
-// intra loss's 2 / numel times its incoming gradient (0 for a channel that gets none), scales[k] the
-// inter loss's, divided by the window's area. Each pair of maps is read once.
+//   inter-layer, added for each k with c < pooled_grads[k].size(1): the gradient through the pooling,
+//     pooled_grads[k][n, c] / kh / kw upsampled (nearest) to the feature's size;
+//   then incoming[n, c] + that, as autograd would add the two.
+// coefficient holds the intra loss's 2 / numel times its incoming gradient (0 for a channel that gets
+// none). Each pair of maps is read once and written once.
 at::Tensor feature_grad(const at::Tensor& feature, const at::Tensor& order, const at::Tensor& coefficient,
-                        at::TensorList pooled, at::TensorList deep, const at::Tensor& scales) {
+                        at::TensorList pooled_grads, const std::optional<at::Tensor>& incoming) {
   check_feature(feature, "feature");
   const int64_t n_ = feature.size(0), c_ = feature.size(1), h_ = feature.size(2), w_ = feature.size(3);
   const int64_t hw = h_ * w_, half = c_ / 2;
@@ -202,45 +201,44 @@ at::Tensor feature_grad(const at::Tensor& feature, const at::Tensor& order, cons
                 "tffd_cpu: order must be a permutation of the channels");
     seen[rank[i]] = 1;
   }
-  TORCH_CHECK(pooled.size() == deep.size() && scales.scalar_type() == at::kFloat &&
-                  scales.numel() == static_cast<int64_t>(pooled.size()),
-              "tffd_cpu.feature_grad: one deep feature and one scale per pooled copy");
-  const at::Tensor scales_c = scales.contiguous();
-  for (size_t k = 0; k < pooled.size(); ++k) {
-    check_feature(pooled[k], "pooled");
-    check_feature(deep[k], "deep");
-    TORCH_CHECK(pooled[k].size(0) == n_ && pooled[k].size(1) <= c_ && pooled[k].size(1) <= deep[k].size(1) &&
-                    deep[k].size(0) == n_ && deep[k].size(2) == pooled[k].size(2) &&
-                    deep[k].size(3) == pooled[k].size(3) && h_ % pooled[k].size(2) == 0 && w_ % pooled[k].size(3) == 0,
-                "tffd_cpu.feature_grad: pooled copies and deep features do not fit the feature");
+  for (const at::Tensor& pooled_grad : pooled_grads) {
+    check_feature(pooled_grad, "pooled_grad");
+    TORCH_CHECK(pooled_grad.size(0) == n_ && pooled_grad.size(1) <= c_ && h_ % pooled_grad.size(2) == 0 &&
+                    w_ % pooled_grad.size(3) == 0,
+                "tffd_cpu.feature_grad: a pooled gradient does not fit the feature");
+  }
+  const float* add = nullptr;
+  if (incoming.has_value()) {
+    check_feature(*incoming, "incoming");
+    TORCH_CHECK(incoming->sizes() == feature.sizes(), "tffd_cpu.feature_grad: incoming is not the feature's shape");
+    add = incoming->const_data_ptr<float>();
   }
   auto grad = at::empty_like(feature);
   const float* in = feature.const_data_ptr<float>();
   float* out = grad.mutable_data_ptr<float>();
   const float* coef = intra ? coefficient_c.const_data_ptr<float>() : nullptr;
 
-  // The inter-layer losses as plain numbers, read once here rather than from the tensors per map.
-  struct InterLoss {
-    const float *pooled, *deep;
-    int64_t channels, deep_channels, out_h, out_w;
-    float scale;
+  // The inter-layer gradients as plain numbers, read once here rather than from the tensors per map.
+  struct InterGrad {
+    const float* data;
+    int64_t channels, out_h, out_w;
   };
-  std::vector<InterLoss> inter_losses;
-  for (size_t k = 0; k < pooled.size(); ++k)
-    inter_losses.push_back({pooled[k].const_data_ptr<float>(), deep[k].const_data_ptr<float>(),
-                            pooled[k].size(1), deep[k].size(1), pooled[k].size(2), pooled[k].size(3),
-                            scales_c.const_data_ptr<float>()[k]});
-  // The inter-layer part for map (n, c), added to its gradient g.
-  auto add_inter = [&](int64_t n, int64_t c, float* g, float* wide) {
-    for (const InterLoss& loss : inter_losses) {
-      if (c >= loss.channels) continue;
-      const int64_t area = loss.out_h * loss.out_w;
-      const float* p = loss.pooled + (n * loss.channels + c) * area;
-      const float* t = loss.deep + (n * loss.deep_channels + c) * area;
-      with_window(h_ / loss.out_h, w_ / loss.out_w, [&](auto kh, auto kw) {
-        add_pooling_grad_map(p, t, loss.scale, g, wide, w_, loss.out_h, loss.out_w, kh, kw);
+  std::vector<InterGrad> inter_grads;
+  for (const at::Tensor& pooled_grad : pooled_grads)
+    inter_grads.push_back({pooled_grad.const_data_ptr<float>(), pooled_grad.size(1), pooled_grad.size(2),
+                           pooled_grad.size(3)});
+  // The inter-layer part and the incoming gradient of map (n, c), added to its Tf-FD gradient g.
+  auto finish_map = [&](int64_t n, int64_t c, float* __restrict__ g, float* wide) {
+    for (const InterGrad& inter : inter_grads) {
+      if (c >= inter.channels) continue;
+      const float* p = inter.data + (n * inter.channels + c) * inter.out_h * inter.out_w;
+      with_window(h_ / inter.out_h, w_ / inter.out_w, [&](auto kh, auto kw) {
+        add_pooling_grad_map(p, g, wide, w_, inter.out_h, inter.out_w, kh, kw);
       });
     }
+    if (add == nullptr) return;
+    const float* __restrict__ a = add + (n * c_ + c) * hw;
+    for (int64_t k = 0; k < hw; ++k) g[k] = a[k] + g[k];
   };
   // Tasks per sample: the h channel pairs, then the channel an odd C leaves out.
   const int64_t tasks = half + c_ % 2;
@@ -252,7 +250,7 @@ at::Tensor feature_grad(const at::Tensor& feature, const at::Tensor& order, cons
         const int64_t c = rank[2 * half];
         float* __restrict__ g = out + (n * c_ + c) * hw;
         for (int64_t k = 0; k < hw; ++k) g[k] = 0.0f;
-        add_inter(n, c, g, wide.data());
+        finish_map(n, c, g, wide.data());
         continue;
       }
       const int64_t s = rank[i], r = rank[half + i];
@@ -270,8 +268,8 @@ at::Tensor feature_grad(const at::Tensor& feature, const at::Tensor& order, cons
       } else {
         for (int64_t k = 0; k < hw; ++k) gs[k] = gr[k] = 0.0f;
       }
-      add_inter(n, s, gs, wide.data());
-      add_inter(n, r, gr, wide.data());
+      finish_map(n, s, gs, wide.data());
+      finish_map(n, r, gr, wide.data());
     }
   });
   return grad;
@@ -282,6 +280,6 @@ at::Tensor feature_grad(const at::Tensor& feature, const at::Tensor& order, cons
 TORCH_LIBRARY(tffd_cpu, m) {
   m.def("scan(Tensor feature, float eps, int[] channels, int[] sizes) -> Tensor[]", &scan);
   m.def("intra_squared_error(Tensor feature, Tensor order) -> Tensor", &intra_squared_error);
-  m.def("feature_grad(Tensor feature, Tensor order, Tensor coefficient, Tensor[] pooled, Tensor[] deep, "
-        "Tensor scales) -> Tensor", &feature_grad);
+  m.def("feature_grad(Tensor feature, Tensor order, Tensor coefficient, Tensor[] pooled_grads, "
+        "Tensor? incoming) -> Tensor", &feature_grad);
 }
