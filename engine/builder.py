@@ -113,9 +113,9 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     if dist.distributed and config.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # Hooks that call autograd functions would break a compiled graph: no stage taps under compile.
-    tapped_stages = [] if train_cfg.compile else stage_modules(model)
+    stages_to_tap = [] if train_cfg.compile else stage_modules(model)
     for term in terms:
-        term.tap_stages(tapped_stages, profile.feature_shapes)
+        term.tap_stages(stages_to_tap, profile.feature_shapes)
     if dist.distributed:
         model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     if train_cfg.compile:
@@ -136,4 +136,4 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
     return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
-                      memory_format, len(tapped_stages))
+                      memory_format, len(stages_to_tap))

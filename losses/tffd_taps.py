@@ -30,7 +30,7 @@ class StageTaps:
 
     def __init__(self, modules: Sequence[nn.Module] = (), plans: dict[int, FeaturePlan] | None = None):
         self.plans = dict(plans or {})
-        self.tapped: dict[int, tuple[FeaturePlan, tuple[torch.Tensor, ...]]] = {}  # this step's work
+        self.tapped: dict[int, tuple[torch.Tensor, ...]] = {}  # this step's work, per stage index
         self.uses = 0  # how many times the term has used a tap's work, all stages and steps together
         self.handles = [module.register_forward_hook(partial(self._tap, index))
                         for index, module in enumerate(modules) if index in self.plans]
@@ -40,15 +40,14 @@ class StageTaps:
         if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and plan.fits(output)):
             self.tapped.pop(index, None)
             return None
-        outputs = feature_work(output, plan)
-        self.tapped[index] = (plan, outputs)
+        self.tapped[index] = outputs = feature_work(output, plan)
         return outputs[0]  # the network goes on with the view, so its gradient comes back through the work
 
     def outputs(self, index: int, feature: torch.Tensor, plan: FeaturePlan) -> tuple[torch.Tensor, ...]:
         """``feature_work(feature, plan)``: what the tap of stage ``index`` computed, where it ran on
         ``feature`` itself with ``plan``, else computed now."""
-        tapped_plan, outputs = self.tapped.pop(index, (None, None))
-        if outputs is not None and outputs[0] is feature and tapped_plan == plan:
+        outputs = self.tapped.pop(index, None)
+        if outputs is not None and outputs[0] is feature and self.plans[index] == plan:
             self.uses += 1
             return outputs
         return feature_work(feature, plan)

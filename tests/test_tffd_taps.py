@@ -106,7 +106,7 @@ def test_taps_do_nothing_without_autograd():
         _, feats = model(images)
     assert term.taps.tapped == {} and all(f.grad_fn is None for f in feats)
     _, feats = model(images)  # with autograd: tapped
-    assert sorted(term.taps.tapped) == [0, 1, 2] and all(term.taps.tapped[i][1][0] is f for i, f in enumerate(feats))
+    assert sorted(term.taps.tapped) == [0, 1, 2] and all(term.taps.tapped[i][0] is f for i, f in enumerate(feats))
     term.taps.remove()
     _, feats = model(images)
     assert term.taps.tapped == {} and "FeatureWork" not in type(feats[0].grad_fn).__name__
