@@ -8,12 +8,10 @@ Re-running the same command resumes an unfinished run from its last.pt.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from engine.cli import exit_with
-from engine.errors import UserError
 from engine.session import run_experiment
 
 
@@ -39,11 +37,7 @@ def main(argv=None) -> int:
 
         print_schema()
         return 0
-    try:
-        return run_experiment(args.config, args.overrides, args.run_dir, args.overwrite)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    return run_experiment(args.config, args.overrides, args.run_dir, args.overwrite)
 
 
 if __name__ == "__main__":

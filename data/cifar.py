@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from engine.errors import DataError
+from core.errors import DataError
 
 from .registry import InMemoryData, normalisation, register_dataset
 

@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from engine.errors import DataError
+from core.errors import DataError
 
 from .registry import FolderData, normalisation, register_dataset
 from .torch_loader import small_image_transforms

@@ -4,12 +4,13 @@ own transforms, read by DataLoader workers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import torch
 from torch.utils.data import Dataset
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
+from core.registry import Registry
 
 
 @dataclass
@@ -36,23 +37,12 @@ class FolderData:
 
 
 DatasetData = Union[InMemoryData, FolderData]
-DATASETS: dict[str, Callable[..., DatasetData]] = {}
-
-
-def register_dataset(name: str):
-    def decorator(builder):
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        DATASETS[name] = builder
-        return builder
-
-    return decorator
+DATASETS = Registry("dataset")  # name -> builder(data_config) -> DatasetData
+register_dataset = DATASETS.register
 
 
 def build_dataset(data_config) -> DatasetData:
-    if data_config.name not in DATASETS:
-        raise ConfigError(f"unknown dataset {data_config.name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[data_config.name](data_config)
+    return DATASETS.lookup(data_config.name)(data_config)
 
 
 def normalisation(data_config, default_mean, default_std) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -14,13 +14,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.errors import ConfigError
 from data import Loaders, build_dataset, build_loaders
 from losses import LossTerm, build_loss_terms
-from models import build_model, stage_modules
+from models import build_model
 
 from .checkpoint import load_model_weights
 from .distributed import DistContext
-from .errors import ConfigError
 from .teacher import FrozenTeacher, build_teacher
 
 
@@ -44,7 +44,6 @@ class Experiment:
     profile: ModelProfile
     lr: float
     memory_format: torch.memory_format = torch.contiguous_format  # of the model, and so of its inputs
-    tapped_stages: int = 0  # stage modules handed to the loss terms' taps (LossTerm.tap_stages)
 
     def autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -101,7 +100,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
         load_model_weights(model, config.model.weights, what="model.weights")
     profile = profile_model(model, loaders.image_size)
     for term in terms:
-        term.check_features(len(profile.feature_shapes))
+        term.check_features(profile.feature_shapes)
     teacher = None
     if any(term.requires_teacher for term in terms):
         teacher = build_teacher(config.teacher, loaders.num_classes, dist.device)
@@ -112,14 +111,11 @@ def build_experiment(config, dist: DistContext) -> Experiment:
         teacher = teacher.to(memory_format=memory_format)
     if dist.distributed and config.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Hooks that call autograd functions would break a compiled graph: no stage taps under compile.
-    stages_to_tap = [] if train_cfg.compile else stage_modules(model)
-    for term in terms:
-        term.tap_stages(stages_to_tap, profile.feature_shapes)
     if dist.distributed:
         model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    if train_cfg.compile:
+    if train_cfg.compile:  # the whole step: the model, the teacher and every loss term
         model = torch.compile(model)
+        terms = [torch.compile(term) for term in terms]
         if teacher is not None:
             teacher = torch.compile(teacher)
 
@@ -136,4 +132,4 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
     return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
-                      memory_format, len(stages_to_tap))
+                      memory_format)

@@ -6,12 +6,24 @@ import signal
 import sys
 from typing import Callable, NoReturn
 
+from core.errors import UserError
+
+
+def status_of(main: Callable[..., int], *args) -> int:
+    """``main(*args)``'s exit status, a ``UserError`` being one ``error:`` line on stderr and its
+    exit code (2): no entry point catches them itself."""
+    try:
+        return main(*args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
 
 def exit_with(main: Callable[[], int]) -> NoReturn:
-    """``sys.exit(main())``, but quietly when whoever reads stdout stops early (``... | head``): no
-    BrokenPipeError traceback, exit status 141 as a shell reports a process ended by SIGPIPE."""
+    """``sys.exit(status_of(main))``, but quietly when whoever reads stdout stops early (``... | head``):
+    no BrokenPipeError traceback, exit status 141 as a shell reports a process ended by SIGPIPE."""
     try:
-        status = main()
+        status = status_of(main)
         sys.stdout.flush()
     except BrokenPipeError:
         # Python flushes stdout again at exit and would report the same broken pipe there.

@@ -10,21 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from core.errors import ConfigError
+from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option
 from losses.registry import LOSSES
-
-from .errors import ConfigError
-from .typed_config import apply_overrides, build, load_yaml_tree, option
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Options):
     name: str = option("resnet20", "backbone name (see models.MODELS)")
     weights: Optional[str] = option(None, "local file of initial weights (a state_dict or a run's checkpoint)")
     sync_bn: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Options):
     name: str = option("cifar100", "dataset (see data.DATASETS)")
     root: str = option("data", "directory holding (or receiving) the dataset")
     download: bool = option(False, "download through torchvision if missing (needs a network)")
@@ -32,72 +31,59 @@ class DataConfig:
         "auto", "device: uint8 data on the device, batched augmentation; torchvision: Dataset + DataLoader "
         "workers; auto: device for in-memory datasets", choices=("auto", "device", "torchvision")
     )
-    num_workers: int = option(4, "DataLoader worker processes (torchvision loader)")
-    padding: int = option(4, "random-crop padding in pixels (0 disables the crop)")
+    num_workers: int = option(4, "DataLoader worker processes (torchvision loader)", min=0, max=256)
+    padding: int = option(4, "random-crop padding in pixels (0 disables the crop)", min=0, max=1024)
     pad_mode: str = option("constant", "random-crop padding: constant (zeros) or reflect", choices=("constant", "reflect"))
     hflip: bool = option(True, "random horizontal flip")
-    image_size: int = option(32, "image side for synthetic / digits / imagefolder data")
+    image_size: int = option(32, "image side for synthetic / digits / imagefolder data", min=1, max=4096)
     crop: str = option(
         "pad", "imagefolder training crop: pad (resize to image_size, pad by `padding`, random crop; small "
         "CIFAR-like images) or resized (random-resized crop, eval resize + center crop; large ImageNet-like images)",
         choices=("pad", "resized"),
     )
-    num_classes: int = option(10, "number of classes of the synthetic dataset")
-    num_train: int = option(5000, "training images of the synthetic dataset")
-    num_test: int = option(1000, "test images of the synthetic dataset")
-    mean: Optional[list[float]] = option(None, "normalisation mean per channel; null = the dataset's own")
-    std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own")
-
-    def __post_init__(self):
-        for key in ("num_workers", "padding"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"data.{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("image_size", "num_classes", "num_train", "num_test"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+    num_classes: int = option(10, "number of classes of the synthetic dataset", min=2, max=100_000)
+    num_train: int = option(5000, "training images of the synthetic dataset", min=1, max=10_000_000)
+    num_test: int = option(1000, "test images of the synthetic dataset", min=1, max=10_000_000)
+    mean: Optional[list[float]] = option(None, "normalisation mean per channel, in [0, 1] pixel units; null = the dataset's own", min=0, max=1)
+    std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own", above=0)
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = option(240, "training epochs")
-    batch_size: int = option(128, "global batch size, split evenly across DDP ranks")
-    eval_batch_size: int = option(512, "global evaluation batch size")
-    lr: float = option(0.1, "base learning rate")
+class TrainConfig(Options):
+    epochs: int = option(240, "training epochs", min=1, max=100_000)
+    batch_size: int = option(128, "global batch size, split evenly across DDP ranks", min=1, max=1_000_000)
+    eval_batch_size: int = option(512, "global evaluation batch size", min=1, max=1_000_000)
+    lr: float = option(0.1, "base learning rate", min=0)
     lr_scaling: str = option(
         "none", "none: lr as given whatever the number of ranks; linear: lr * batch_size / lr_base_batch_size",
         choices=("none", "linear"),
     )
-    lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling")
-    momentum: float = option(0.9, "SGD momentum")
+    lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling", min=1)
+    momentum: float = option(0.9, "SGD momentum", min=0, below=1)
     nesterov: bool = option(True, "Nesterov momentum")
-    weight_decay: float = option(5e-4, "weight decay")
-    milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma")
-    gamma: float = option(0.1, "lr decay factor at each milestone")
+    weight_decay: float = option(5e-4, "weight decay", min=0)
+    milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma (increasing)", min=1)
+    gamma: float = option(0.1, "lr decay factor at each milestone", above=0, max=1)
     amp: str = option("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + grad scaler)",
                       choices=("none", "bf16", "fp16"))
     channels_last: bool = option(False, "channels_last memory format (faster convolutions on GPUs)")
     compile: bool = option(False, "torch.compile the model")
     device: str = option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     deterministic: bool = option(False, "deterministic algorithms, for bit-exact reruns and resumes")
-    log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)")
+    log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)", min=1)
     nonfinite: str = option(
         "stop", "a NaN/Inf loss: stop (keep the last good checkpoint) or skip the step (costs a sync per step)",
         choices=("stop", "skip"),
     )
 
     def __post_init__(self):
-        for key in ("epochs", "batch_size", "eval_batch_size", "log_interval", "lr_base_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "weight_decay", "momentum"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.milestones != sorted(self.milestones):
+        super().__post_init__()
+        if self.milestones != sorted(set(self.milestones)):
             raise ConfigError(f"train.milestones must be increasing, got {self.milestones}")
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Options):
     model: Optional[str] = option(None, "teacher backbone; required by terms that use a teacher (kd)")
     checkpoint: Optional[str] = option(None, "teacher weights: a run's best.pt/last.pt or a state_dict file")
 
@@ -113,8 +99,8 @@ LossConfig = _loss_schema()
 
 
 @dataclass
-class ExperimentConfig:
-    seed: int = option(0, "random seed (model init, data order, augmentation)")
+class ExperimentConfig(Options):
+    seed: int = option(0, "random seed (model init, data order, augmentation)", min=0, max=2**63 - 1)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -134,7 +120,5 @@ def config_from_dict(data: dict) -> ExperimentConfig:
 
 
 def print_schema() -> None:
-    from .typed_config import describe
-
     for key, type_name, default, help_text in describe(ExperimentConfig):
         print(f"{key:32s} {type_name:24s} {default!s:20s} {help_text}")

@@ -6,13 +6,15 @@ unfinished run with the same config is resumed; one holding a run of another con
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import socket
 from pathlib import Path
 
-from .errors import RunDirError
+from core.errors import ConfigError, RunDirError
+from core.typed_config import flatten, read_yaml
 
 CONFIG_FILE, METRICS_FILE, LOG_FILE, LAST, BEST, LOCK = (
     "config.yaml", "metrics.json", "log.txt", "last.pt", "best.pt", ".lock",
@@ -38,45 +40,60 @@ def overrides_name(overrides: list[str]) -> str:
     return ",".join(re.sub(r"[^A-Za-z0-9_.=+\-]", "_", o) for o in overrides)[:200]
 
 
+def damaged(path: Path, problem: str) -> RunDirError:
+    return RunDirError(f"{path} is damaged ({problem}); pass --overwrite to start the run over, or move the "
+                       f"file away if the run's other files are worth keeping")
+
+
 def read_metrics(run_dir: Path) -> dict | None:
+    """``metrics.json`` as a dict, None where there is none; ``RunDirError`` where it is damaged."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise damaged(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise damaged(path, f"not JSON: {error.msg} at line {error.lineno}") from None
+    except OSError as error:
+        raise damaged(path, f"unreadable: {error.strerror}") from None
+    if not isinstance(metrics, dict):
+        raise damaged(path, f"a JSON {type(metrics).__name__}, not an object")
+    return metrics
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    """The resolved ``config.yaml`` a run saved, None where there is none; ``RunDirError`` where damaged."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
         return None
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
+    if path.stat().st_size == 0:
+        raise damaged(path, "empty")
+    try:
+        return read_yaml(path)
+    except ConfigError as error:
+        raise damaged(path, str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")) from None
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    old_flat, new_flat = _flatten(old), _flatten(new)
+    old_flat, new_flat = flatten(old), flatten(new)
     return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
             for key in sorted(set(old_flat) | set(new_flat))
             if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)]
 
 
-def check_run_dir(run_dir: Path, overwrite: bool, saved_config: dict | None, new_config: dict) -> str:
-    """Decide, without writing anything: 'fresh', 'resume', 'restart' (same config, no epoch finished)
-    or 'overwrite'. Raises ``RunDirError``."""
+def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
+    """Decide, without writing anything: 'fresh', 'resume', 'restart' (same config, no epoch finished,
+    no result) or 'overwrite'. Raises ``RunDirError``. The session decides before it builds anything
+    and again once it holds the directory's lock, since another run may have written there meanwhile."""
     run_dir = Path(run_dir)
-    a_file = next((path for path in (run_dir, *run_dir.parents) if path.exists() and not path.is_dir()), None)
-    if a_file is not None:
-        raise RunDirError(f"--run-dir {run_dir}: {a_file} is a file, not a directory; choose another path")
     if not run_dir.exists() or not any((run_dir / name).exists() for name in RUN_FILES):
         return "fresh"
     if overwrite:
         return "overwrite"
     metrics = read_metrics(run_dir)
+    saved_config = read_run_config(run_dir)
     if metrics and metrics.get("finished"):
         raise RunDirError(
             f"{run_dir} holds a finished run (best top-1 {metrics.get('best_acc1')}%); "
@@ -91,69 +108,96 @@ def check_run_dir(run_dir: Path, overwrite: bool, saved_config: dict | None, new
                 f"pass --overwrite to replace it or choose another --run-dir"
             )
     if not (run_dir / LAST).is_file():
+        results = held_results(run_dir, metrics)
+        if results:
+            raise RunDirError(f"{run_dir} has no last.pt to resume from but holds {' and '.join(results)}; "
+                              f"pass --overwrite to start over (losing them), or choose another --run-dir")
         if saved_config is None:
             raise RunDirError(f"{run_dir} holds files of a run that saved no last.pt; pass --overwrite to start over")
         return "restart"  # stopped or killed in its first epoch: nothing to resume, nothing worth keeping
     return "resume"
 
 
+def held_results(run_dir: Path, metrics: dict | None) -> list[str]:
+    """What in ``run_dir`` is a result that only --overwrite may delete."""
+    results = []
+    if (run_dir / BEST).is_file():
+        results.append(BEST)
+    if metrics and metrics.get("epochs_done"):
+        results.append(f"{METRICS_FILE} with {metrics['epochs_done']} finished epochs")
+    return results
+
+
+def check_writable(run_dir: Path) -> None:
+    """Raise ``RunDirError`` unless ``run_dir`` can be created (or is) and written, without writing:
+    the nearest existing ancestor must be a writable directory on a real, writable filesystem, and
+    every name must fit the filesystem's limits. Call it before anything else looks inside."""
+    run_dir = Path(run_dir)
+    ancestor = next(path for path in (run_dir, *run_dir.parents) if os.path.exists(path))  # False on any OSError
+    if not ancestor.is_dir():
+        raise RunDirError(f"--run-dir {run_dir}: {ancestor} is a file, not a directory; choose another path")
+    name_max = os.pathconf(ancestor, "PC_NAME_MAX")
+    too_long = next((part for part in run_dir.parts if len(os.fsencode(part)) > name_max), None)
+    if too_long is not None:
+        raise RunDirError(f"--run-dir {run_dir}: the name {too_long[:40]}... is longer than the {name_max} bytes "
+                          f"this filesystem allows; choose a shorter one")
+    filesystem = os.statvfs(ancestor)
+    if filesystem.f_flag & os.ST_RDONLY:
+        raise RunDirError(f"--run-dir {run_dir}: {ancestor} is on a read-only filesystem; choose another place")
+    if filesystem.f_blocks == 0:
+        raise RunDirError(f"--run-dir {run_dir}: {ancestor} is on a pseudo-filesystem (like /proc) that holds no "
+                          f"files; choose another place")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunDirError(f"--run-dir {run_dir}: no permission to write in {ancestor}; choose another place")
+
+
 class RunLock:
-    """An exclusive ``.lock`` file holding host and pid; a lock left by a dead process is taken over."""
+    """An OS lock (``fcntl.flock``) on the run directory's ``.lock`` file, whose text (host and pid)
+    names the holder in the message another run gets.
+
+    The kernel releases the lock when its holder exits in any way (a crash, SIGKILL, a full disk), so
+    a file left behind never wedges the directory: only a live holder's lock counts."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
-        self.held = False
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if self._holder_alive(holder):
-                    raise RunDirError(
-                        f"another run ({holder or 'unknown'}) is writing to {self.path.parent}; wait for it, choose "
-                        f"another --run-dir, or delete {self.path} if no run is using that directory"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
-            self.held = True
-            return
-        raise RunDirError(f"could not take the lock {self.path}; remove it if no run is using that directory")
-
-    def _holder(self) -> str | None:
-        """'<host> pid <pid>' of the lock's holder; '' while it is being written; None once it is gone."""
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
+                os.close(fd)
+                raise RunDirError(f"another run ({holder}) is writing to {self.path.parent}; wait for it or "
+                                  f"choose another --run-dir") from None
+            if self._still_the_file(fd):
+                break
+            os.close(fd)  # its holder released and removed it between our open and our lock: again
+        self._fd = fd
         try:
-            return self.path.read_text().strip()
-        except FileNotFoundError:
-            return None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         except OSError:
-            return ""  # unreadable: treat it as held
+            pass  # a full disk: the lock holds all the same, only its note is missing
 
-    def _holder_alive(self, holder: str | None) -> bool:
-        if holder is None:
-            return False  # released in the meantime
+    def _still_the_file(self, fd: int) -> bool:
         try:
-            host, _, pid = holder.split()
-        except ValueError:
-            return True  # being written right now by another process
-        if host != socket.gethostname():
-            return True  # cannot check another machine: assume it is alive
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
             return False
-        except PermissionError:
-            return True
-        return True
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: a run that opened it sees it is gone
+            os.close(self._fd)
+            self._fd = None
 
 
 def clear_run_files(run_dir: Path) -> None:

@@ -11,24 +11,25 @@ from pathlib import Path
 import torch
 import yaml
 
+from core.typed_config import to_dict
+
 from .builder import build_experiment
 from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
-from .distributed import barrier, init_distributed, shutdown
+from .distributed import barrier, broadcast_from_main, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
-from .run_dir import CONFIG_FILE, RunLock, check_run_dir, clear_run_files, default_run_dir
-from .trainer import NonFiniteLoss, Trainer
-from .typed_config import read_yaml, to_dict
+from .run_dir import CONFIG_FILE, LAST, RunLock, check_run_dir, check_writable, clear_run_files, default_run_dir
+from .trainer import NonFiniteLoss, Trainer, load_resume_state
 
 
 def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, overwrite: bool) -> int:
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config_path, overrides)
     resolved = to_dict(config)
-    saved = read_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
-    mode = check_run_dir(run_dir, overwrite, saved, resolved)  # raises before anything is built or written
+    check_writable(run_dir)  # these two raise before anything is built or written
+    check_run_dir(run_dir, overwrite, resolved)
     dist = init_distributed(config.train.device)
-    code = _run(config, resolved, dist, run_dir, mode)
+    code = _run(config, resolved, dist, run_dir, overwrite)
     # Only after a run that returned: after an exception, other ranks may sit in a collective that never
     # completes, and a teardown could wait for them forever. Exiting closes this rank's connections
     # instead, so its peers fail at once and torchrun ends the job.
@@ -36,12 +37,21 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     return code
 
 
-def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
+def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool) -> int:
     experiment = build_experiment(config, dist)
     lock = RunLock(run_dir)
+    mode = None
     if dist.is_main:
         lock.acquire()
+        try:  # again, holding the lock: a run that held it meanwhile may have finished this directory
+            mode = check_run_dir(run_dir, overwrite, resolved)
+        except BaseException:
+            lock.release()
+            raise
+    mode = broadcast_from_main(mode)
     try:
+        # Every rank reads the checkpoint it resumes from before rank 0 writes anything.
+        resume_state = load_resume_state(run_dir / LAST) if mode == "resume" else None
         if dist.is_main:
             remove_unfinished_writes(run_dir)
             if mode in ("overwrite", "restart"):
@@ -52,7 +62,7 @@ def _run(config, resolved: dict, dist, run_dir: Path, mode: str) -> int:
         logger = RunLogger(run_dir) if dist.is_main else NullLogger()
         try:
             logger.info(header(config, resolved, experiment, dist, run_dir, mode))
-            trainer = Trainer(config, experiment, dist, run_dir, logger, resume=mode == "resume")
+            trainer = Trainer(config, experiment, dist, run_dir, logger, resume_state)
             try:
                 return trainer.fit()
             except NonFiniteLoss as error:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from core.errors import ConfigError
 from models import build_model
 
 from .checkpoint import load_model_weights
-from .errors import ConfigError
 
 
 class FrozenTeacher(nn.Module):

@@ -11,15 +11,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core.errors import CheckpointError
+from core.typed_config import flatten, to_dict
+
 from .builder import Experiment
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers
-from .errors import CheckpointError
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .run_dir import BEST, LAST, METRICS_FILE
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses
-from .typed_config import to_dict
 
 CHECKPOINT_FORMAT = 1
 
@@ -51,13 +52,28 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
     return {"loss": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count, "count": int(count)}
 
 
+def load_resume_state(path: Path) -> dict:
+    """The run checkpoint a resume starts from, checked before the run writes anything."""
+    try:
+        state = load_checkpoint(path, "run checkpoint")
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; pass --overwrite to start the run over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
+                              f"(resume needs one); pass --overwrite to start over")
+    return state
+
+
 class Trainer:
-    def __init__(self, config, experiment: Experiment, dist: DistContext, run_dir: Path, logger, resume: bool):
+    def __init__(self, config, experiment: Experiment, dist: DistContext, run_dir: Path, logger,
+                 resume_state: dict | None):
         self.config, self.exp, self.dist = config, experiment, dist
-        self.run_dir, self.log, self.resume = Path(run_dir), logger, resume
+        self.run_dir, self.log, self.resume_state = Path(run_dir), logger, resume_state
         self.train_cfg = config.train
         self.device = dist.device
-        self.eval_model = unwrap_ddp(experiment.model)
+        # Evaluation needs no DDP (no gradients to reduce; every rank sees its own shard of the test set)
+        # and runs the plain module, so that it never goes through a compiled DDP wrapper.
+        self.eval_model = unwrap(experiment.model)
         self.history: list[dict] = []
         self.best_acc1, self.best_epoch = -1.0, 0
         self.global_step = 0
@@ -66,7 +82,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> int:
-        start_epoch = self._load_last() + 1 if self.resume else 1
+        start_epoch = self._restore(self.resume_state) + 1 if self.resume_state is not None else 1
         epochs = self.train_cfg.epochs
         if self.exp.teacher is not None:
             teacher = evaluate(self.exp.teacher, self.exp.loaders.test, self.device, self.exp.memory_format)
@@ -192,11 +208,7 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
-    def _load_last(self) -> int:
-        state = load_checkpoint(self.run_dir / LAST, "run checkpoint")
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{self.run_dir / LAST} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
-                                  f"(resume needs one); pass --overwrite to start over")
+    def _restore(self, state: dict) -> int:
         exp = self.exp
         unwrap(exp.model).load_state_dict(state["model"])
         exp.optimizer.load_state_dict(state["optimizer"])
@@ -256,20 +268,7 @@ def _bad_terms(names: list[str]) -> list[str]:
     return [name for name in names if name != "loss"] or names
 
 
-def unwrap_ddp(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def hparams_of(config) -> dict:
-    """Flat scalar hyper-parameters for TensorBoard's HParams tab (lists as strings)."""
-    flat, stack = {}, [("", to_dict(config))]
-    while stack:
-        prefix, node = stack.pop()
-        for key, value in node.items():
-            if isinstance(value, dict):
-                stack.append((f"{prefix}{key}.", value))
-            elif isinstance(value, (int, float, str, bool)):
-                flat[prefix + key] = value
-            else:
-                flat[prefix + key] = str(value)
-    return flat
+    """Flat scalar hyper-parameters for TensorBoard's HParams tab (lists and nulls as strings)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flatten(to_dict(config)).items()}

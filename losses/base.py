@@ -18,7 +18,7 @@ class StepOutput:
     logits: torch.Tensor
     feats: list[torch.Tensor]
     targets: torch.Tensor
-    epoch: int  # counted from 1, as in METHOD.md's warm-up weight
+    epoch: int  # counted from 1, as in docs/METHOD.md's warm-up weight
     teacher_logits: Optional[torch.Tensor] = None
 
 
@@ -28,14 +28,9 @@ class LossTerm(nn.Module):
     #: the trainer builds and runs a teacher only when an active term sets this
     requires_teacher: bool = False
 
-    def check_features(self, num_stages: int) -> None:
-        """Raise ``ConfigError`` if the term's options do not fit a model with ``num_stages`` stages."""
-
-    def tap_stages(self, modules: Sequence[nn.Module], feature_shapes: Sequence[tuple[int, ...]]) -> None:
-        """Called once by the builder with the model's stage modules, whose outputs are the stage
-        features, in order, for a term that hooks them (none under torch.compile, and none for a model
-        whose features are formed otherwise), and each stage feature's C x H x W in training. The
-        default ignores them."""
+    def check_features(self, feature_shapes: Sequence[tuple[int, int, int]]) -> None:
+        """Raise ``ConfigError`` if the term's options do not fit the model, whose stage features have
+        these C x H x W shapes (shallow to deep); called by the builder before anything is written."""
 
     def forward(self, step: StepOutput) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -5,16 +5,16 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from engine.typed_config import option
+from core.typed_config import Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
 
 
 @dataclass
-class CEConfig:
-    weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)")
-    label_smoothing: float = option(0.0, "label smoothing epsilon")
+class CEConfig(Options):
+    weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)", min=0)
+    label_smoothing: float = option(0.0, "label smoothing epsilon", min=0, max=1)
 
 
 @register_loss("ce", CEConfig)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.errors import ConfigError
-from engine.typed_config import option
+from core.typed_config import Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -26,15 +25,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 @dataclass
-class KDConfig:
-    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)")
-    temperature: float = option(4.0, "softmax temperature T")
-
-    def __post_init__(self):
-        if self.temperature <= 0:
-            raise ConfigError(f"loss.kd.temperature must be positive, got {self.temperature}")
-        if self.weight < 0:
-            raise ConfigError(f"loss.kd.weight must be >= 0, got {self.weight}")
+class KDConfig(Options):
+    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)", min=0)
+    temperature: float = option(4.0, "softmax temperature T", above=0)
 
 
 @register_loss("kd", KDConfig)

@@ -1,12 +1,11 @@
-"""Teacher-free Feature Distillation (Tf-FD, Li, ECCV 2022), exactly as in docs METHOD.md.
+"""Teacher-free Feature Distillation (Tf-FD; Lujun Li, ECCV 2022), as specified in docs/METHOD.md.
 
 ``intra_fd``: within one stage, the salient half of the channels and the redundant half are pulled
 together (mean squared error). ``inter_fd``: a shallow stage is pulled towards a deeper one, whose
-feature is detached so the deep layer teaches and never learns from the shallow one.
-Nothing here knows a model: channel counts and pooling sizes come from the tensors.
-
-The training term computes the same numbers through ``losses/tffd_fused.py``, a faster path whose
-values and gradients the tests hold equal to the readable functions below.
+feature is detached, so the deep layer teaches and never learns from the shallow one.
+``TeacherFreeFD`` is the training term: it calls these two functions by their module-level names,
+so the functions below are exactly what trains (edit or monkeypatch one and training changes), and
+autograd makes every gradient. Nothing here knows a model: shapes come from the tensors.
 """
 from __future__ import annotations
 
@@ -17,30 +16,38 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from engine.errors import ConfigError
-from engine.typed_config import option
+from core.errors import ConfigError
+from core.typed_config import Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
-from .salience import channel_salience, salience_order  # noqa: F401  (re-exported: part of the method)
-from .tffd_fused import FeaturePlan
-from .tffd_taps import StageTaps
+
+NORM_EPS = 1e-12  # as F.normalize's: an all-zero map (a dead ReLU channel) has salience 0
+
+
+@torch.no_grad()
+def channel_salience(feature: torch.Tensor) -> torch.Tensor:
+    """Per channel, the mean over (N, H, W) of each (n, c) map normalised to unit L2 norm over (H, W);
+    shape (C,), no gradient. A normalised map's sum is its sum over its norm: two reductions, no copy."""
+    feature = feature.detach().float()
+    norms = torch.linalg.vector_norm(feature, dim=(2, 3)).clamp_min(NORM_EPS)
+    return (feature.sum(dim=(2, 3)) / norms).mean(dim=0) / (feature.shape[2] * feature.shape[3])
 
 
 def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tensor:
     """MSE between the salient half and the redundant half of the channels of one N x C x H x W feature.
 
-    Channels are sorted by salience, descending; with h = floor(C/2) the first h are salient and the
-    next h redundant (an odd C leaves out the least salient channel). Both halves get gradient unless
-    ``detach_salient`` (then only the redundant half learns, "salient teaches redundant").
+    Channels are sorted by salience, descending (ties keep channel order); with h = floor(C/2) the
+    first h are salient and the next h redundant (an odd C leaves out the least salient channel).
+    Both halves get gradient, as in the released code, unless ``detach_salient``.
     """
-    order = salience_order(feature)
+    if feature.shape[1] < 2:
+        raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
+    order = torch.argsort(channel_salience(feature), descending=True, stable=True)
     half = feature.shape[1] // 2
     salient = feature.index_select(1, order[:half])
     redundant = feature.index_select(1, order[half : 2 * half])
-    if detach_salient:
-        salient = salient.detach()
-    return F.mse_loss(redundant, salient)
+    return F.mse_loss(redundant, salient.detach() if detach_salient else salient)
 
 
 def inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
@@ -58,44 +65,39 @@ def warmup_weight(epoch: int, warmup_epochs: int) -> float:
 
 
 @dataclass
-class TfFDConfig:
-    lambda_intra: float = option(4e-4, "weight of the intra-layer term (released-code default)")
-    lambda_inter: float = option(5e-3, "weight of the inter-layer term (released-code default)")
-    warmup_epochs: int = option(20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none")
-    stages: Optional[list[int]] = option(None, "stages used, counted from 1 (shallow) to K (deep); null = all")
+class TfFDConfig(Options):
+    lambda_intra: float = option(4e-4, "weight of the intra-layer term (released-code default)", min=0)
+    lambda_inter: float = option(5e-3, "weight of the inter-layer term (released-code default)", min=0)
+    warmup_epochs: int = option(20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none", min=0)
+    stages: Optional[list[int]] = option(None, "stages used, counted from 1 (shallow) to K (deep); null = all", min=1)
     pairs: Optional[list[list[int]]] = option(
-        None, "inter-layer (shallow, deep) stage pairs, counted from 1; null = all i < j among `stages`"
+        None, "inter-layer [shallow, deep] stage pairs, counted from 1; null = all i < j among `stages`", min=1
     )
     detach_salient: bool = option(False, "stop gradient into the salient half (the released code lets both learn)")
 
     def __post_init__(self):
-        for name in ("lambda_intra", "lambda_inter"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss.tffd.{name} must be >= 0, got {getattr(self, name)}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"loss.tffd.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        super().__post_init__()
+        if self.stages is not None and not self.stages:
+            raise ConfigError("loss.tffd.stages is empty; use null for all stages")
+        if self.pairs is not None and not self.pairs:
+            raise ConfigError("loss.tffd.pairs is empty; use null for all pairs, or lambda_inter=0 for none")
         for pair in self.pairs or []:
             if len(pair) != 2 or pair[0] >= pair[1]:
                 raise ConfigError(f"loss.tffd.pairs entries must be [shallow, deep] with shallow < deep, got {pair}")
+        for key, items in (("stages", self.stages or []), ("pairs", self.pairs or [])):
+            twice = next((item for index, item in enumerate(items) if item in items[:index]), None)
+            if twice is not None:  # it would silently count twice in the mean
+                raise ConfigError(f"loss.tffd.{key} lists {twice} twice: {items}")
 
 
 @register_loss("tffd", TfFDConfig)
 class TeacherFreeFD(LossTerm):
-    """lambda_inter * mean over pairs of inter_fd + lambda_intra * mean over stages of intra_fd,
-    both scaled by the warm-up weight; returned as ``tffd_inter`` and ``tffd_intra``.
-    Computed by ``feature_work`` (``losses/tffd_fused.py``): one call per stage feature that receives
-    gradient, made by a tap as the stage finishes where the model lets the term tap its stages."""
+    """``tffd_inter`` = w * lambda_inter * mean over pairs of inter_fd, ``tffd_intra`` = w * lambda_intra *
+    mean over stages of intra_fd, w the warm-up weight; a term whose lambda is 0 is not computed."""
 
     def __init__(self, config: TfFDConfig):
         super().__init__()
         self.config = config
-        self.taps = StageTaps()
-
-    def tap_stages(self, modules, feature_shapes) -> None:
-        plans = {stage - 1: self._plan(stage, intra, deeper, feature_shapes)
-                 for stage, intra, deeper in self._work(len(feature_shapes))}
-        self.taps.remove()
-        self.taps = StageTaps(modules, plans)
 
     def _stages(self, num_stages: int) -> list[int]:
         return self.config.stages if self.config.stages is not None else list(range(1, num_stages + 1))
@@ -105,48 +107,27 @@ class TeacherFreeFD(LossTerm):
             return self.config.pairs
         return [list(pair) for pair in combinations(self._stages(num_stages), 2)]
 
-    def check_features(self, num_stages: int) -> None:
+    def check_features(self, feature_shapes) -> None:
+        num_stages = len(feature_shapes)
         used = set(self._stages(num_stages)) | {s for pair in self._pairs(num_stages) for s in pair}
         bad = sorted(s for s in used if not 1 <= s <= num_stages)
         if bad:
-            raise ConfigError(
-                f"loss.tffd stages/pairs name stage {bad[0]}, but the model has stages 1..{num_stages}"
-            )
-        if not self._stages(num_stages):
-            raise ConfigError("loss.tffd.stages is empty; use null for all stages")
-
-    def _active(self, num_stages: int) -> tuple[list[int], list[tuple[int, int]]]:
-        """The stages with an intra-layer loss and the pairs with an inter-layer one (none at lambda 0)."""
-        stages = self._stages(num_stages) if self.config.lambda_intra > 0 else []
-        pairs = [tuple(pair) for pair in self._pairs(num_stages)] if self.config.lambda_inter > 0 else []
-        return stages, pairs
-
-    def _work(self, num_stages: int) -> list[tuple[int, bool, list[int]]]:
-        """(stage, whether it has an intra-layer loss, the deeper stages it is pulled towards) for each
-        stage whose feature receives gradient."""
-        stages, pairs = self._active(num_stages)
-        return [(stage, stage in stages, [deep for shallow, deep in pairs if shallow == stage])
-                for stage in sorted(set(stages) | {shallow for shallow, _ in pairs})]
-
-    def _plan(self, stage: int, intra: bool, deeper: list[int], shapes) -> FeaturePlan:
-        return FeaturePlan.of(shapes[stage - 1], intra, self.config.detach_salient, [shapes[d - 1] for d in deeper])
+            raise ConfigError(f"loss.tffd stages/pairs name stage {bad[0]}, but the model has stages 1..{num_stages}")
+        narrow = [s for s in self._stages(num_stages) if feature_shapes[s - 1][0] < 2]
+        if narrow and self.config.lambda_intra > 0:
+            raise ConfigError(f"loss.tffd: stage {narrow[0]} has {feature_shapes[narrow[0] - 1][0]} channel; intra_fd "
+                              f"needs at least 2 (leave it out of loss.tffd.stages or set lambda_intra=0)")
 
     def forward(self, step: StepOutput):
         feats, cfg = step.feats, self.config
         weight = warmup_weight(step.epoch, cfg.warmup_epochs)
-        shapes = [feature.shape for feature in feats]
-        stages, pairs = self._active(len(feats))
-        intra, inter = {}, {}
-        for stage, has_intra, deeper in self._work(len(feats)):
-            plan = self._plan(stage, has_intra, deeper, shapes)
-            targets = [feats[deep - 1] for deep in deeper]
-            losses = list(plan.losses(self.taps.outputs(stage - 1, feats[stage - 1], plan), targets))
-            if has_intra:
-                intra[stage] = losses.pop(0)
-            inter.update(((stage, deep), loss) for deep, loss in zip(deeper, losses))
         out = {}
-        if pairs:
-            out["tffd_inter"] = (weight * cfg.lambda_inter) * (sum(inter[pair] for pair in pairs) / len(pairs))
-        if stages:
-            out["tffd_intra"] = (weight * cfg.lambda_intra) * (sum(intra[stage] for stage in stages) / len(stages))
+        if cfg.lambda_inter > 0:
+            pairs = self._pairs(len(feats))
+            inter = sum(inter_fd(feats[shallow - 1], feats[deep - 1]) for shallow, deep in pairs) / len(pairs)
+            out["tffd_inter"] = (weight * cfg.lambda_inter) * inter
+        if cfg.lambda_intra > 0:
+            stages = self._stages(len(feats))
+            intra = sum(intra_fd(feats[stage - 1], cfg.detach_salient) for stage in stages) / len(stages)
+            out["tffd_intra"] = (weight * cfg.lambda_intra) * intra
         return out

@@ -39,8 +39,7 @@ def init_weights(model: nn.Module) -> None:
 
 class StagedNet(nn.Module):
     """stem -> stages -> classifier. Subclasses set ``stem``, ``stages`` (a ModuleList) and ``fc``;
-    every stage's output is a stage feature. Returns ``(logits, stage_features)``.
-    A loss term may tap the stage outputs (``stage_modules``), so nothing may change one in place."""
+    every stage's output is a stage feature. Returns ``(logits, stage_features)``."""
 
     def forward(self, x: torch.Tensor):
         x = self.stem(x)
@@ -54,8 +53,3 @@ class StagedNet(nn.Module):
         """Global average pooling and the linear classifier; overridden where a head block comes first."""
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-
-def stage_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs are ``model``'s stage features, in order: a ``StagedNet``'s stages;
-    none for a model that forms its features otherwise."""
-    return list(model.stages) if isinstance(model, StagedNet) else []

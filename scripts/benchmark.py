@@ -5,6 +5,8 @@
 
 Times the training step of each method (ce, tffd, kd, kd_tffd: the loss terms of
 configs/_base_/methods/<method>.yaml, the KD teacher given by --teacher) and the two data loaders.
+``tffd_released`` is the tffd step with the term replaced by a literal transcription of the released
+code's loss (scripts/released_tffd.py): the reference the training term's cost is held to.
 The step is ``engine.step``'s, the one the trainer runs, built by the trainer's own builder; its
 inputs are a few batches already on the device, so the step and the data path are timed apart.
 Methods are timed in interleaved rounds (every round times --steps steps of each method, in a
@@ -12,9 +14,11 @@ rotating order) and each figure is the median over rounds; the ratio to ce is th
 per-round ratios, so a slow spell of a shared machine hits both sides of a ratio alike.
 The teacher has random weights: its cost matters here, not its accuracy.
 
-Before timing, the fused Tf-FD path that training uses (losses/tffd_fused.py) is checked against the
-readable intra_fd / inter_fd of losses/tffd.py on the model's real stage features: the values must be
-bit-for-bit equal in fp32 (exit code 1 if not).
+Before timing, the training term (losses/tffd.py) is checked against the transcription on the model's
+real stage features: values and gradients must agree to fp32 rounding (exit code 1 if not).
+The table also says how large the stage features are next to the model's compute (bytes of stage
+features per forward FLOP): Tf-FD's cost is memory traffic over those features, so its share of a
+step grows with that figure.
 Bad input: one line, exit code 2.
 """
 from __future__ import annotations
@@ -29,13 +33,13 @@ import statistics
 import sys
 import tempfile
 import time
-from itertools import combinations
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from data import build_dataset, build_loaders  # noqa: E402
 from engine.builder import build_experiment  # noqa: E402
@@ -43,14 +47,15 @@ from engine.checkpoint import unwrap  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
-from engine.errors import ConfigError, UserError  # noqa: E402
+from core.errors import ConfigError, UserError  # noqa: E402
 from engine.step import apply_gradients, compute_losses  # noqa: E402
-from losses.tffd import inter_fd, intra_fd  # noqa: E402
-from losses.tffd_fused import CpuKernelOps, ops_for, feature_losses  # noqa: E402
+from losses import StepOutput  # noqa: E402
+from losses.tffd import TeacherFreeFD  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
+from released_tffd import ReleasedTfFD  # noqa: E402
 
-METHODS = ("ce", "tffd", "kd", "kd_tffd")
-TFFD_TARGET = 1.03  # Tf-FD step time at most this times the ce step time
+METHODS = ("ce", "tffd", "tffd_released", "kd", "kd_tffd")
+COMPILED_TFFD_TARGET = 1.03  # compiled Tf-FD step time at most this times the compiled ce step time
 MiB = 2**20
 
 
@@ -103,9 +108,20 @@ def build_methods(methods: list[str], args, device: torch.device, workdir: Path)
     dist = DistContext(rank=0, world_size=1, local_rank=0, device=device)
     experiments = {}
     for method in methods:
-        config = method_config(method, args, overrides)
-        experiments[method] = (config, build_experiment(config, dist))
+        config = method_config("tffd" if method == "tffd_released" else method, args, overrides)
+        exp = build_experiment(config, dist)
+        if method == "tffd_released":
+            exp.terms = [released_term(term, config) for term in exp.terms]
+        experiments[method] = (config, exp)
     return experiments
+
+
+def released_term(term, config):
+    """The transcription in place of the tffd term, compiled as the builder compiles terms."""
+    if not isinstance(getattr(term, "_orig_mod", term), TeacherFreeFD):
+        return term
+    released = ReleasedTfFD(config.loss.tffd)
+    return torch.compile(released) if config.train.compile else released
 
 
 # ---------------------------------------------------------------- timing
@@ -196,40 +212,28 @@ def time_loaders(args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------- the reference check
-def fused_intra_fd(feature: torch.Tensor) -> torch.Tensor:
-    """intra_fd through the training term's fused path."""
-    return feature_losses(feature, True, False, [])[0]
-
-
-def fused_inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-    """inter_fd through the training term's fused path."""
-    return feature_losses(shallow, False, False, [deep])[0]
-
-
 def reference_check(exp, images: torch.Tensor) -> dict:
-    """The fused path against the readable intra_fd / inter_fd on the model's fp32 stage features."""
+    """The training term against the released transcription on the model's fp32 stage features."""
     with torch.no_grad():
-        _, feats = unwrap(exp.model)(images.float())
-    feats = [feature.float() for feature in feats]  # in the memory format training sees
-    cases = [(fused_intra_fd, intra_fd, (k,)) for k in range(len(feats))]
-    cases += [(fused_inter_fd, inter_fd, pair) for pair in combinations(range(len(feats)), 2)]
-    equal, grad_diff = True, 0.0
-    for fast, readable, stages in cases:
-        inputs = [[feats[k].clone().requires_grad_() for k in stages] for _ in range(2)]
-        values = [fn(*leaves) for fn, leaves in ((fast, inputs[0]), (readable, inputs[1]))]
-        equal &= bool(torch.equal(values[0], values[1]))
-        grads = [torch.autograd.grad(value, leaves[0])[0] for value, leaves in zip(values, inputs)]
-        scale = grads[1].abs().max().clamp_min(1e-30)
-        grad_diff = max(grad_diff, ((grads[0] - grads[1]).abs().max() / scale).item())
-    return {"feature_shapes": [list(f.shape) for f in feats], "values_bitwise_equal": equal,
-            "max_relative_grad_diff": grad_diff, "tffd_ops": tffd_ops_name(feats),
-            "tapped_stages": exp.tapped_stages}
+        logits, feats = unwrap(exp.model)(images.float())
+    term = next(getattr(t, "_orig_mod", t) for t in exp.terms if isinstance(getattr(t, "_orig_mod", t), TeacherFreeFD))
+    terms = (term, ReleasedTfFD(term.config))
+    inputs = [[feature.float().clone().requires_grad_() for feature in feats] for _ in terms]
+    targets = torch.zeros(images.shape[0], dtype=torch.long)
+    values = [sum(t(StepOutput(logits, leaves, targets, epoch=10**6)).values()) for t, leaves in zip(terms, inputs)]
+    grads = [torch.autograd.grad(value, leaves) for value, leaves in zip(values, inputs)]
+    grad_diff = max(((mine - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30)).item()
+                    for mine, theirs in zip(*grads))
+    value_diff = ((values[0] - values[1]).abs() / values[1].abs().clamp_min(1e-30)).item()
+    return {"feature_shapes": [list(f.shape) for f in feats], "max_relative_value_diff": value_diff,
+            "max_relative_grad_diff": grad_diff, "agrees": value_diff < 1e-5 and grad_diff < 1e-4}
 
 
-def tffd_ops_name(feats: list[torch.Tensor]) -> str:
-    """Which ops the fused path ran on these features: its C++ CPU kernels or PyTorch's."""
-    ops = ops_for(feats[0], [f.shape[-2:] for f in feats[1:]])
-    return "C++ CPU kernels" if isinstance(ops, CpuKernelOps) else "PyTorch ops"
+def feature_cost(exp, batch_size: int) -> dict:
+    """Bytes of fp32 stage features per step and per forward FLOP: what Tf-FD's cost scales with."""
+    feature_bytes = 4 * batch_size * sum(c * h * w for c, h, w in exp.profile.feature_shapes)
+    return {"stage_feature_mib": feature_bytes / MiB,
+            "bytes_per_forward_flop": feature_bytes / (batch_size * exp.profile.forward_flops)}
 
 
 # ---------------------------------------------------------------- reporting
@@ -262,32 +266,34 @@ def table(result: dict) -> str:
              f"amp {settings['amp']}, {'compiled' if settings['compile'] else 'eager'}"
              f"{', channels_last' if settings['channels_last'] else ''}, torch {result['torch']}; "
              f"median of {settings['rounds']} interleaved rounds of {settings['steps']} steps",
-             f"{'method':10s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
+             f"{'method':14s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
              f"{'ratio to ce':>13s}{'peak memory':>14s}"]
     for method, row in methods.items():
         cpu = f"{row['cpu_ms_per_step']:.1f}" if row["cpu_ms_per_step"] is not None else ""
         memory = f"{row['peak_memory_mib']:.0f} MiB" if row["peak_memory_mib"] is not None else "n/a"
-        lines.append(f"{method:10s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
+        lines.append(f"{method:14s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
                      f"{row['ratio_to_ce']:13.3f}{memory:>14s}")
     if result["loaders"]:
         lines.append(f"{'loader':14s}{'images/s':>10s}   (loader only, {settings['loader_images']} images per epoch)")
         for kind, row in result["loaders"].items():
             extra = f"   {row['workers']} workers" if "workers" in row else ""
             lines.append(f"{kind:14s}{row['images_per_s']:10.0f}{extra}")
-    if "tffd" in methods:
-        target = result["targets"]["tffd_step_vs_ce"]
-        low, high = methods["tffd"]["ratio_to_ce_ci95"]
-        lines.append(f"target: tffd step <= {target['max_ratio']} x ce step: {target['measured']:.3f} "
-                     f"({'met' if target['met'] else 'not met'}; 95% interval of the median {low:.3f}-{high:.3f})")
+    cost = result.get("feature_cost")
+    if cost:
+        lines.append(f"stage features: {cost['stage_feature_mib']:.1f} MiB per step (fp32), "
+                     f"{cost['bytes_per_forward_flop']:.4f} bytes per forward FLOP")
+    for name, target in result["targets"].items():
+        lines.append(f"target {name}: {target['measured']:.3f} <= {target['max_ratio']:.3f} "
+                     f"({'met' if target['met'] else 'not met'}; {target['what']})")
     load = settings.get("load_average", {})
     if load.get("before") is not None:
         lines.append(f"1-minute load average of the machine: {load['before']:.2f} before, {load['after']:.2f} after")
     check = result.get("reference_check")
     if check:
-        verdict = "bit-for-bit equal" if check["values_bitwise_equal"] else "NOT EQUAL"
-        taps = f"stage taps on {check['tapped_stages']} stages" if check["tapped_stages"] else "no stage taps"
-        lines.append(f"reference check: the fused Tf-FD path ({check['tffd_ops']}, {taps}) {verdict} to the readable "
-                     f"intra_fd/inter_fd (fp32), gradients within {check['max_relative_grad_diff']:.1e} (relative)")
+        verdict = "agrees with" if check["agrees"] else "DIFFERS FROM"
+        lines.append(f"reference check: the training term {verdict} the released transcription (fp32): values within "
+                     f"{check['max_relative_value_diff']:.1e}, gradients within {check['max_relative_grad_diff']:.1e} "
+                     f"(relative)")
     return "\n".join(lines)
 
 
@@ -302,9 +308,9 @@ def run(args) -> dict:
     device = choose_device(args.device, local_rank=0)
     with tempfile.TemporaryDirectory() as workdir:
         experiments = build_methods(methods, args, device, Path(workdir))
-    tffd_method = next((m for m in methods if "tffd" in m), None)
+    tffd_method = next((m for m in methods if m in ("tffd", "kd_tffd")), None)
     load_before = _load_average()
-    check = None
+    check, cost = None, feature_cost(experiments["ce"][1], args.batch_size)
     if tffd_method is not None:
         exp = experiments[tffd_method][1]
         images, _ = next(iter(exp.loaders.train))
@@ -318,33 +324,40 @@ def run(args) -> dict:
                      "threads": torch.get_num_threads()},
         "methods": time_methods(experiments, args, device),
         "loaders": time_loaders(args, device) if args.loader_images else {},
-        "reference_check": check,
+        "reference_check": check, "feature_cost": cost,
     }
     # A shared machine's other work slows some rounds: the load average says how busy it was.
     result["settings"]["load_average"] = {"before": load_before, "after": _load_average()}
-    if "tffd" in result["methods"]:
-        measured = result["methods"]["tffd"]["ratio_to_ce"]
-        result["targets"] = {"tffd_step_vs_ce": {"max_ratio": TFFD_TARGET, "measured": measured,
-                                                 "met": measured <= TFFD_TARGET}}
+    result["targets"] = targets(result["methods"], args.compile)
     return result
+
+
+def targets(methods: dict, compiled: bool) -> dict:
+    """What the Tf-FD term's cost is held to: the released code's loss, and compiled, 1.03 x ce."""
+    out = {}
+    if "tffd" in methods and "tffd_released" in methods:
+        released = methods["tffd_released"]["ratio_to_ce"]
+        out["tffd_vs_released"] = {"measured": methods["tffd"]["ratio_to_ce"], "max_ratio": released,
+                                   "met": methods["tffd"]["ratio_to_ce"] <= released,
+                                   "what": "tffd / ce against tffd_released / ce, the same rounds"}
+    if "tffd" in methods and compiled:
+        measured = methods["tffd"]["ratio_to_ce"]
+        out["tffd_compiled_vs_ce"] = {"measured": measured, "max_ratio": COMPILED_TFFD_TARGET,
+                                      "met": measured <= COMPILED_TFFD_TARGET, "what": "compiled tffd / compiled ce"}
+    return out
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.json and not args.json.parent.is_dir():
-        print(f"error: --json {args.json}: no directory {args.json.parent}", file=sys.stderr)
-        return 2
-    try:
-        result = run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+        raise UserError(f"--json {args.json}: no directory {args.json.parent}")
+    result = run(args)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     check = result["reference_check"]
-    if check is not None and not check["values_bitwise_equal"]:
-        print("error: the fused Tf-FD path differs from the readable intra_fd/inter_fd", file=sys.stderr)
+    if check is not None and not check["agrees"]:
+        print("error: the Tf-FD training term differs from the released transcription", file=sys.stderr)
         return 1
     return 0
 

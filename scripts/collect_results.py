@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
-from engine.typed_config import all_keys  # noqa: E402
+from core.typed_config import all_keys  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
 METHOD_OF_TERMS = {
@@ -117,7 +117,12 @@ def find_runs(roots: list[Path]) -> list[tuple[Path, object, dict | None]]:
             except (UserError, yaml.YAMLError) as error:
                 print(f"warning: skipping {run_dir}: unreadable config.yaml ({error})", file=sys.stderr)
                 continue
-            found.append((run_dir, config, read_metrics(run_dir)))
+            try:
+                metrics = read_metrics(run_dir)
+            except UserError as error:
+                print(f"warning: skipping {run_dir}: {error}", file=sys.stderr)
+                continue
+            found.append((run_dir, config, metrics))
     return found
 
 

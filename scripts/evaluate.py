@@ -22,7 +22,7 @@ from engine.checkpoint import load_model_weights  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import choose_device  # noqa: E402
-from engine.errors import CheckpointError, ConfigError, UserError  # noqa: E402
+from core.errors import CheckpointError, ConfigError  # noqa: E402
 from engine.run_dir import CONFIG_FILE  # noqa: E402
 from engine.trainer import evaluate  # noqa: E402
 from models import build_model  # noqa: E402
@@ -55,11 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=/data")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_intermixed_args(argv)
-    try:
-        result = evaluate_checkpoint(args.checkpoint, args.config, args.overrides)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    result = evaluate_checkpoint(args.checkpoint, args.config, args.overrides)
     if args.json:
         print(json.dumps(result))
     else:

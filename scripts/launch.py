@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.errors import RunDirError  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.run_dir import read_metrics  # noqa: E402
 
@@ -67,7 +68,10 @@ def parse_job(line: str) -> Job | None:
 
 
 def is_finished(run_dir: Path) -> bool:
-    metrics = read_metrics(run_dir)
+    try:
+        metrics = read_metrics(run_dir)
+    except RunDirError:
+        return False  # damaged: its job is run, and train.py says what is wrong with it
     return bool(metrics and metrics.get("finished"))
 
 
@@ -82,7 +86,10 @@ def default_gpus() -> list[str]:
 
 
 def _summary(run_dir: Path) -> str:
-    metrics = read_metrics(run_dir) or {}
+    try:
+        metrics = read_metrics(run_dir) or {}
+    except RunDirError:
+        return ""
     if metrics.get("best_acc1") is None:
         return ""
     return f": best top-1 {metrics['best_acc1']:.2f}% (epoch {metrics['best_epoch']}), last {metrics['last_acc1']:.2f}%"

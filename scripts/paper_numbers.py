@@ -1,4 +1,4 @@
-"""The CIFAR-100 top-1 accuracies (%) the Tf-FD paper reports (ECCV 2022 poster; docs METHOD.md).
+"""The CIFAR-100 top-1 accuracies (%) the Tf-FD paper reports (ECCV 2022 poster; docs/METHOD.md).
 
 The baseline and KD numbers are those of the CIFAR-100 KD benchmark the poster reuses; the teachers'
 own accuracies are that benchmark's too. The paper does not say whether they are last- or best-epoch

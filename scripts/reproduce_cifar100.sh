@@ -5,7 +5,7 @@
 #                                 [--root DIR] [--data-root DIR] [--set KEY=VALUE]... [--dry-run]
 #   python scripts/collect_results.py runs/cifar100          # the table, beside the paper's numbers
 #
-# Which protocol each row uses (docs METHOD.md), so that each row is comparable with its paper number:
+# Which protocol each row uses (docs/METHOD.md), so that each row is comparable with its paper number:
 #   teachers  configs/cifar100/<teacher>_ce.yaml   KD-benchmark protocol: batch 64, lr 0.05 (overrides below)
 #   Baseline  configs/cifar100/<student>_ce.yaml   KD-benchmark protocol: batch 64, lr 0.05 (overrides below)
 #   Tf-FD     configs/cifar100/<student>_tffd.yaml released Tf-FD code: batch 128, lr 0.1 (as configured)

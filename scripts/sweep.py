@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from engine.run_dir import default_run_dir, overrides_name  # noqa: E402
 
 
@@ -88,18 +88,14 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed overrides for every point")
     add_launch_options(parser)
     args = parser.parse_intermixed_args(argv)
-    try:
-        axes, seeds = parse_grid(args.grid), parse_seeds(args.seeds)
-        swept = {key for key, _ in axes} | {"seed"}
-        clash = [o for o in args.overrides if o.partition("=")[0].strip() in swept]
-        if clash:
-            raise UserError(f"{clash[0]} sets a key the sweep varies (--grid / --seeds)")
-        default_root = Path("runs", "sweeps", *default_run_dir(args.config, args.overrides).parts[1:])
-        root = Path(args.root) if args.root else default_root
-        jobs = sweep_jobs(args.config, axes, args.overrides, seeds, root)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    axes, seeds = parse_grid(args.grid), parse_seeds(args.seeds)
+    swept = {key for key, _ in axes} | {"seed"}
+    clash = [o for o in args.overrides if o.partition("=")[0].strip() in swept]
+    if clash:
+        raise UserError(f"{clash[0]} sets a key the sweep varies (--grid / --seeds)")
+    default_root = Path("runs", "sweeps", *default_run_dir(args.config, args.overrides).parts[1:])
+    root = Path(args.root) if args.root else default_root
+    jobs = sweep_jobs(args.config, axes, args.overrides, seeds, root)
     return launch_from_args(jobs, args)
 
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: run train.py in a subprocess, read run directories; the Tf-FD backend fixture."""
+"""Shared test helpers: run train.py in a subprocess, read run directories."""
 from __future__ import annotations
 
 import json
@@ -53,27 +53,3 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture
 def repo() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session", autouse=True)
-def tffd_cpu_kernels_built():
-    """Build the Tf-FD CPU kernels (losses/tffd_cpu.py) once, before any test starts train.py: a
-    first build inside a training run would add its message to output that tests read."""
-    from losses import tffd_cpu
-
-    tffd_cpu.cpu_kernels()
-
-
-@pytest.fixture(params=["kernels", "torch"])
-def backend(request, monkeypatch):
-    """Runs a test through the Tf-FD term's C++ CPU kernels and through PyTorch's ops. The kernels must
-    build here (a C++ compiler and ninja); TFFD_CPU_KERNELS=0 skips their runs instead."""
-    from losses import tffd_cpu, tffd_fused
-
-    if request.param == "torch":
-        monkeypatch.setattr(tffd_fused, "cpu_kernels", lambda: None)
-    elif not tffd_cpu.enabled():
-        pytest.skip("TFFD_CPU_KERNELS=0")
-    else:
-        assert tffd_cpu.cpu_kernels() is not None, "the Tf-FD CPU kernels did not build: see the message above"
-    return request.param

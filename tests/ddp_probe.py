@@ -1,10 +1,11 @@
 """train.py under torchrun, plus what the DDP tests need from inside the live process group.
 
     torchrun --nproc_per_node=2 tests/ddp_probe.py [--inject KIND --rank R --step S] --config FILE ...
+    python tests/ddp_probe.py [--inject KIND --step S] --config FILE ...       (one process, rank 0)
 
 - After training, every rank gathers all ranks' parameters and buffers (BatchNorm statistics), and
   rank 0 prints ``probe: replica max abs diff: parameters <x> buffers <y>``: 0.0 where the replicas
-  are identical, as DDP promises.
+  are identical, as DDP promises (not without a process group).
 - ``--inject`` disturbs rank R alone during training step S (counted over the run), from a forward
   hook on its first loss term; the other ranks carry on as usual:
   ``sigterm``: the process sends itself SIGTERM (a preemption notice reaching one process);
@@ -27,6 +28,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from engine.cli import status_of  # noqa: E402
 from engine.checkpoint import unwrap  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
@@ -65,6 +67,8 @@ def install(inject: str | None, rank: int, step: int) -> None:
         if inject and self.dist.rank == rank:
             self.exp.terms[0].register_forward_hook(injection(inject, rank, step))
         code = fit(self)
+        if not dist.is_initialized():
+            return code
         model = unwrap(self.exp.model)
         parameters, buffers = replica_max_abs_diff(model.parameters()), replica_max_abs_diff(model.buffers())
         if self.dist.is_main:
@@ -80,9 +84,9 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--step", type=int, default=1)
     probe, train_args = parser.parse_known_args()
-    print(f"probe: rank {os.environ['RANK']} pid {os.getpid()}", flush=True)
+    print(f"probe: rank {os.environ.get('RANK', '0')} pid {os.getpid()}", flush=True)
     install(probe.inject, probe.rank, probe.step)
-    return train.main(train_args)
+    return status_of(train.main, train_args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ key given as a command-line override: tests/test_train.py.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def assert_refused(result: subprocess.CompletedProcess, run_dir: Path, *fragment
     for fragment in fragments:
         assert fragment in lines[0]
     assert result.stdout == ""
-    assert not run_dir.exists()
+    assert not os.path.exists(run_dir)  # (False for a name too long to exist, too)
 
 
 def refused(tmp_path: Path, *args: str, config: str = "configs/quickstart.yaml"):
@@ -70,10 +71,42 @@ def test_wrong_type(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("loss.tffd.lambda_intra=-1e-3", "loss.tffd.lambda_intra must be >= 0, got -0.001"),
+    ("loss.tffd.lambda_inter=nan", "loss.tffd.lambda_inter must be a finite number, got nan"),
+    ("loss.tffd.lambda_intra=inf", "loss.tffd.lambda_intra must be a finite number, got inf"),
+    ("train.lr=nan", "train.lr must be a finite number, got nan"),
+    ("train.lr=-inf", "train.lr must be a finite number, got -inf"),
     ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.momentum=1.0", "train.momentum must be < 1, got 1"),
+    ("train.gamma=0", "train.gamma must be > 0, got 0"),
+    ("train.gamma=1.5", "train.gamma must be <= 1, got 1.5"),
+    ("train.milestones=[0,5]", "train.milestones[0] must be >= 1, got 0"),
+    ("train.milestones=[5,5]", "train.milestones must be increasing, got [5, 5]"),
+    ("seed=-1", "seed must be >= 0, got -1"),
+    ("loss.ce.label_smoothing=1.5", "loss.ce.label_smoothing must be <= 1, got 1.5"),
+    ("loss.kd.temperature=0", "loss.kd.temperature must be > 0, got 0"),
+    ("data.std=[0.2,0,0.2]", "data.std[1] must be > 0, got 0"),
+    ("data.num_classes=1", "data.num_classes must be >= 2, got 1"),
+    ("loss.tffd.stages=[1,1]", "loss.tffd.stages lists 1 twice"),
 ])
 def test_out_of_range_value(tmp_path, override, message):
     result, run_dir = refused(tmp_path, override)
+    assert_refused(result, run_dir, message)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "experiment.yaml is empty; a config names its _base_ files or sets at least one key"),
+    ("# only a comment\n", "experiment.yaml is empty"),
+    (BASE + "train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n", "experiment.yaml: key 'epochs' appears twice, at lines 3 and 5"),
+    (BASE + "seed: 1\nseed: 2\n", "experiment.yaml: key 'seed' appears twice, at lines 2 and 3"),
+    ("_base_: 5\n", "experiment.yaml: _base_ must be a path or a list of paths (relative to the file), got 5"),
+    ("_base_: [quickstart.yaml, {a: 1}]\n", "_base_ must be a path or a list of paths"),
+    (b"seed: 1 # \xff\xfe\n", "experiment.yaml is not UTF-8 text (byte 10"),
+    ("- 1\n- 2\n", "experiment.yaml: the top level must be a mapping of keys, got list"),
+])
+def test_bad_config_file(tmp_path, text, message):
+    path = tmp_path / "experiment.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result, run_dir = refused(tmp_path, config=str(path))
     assert_refused(result, run_dir, message)
 
 
@@ -147,6 +180,17 @@ def test_run_dir_that_is_a_file(tmp_path):
     result = run_train(*TINY, "--run-dir", str(path))
     assert_refused(result, tmp_path / "run", f"--run-dir {path}: {path} is a file, not a directory")
     assert path.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("where, message", [
+    ("/proc/tffd_run", "/proc is on a pseudo-filesystem (like /proc) that holds no files"),
+    ("/sys/tffd_run", "/sys is on a"),  # sysfs, mounted read-only in some containers
+    ("{tmp}/" + "n" * 300, "is longer than the 255 bytes this filesystem allows"),
+])
+def test_run_dir_that_cannot_be_written(tmp_path, where, message):
+    where = where.format(tmp=tmp_path)
+    result = run_train(*TINY, "--run-dir", where)
+    assert_refused(result, Path(where), f"--run-dir {where}", message)
 
 
 def test_finished_run_is_not_overwritten_without_the_flag(tmp_path):

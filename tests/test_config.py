@@ -1,14 +1,17 @@
 """Typed configs: _base_ inheritance, typed dotted overrides, unknown keys, wrong types."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from engine.config import ExperimentConfig, load_config
-from engine.errors import ConfigError
+from core.errors import ConfigError
+from core.typed_config import describe
+from engine.config import ExperimentConfig, TrainConfig, load_config
 from engine.run_dir import default_run_dir
-from engine.typed_config import describe
+from losses.kd import KDConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +115,39 @@ def test_default_run_dir_follows_config_and_overrides():
     assert default_run_dir("configs/cifar100/resnet20_tffd.yaml", []) == Path("runs/cifar100/resnet20_tffd")
     with_overrides = default_run_dir("configs/quickstart.yaml", ["seed=1", "train.epochs=2"])
     assert with_overrides == Path("runs/quickstart/seed=1,train.epochs=2")
+
+
+def numeric_fields(schema, prefix=""):
+    """(key, field) of every int or float option, lists of them included, through nested sections."""
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        annotation = hints[field.name]
+        if dataclasses.is_dataclass(annotation):
+            yield from numeric_fields(annotation, f"{prefix}{field.name}.")
+            continue
+        leaves = set()
+        stack = [annotation]
+        while stack:
+            node = stack.pop()
+            args = typing.get_args(node)
+            stack.extend(args) if args else leaves.add(node)
+        if leaves & {int, float}:
+            yield prefix + field.name, field
+
+
+def test_every_numeric_option_declares_its_range():
+    """A new option (of any registered loss term too) cannot forget its range: bounds are declared
+    with the option, and construction checks them."""
+    keys = []
+    for key, field in numeric_fields(ExperimentConfig):
+        assert field.metadata.get("bounds"), f"{key} declares no range: give option(...) min/max/above/below"
+        keys.append(key)
+    assert {"seed", "train.lr", "loss.tffd.lambda_intra", "loss.kd.temperature", "loss.tffd.pairs"} <= set(keys)
+
+
+def test_sections_check_their_values_whoever_constructs_them():
+    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
+        KDConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="lr must be a finite number, got nan"):
+        TrainConfig(lr=float("nan"))
+    ExperimentConfig()  # every default is within its own range

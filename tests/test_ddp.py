@@ -23,7 +23,7 @@ from data.device_loader import DeviceTrainLoader
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext, choose_device
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from models import build_model
 
 CONFIG = "configs/quickstart.yaml"  # ce + Tf-FD

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from conftest import REPO, SMOKE, read_metrics, run_train, start_train, train_command, train_env
+from core.errors import RunDirError
 from engine.checkpoint import load_checkpoint, remove_unfinished_writes
-from engine.errors import RunDirError
 from engine.run_dir import RunLock
 
 EPOCHS = 2
@@ -220,14 +220,20 @@ def test_sigterm_stops_cleanly_and_same_command_resumes(tmp_path, reference):
 
 
 # ---------------------------------------------------------------- non-finite losses
-# Epoch 1 trains normally; the milestone after it multiplies the lr by 1e30, so epoch 2 diverges.
-DIVERGES_IN_EPOCH_2 = [*SMOKE, "data.num_train=128", "train.batch_size=32", "train.epochs=3",
-                       "train.milestones=[1]", "train.gamma=1e30"]
+# Epoch 1 trains normally; the cross-entropy of step 6 (the 2nd of 4 in epoch 2) is made NaN.
+NAN_IN_EPOCH_2 = [*SMOKE, "data.num_train=128", "train.batch_size=32", "train.epochs=3"]
+
+
+def run_with_nan(*args: str) -> subprocess.CompletedProcess:
+    """train.py through tests/ddp_probe.py, in one process, with a NaN loss at step 6."""
+    command = [sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "nan", "--step", "6",
+               *train_command(*NAN_IN_EPOCH_2, *args)[2:]]
+    return subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_nonfinite_loss_stops_with_epoch_step_and_term(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(*DIVERGES_IN_EPOCH_2, "--run-dir", str(run_dir))
+    result = run_with_nan("--run-dir", str(run_dir))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -243,12 +249,14 @@ def test_nonfinite_loss_stops_with_epoch_step_and_term(tmp_path):
 
 def test_nonfinite_skip_continues_to_the_end(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(*DIVERGES_IN_EPOCH_2, "train.nonfinite=skip", "--run-dir", str(run_dir), check=True)
-    assert re.search(r"epoch 2 step \d+: non-finite loss, step skipped", result.stdout)
+    result = run_with_nan("train.nonfinite=skip", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"epoch \d+ step \d+: non-finite loss, step skipped \(ce\)", result.stdout) == [
+        "epoch 2 step 2: non-finite loss, step skipped (ce)"]
     metrics = read_metrics(run_dir)
     assert metrics["finished"] is True and metrics["epochs_done"] == 3
-    # Once the weights are gone, every later step is skipped; the epoch still ends and is recorded.
-    assert math.isnan(metrics["history"][-1]["train_loss"])
+    # The skipped step never reached the weights: every later step trains, every loss is finite.
+    assert all(math.isfinite(epoch["train_loss"]) for epoch in metrics["history"])
 
 
 # ---------------------------------------------------------------- the run-directory lock
@@ -288,8 +296,22 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
 
 
 def test_lock_of_live_process_is_respected(tmp_path):
-    holder = f"{socket.gethostname()} pid {os.getpid()}\n"
-    (tmp_path / ".lock").write_text(holder)
-    with pytest.raises(RunDirError, match="another run"):
+    first = RunLock(tmp_path)
+    first.acquire()
+    holder = f"{socket.gethostname()} pid {os.getpid()}"
+    with pytest.raises(RunDirError, match=f"another run \\({holder}\\) is writing to"):
         RunLock(tmp_path).acquire()
-    assert (tmp_path / ".lock").read_text() == holder
+    assert (tmp_path / ".lock").read_text() == holder + "\n"
+    first.release()
+    RunLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize("left_behind", ["", "other-host.example.org pid 1\n", "garbage"])
+def test_a_lock_file_nobody_holds_never_wedges_the_directory(tmp_path, left_behind):
+    """A 0-byte file (a start on a full disk), a SIGKILLed run's file from another host (a requeued
+    SLURM job), garbage: without a live holder's OS lock, the next run takes the directory."""
+    (tmp_path / ".lock").write_text(left_behind)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert (tmp_path / ".lock").read_text() == f"{socket.gethostname()} pid {os.getpid()}\n"
+    lock.release()

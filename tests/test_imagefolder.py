@@ -12,7 +12,7 @@ from conftest import read_metrics, run_train
 from data import build_dataset
 from data.folder import IMAGENET_MEAN, IMAGENET_STD
 from engine.config import DataConfig
-from engine.errors import DataError
+from core.errors import DataError
 
 CLASSES = {"cat": (200, 40, 40), "dog": (40, 40, 200)}  # one flat colour per class: learnable, checkable
 SPLITS = {"train": 4, "val": 2}  # images per class

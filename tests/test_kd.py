@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import train
+from engine.cli import status_of
 from conftest import SMOKE, run_train
 from engine.builder import build_experiment
 from engine.config import load_config
@@ -61,11 +62,11 @@ def test_kd_gradient_reaches_the_student_only():
 
 
 def test_kd_config_rejects_bad_values():
-    from engine.errors import ConfigError
+    from core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="temperature"):
+    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
         KDConfig(temperature=0.0)
-    with pytest.raises(ConfigError, match="weight"):
+    with pytest.raises(ConfigError, match="weight must be >= 0, got -0.1"):
         KDConfig(weight=-0.1)
 
 
@@ -148,7 +149,7 @@ CASES = ["missing", "truncated", "garbage", "other architecture (run checkpoint)
 def test_bad_teacher_checkpoint_is_one_line_exit_2_and_no_run_dir(case, tmp_path, capfd):
     overrides, message = _bad_teacher_files(tmp_path)[case]
     run_dir = tmp_path / "run"
-    code = train.main(["--config", "configs/cifar100/resnet20_kd_tffd.yaml", *TINY, "teacher.model=resnet20",
+    code = status_of(train.main, ["--config", "configs/cifar100/resnet20_kd_tffd.yaml", *TINY, "teacher.model=resnet20",
                        *overrides, "--run-dir", str(run_dir)])
     stderr = capfd.readouterr().err
     assert code == 2, stderr

@@ -1,4 +1,4 @@
-"""Every registered backbone against docs MODELS.md: parameter count, stage shapes, a Tf-FD training
+"""Every registered backbone against its published size: parameter count, stage shapes, a Tf-FD training
 step; the ImageNet wrappers against plain torchvision; initial weights from a file."""
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import torch.nn.functional as F
 import torchvision
 
 from conftest import REPO, run_train
+from core.errors import CheckpointError
 from engine.checkpoint import load_model_weights
 from engine.config import load_config
-from engine.errors import CheckpointError
 from losses import StepOutput, build_loss_terms
 from losses.tffd import TeacherFreeFD, TfFDConfig
 from models import MODELS, build_model
 
-CIFAR, IMAGENET = (100, 32), (1000, 224)  # (classes, input side) of the MODELS.md figures
+CIFAR, IMAGENET = (100, 32), (1000, 224)  # (classes, input side) of the figures below
 _RESNET = [(16, 32), (32, 16), (64, 8)]
 _RESNET_X4 = [(64, 32), (128, 16), (256, 8)]
 _IMAGENET_RESNET = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
-# name: (dataset, parameters in millions, stage features as (channels, side)), from MODELS.md
+# name: (dataset, parameters in millions, stage features as (channels, side)), from the CIFAR-100 KD benchmark's model zoo
 EXPECTED = {
     "resnet20": (CIFAR, 0.28, _RESNET),
     "resnet32": (CIFAR, 0.47, _RESNET),
@@ -142,9 +142,9 @@ def test_shipped_configs_fit_their_model(path):
     """Every experiment config names a registered model whose stages its loss terms can use."""
     config = load_config(REPO / path)
     assert config.model.name in EXPECTED
-    num_stages = len(EXPECTED[config.model.name][2])
+    shapes = [(channels, side, side) for channels, side in EXPECTED[config.model.name][2]]
     for term in build_loss_terms(config.loss.terms, config.loss):
-        term.check_features(num_stages)
+        term.check_features(shapes)
 
 
 def test_imagenet_tffd_configs_use_the_28_14_7_stages():

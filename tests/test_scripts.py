@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+from engine.cli import status_of
 from engine.config import load_config
-from engine.typed_config import to_dict
+from core.typed_config import to_dict
 
 sys.path.insert(0, str(REPO / "scripts"))
 import collect_results  # noqa: E402
@@ -42,7 +43,7 @@ def run_script(script: str, *args: str, check: bool = True, stdin: str | None = 
 
 def call(main, capfd, *args: str, code: int = 0) -> tuple[str, str]:
     """A script's main() in this process (no interpreter start-up); its exit code, stdout and stderr."""
-    returned = main(list(args))
+    returned = status_of(main, list(args))
     out, err = capfd.readouterr()
     assert returned == code, f"exit {returned}:\n{out[-3000:]}\n{err[-3000:]}"
     return out, err

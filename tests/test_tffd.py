@@ -1,18 +1,22 @@
-"""Tf-FD losses against METHOD.md on small hand-computed tensors, gradient flow included."""
+"""Tf-FD losses against docs/METHOD.md on small hand-computed tensors, gradient flow included."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import losses.tffd
+from conftest import REPO
+from core.errors import ConfigError
+from core.typed_config import build
 from losses import StepOutput
-from losses.tffd import (TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, salience_order,
-                         warmup_weight)
-from losses import tffd_cpu, tffd_fused
-from losses.tffd_fused import CpuKernelOps, TorchOps, feature_losses
-from engine.errors import ConfigError
+from losses.tffd import TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, warmup_weight
+
+sys.path.insert(0, str(REPO / "scripts"))
+from released_tffd import released_inter_fd, released_intra_fd, released_tffd  # noqa: E402
 
 
 def feature(*channels, n=1, h=1, w=2):
@@ -96,19 +100,8 @@ def test_inter_pooling_matches_avg_pool_for_power_of_two_sizes():
 
 
 # ---------------------------------------------------------------- the term, weights and warm-up
-def reference_intra(f):
-    """A literal transcription of METHOD.md (full channel-permuted copy, F.normalize)."""
-    with torch.no_grad():
-        salience = F.normalize(f.flatten(2), dim=2).mean(dim=(0, 2))
-    order = torch.sort(salience, descending=True, stable=True).indices
-    permuted = f[:, order]
-    h = f.shape[1] // 2
-    return F.mse_loss(permuted[:, :h], permuted[:, h : 2 * h])
-
-
-def reference_inter(shallow, deep):
-    c = min(shallow.shape[1], deep.shape[1])
-    return F.mse_loss(F.adaptive_avg_pool2d(shallow, deep.shape[-2:])[:, :c], deep[:, :c].detach())
+# The released code's loss (scripts/released_tffd.py), transcribed literally: the reference.
+reference_intra, reference_inter = released_intra_fd, released_inter_fd
 
 
 def three_stage_feats(seed=0):
@@ -117,7 +110,7 @@ def three_stage_feats(seed=0):
     return [torch.randn(s, generator=generator).relu().requires_grad_(True) for s in shapes]
 
 
-def test_fast_losses_equal_reference_transcription_in_fp32():
+def test_losses_equal_the_released_transcription_in_fp32():
     feats = three_stage_feats()
     for f in feats:
         assert torch.equal(intra_fd(f), reference_intra(f))
@@ -145,9 +138,9 @@ def test_stage_subset_and_explicit_pairs():
     out = term(StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 1))
     torch.testing.assert_close(out["tffd_inter"], reference_inter(feats[0], feats[2]))
     torch.testing.assert_close(out["tffd_intra"], (reference_intra(feats[1]) + reference_intra(feats[2])) / 2)
-    term.check_features(3)
+    term.check_features([(16, 16, 16), (32, 8, 8), (64, 4, 4)])
     with pytest.raises(ConfigError, match="stage 3"):
-        term.check_features(2)
+        term.check_features([(16, 16, 16), (32, 8, 8)])
 
 
 def test_default_pairs_follow_the_chosen_stages():
@@ -159,162 +152,68 @@ def test_zero_lambda_skips_the_term_and_negative_is_rejected():
     term = TeacherFreeFD(TfFDConfig(lambda_intra=0.0, lambda_inter=1.0))
     out = term(StepOutput(torch.zeros(4, 10), three_stage_feats(), torch.zeros(4, dtype=torch.long), 30))
     assert set(out) == {"tffd_inter"}
-    with pytest.raises(ConfigError, match="lambda_intra"):
-        TfFDConfig(lambda_intra=-1e-3)
+    with pytest.raises(ConfigError, match="loss.tffd.lambda_intra must be >= 0, got -0.001"):
+        build(TfFDConfig, {"lambda_intra": -1e-3}, prefix="loss.tffd.")
 
 
-# ---------------------------------------------------------------- the fused training path
-def fused_intra(feature, detach_salient=False):
-    return feature_losses(feature, True, detach_salient, [])[0]
-
-
-def fused_inter(shallow, deep):
-    return feature_losses(shallow, False, False, [deep])[0]
-
-
-def values_and_grads(fn, *tensors):
-    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-    value = fn(*leaves)
-    return value, torch.autograd.grad(value, leaves[0])[0]
-
-
-@pytest.mark.parametrize("shape, detach, channels_last", [
-    ((4, 16, 8, 8), False, False), ((4, 16, 8, 8), True, False), ((3, 7, 5, 5), False, False),
-    ((4, 16, 8, 8), False, True), ((2, 6, 1, 1), True, False),
-])
-def test_fused_intra_equals_readable(shape, detach, channels_last, backend):
-    f = torch.randn(shape, generator=torch.Generator().manual_seed(3)).relu()
-    if channels_last:
-        f = f.contiguous(memory_format=torch.channels_last)
-    fast, fast_grad = values_and_grads(lambda x: fused_intra(x, detach), f)
-    slow, slow_grad = values_and_grads(lambda x: intra_fd(x, detach), f)
-    assert torch.equal(fast, slow)
-    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("shallow_shape, deep_shape", [
-    ((4, 16, 16, 16), (4, 32, 8, 8)), ((4, 16, 16, 16), (4, 64, 4, 4)), ((2, 8, 7, 7), (2, 8, 3, 3)),
-    ((2, 8, 8, 8), (2, 16, 1, 1)), ((2, 24, 8, 6), (2, 16, 4, 3)), ((3, 8, 9, 12), (3, 4, 3, 2)),
-])
-def test_fused_inter_equals_readable_and_detaches_deep(shallow_shape, deep_shape, backend):
-    generator = torch.Generator().manual_seed(4)
-    shallow, deep = torch.randn(shallow_shape, generator=generator), torch.randn(deep_shape, generator=generator)
-    fast, fast_grad = values_and_grads(fused_inter, shallow, deep)
-    slow, slow_grad = values_and_grads(inter_fd, shallow, deep)
-    assert torch.equal(fast, slow)
-    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-9)
-    deep_leaf = deep.clone().requires_grad_(True)
-    fused_inter(shallow.clone().requires_grad_(True), deep_leaf).backward()
-    assert deep_leaf.grad is None
-
-
-def test_term_gradients_equal_readable_composition(backend):
+def test_term_equals_released_loss_values_and_gradients():
     feats = three_stage_feats(5)
-    term = TeacherFreeFD(TfFDConfig(lambda_intra=0.3, lambda_inter=0.7, warmup_epochs=0))
-    out = term(StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 1))
-    fast_grads = torch.autograd.grad(out["tffd_intra"] + out["tffd_inter"], feats)
-    pairs = [(0, 1), (0, 2), (1, 2)]
-    readable = 0.7 * sum(inter_fd(feats[i], feats[j]) for i, j in pairs) / 3 + 0.3 * sum(intra_fd(f) for f in feats) / 3
-    for fast, slow in zip(fast_grads, torch.autograd.grad(readable, feats)):
-        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-10)
+    term = TeacherFreeFD(TfFDConfig(lambda_intra=0.3, lambda_inter=0.7, warmup_epochs=20))
+    out = term(StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 5))
+    ours = out["tffd_intra"] + out["tffd_inter"]
+    released = released_tffd(feats, lambda_intra=0.3, lambda_inter=0.7, weight=0.25)
+    torch.testing.assert_close(ours, released, rtol=1e-6, atol=0)
+    for mine, theirs in zip(torch.autograd.grad(ours, feats), torch.autograd.grad(released, feats)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-12)
 
 
-def test_feature_with_intra_and_several_inter_losses_equals_readable(backend):
-    """An odd channel count (one channel left out of intra), two deeper targets of other widths."""
-    generator = torch.Generator().manual_seed(6)
-    shallow = torch.randn(3, 7, 16, 16, generator=generator).relu()
-    deep = [torch.randn(3, 5, 8, 8, generator=generator), torch.randn(3, 9, 2, 2, generator=generator)]
-    weights = (0.3, 0.5, 0.2)
-
-    def fused(x):
-        return sum(w * loss for w, loss in zip(weights, feature_losses(x, True, False, deep)))
-
-    def readable(x):
-        return weights[0] * intra_fd(x) + weights[1] * inter_fd(x, deep[0]) + weights[2] * inter_fd(x, deep[1])
-
-    leaves = [shallow.clone().requires_grad_(True) for _ in range(2)]
-    fast_losses = feature_losses(leaves[0], True, False, deep)
-    assert torch.equal(fast_losses[0], intra_fd(shallow))
-    assert all(torch.equal(fast, inter_fd(shallow, d)) for fast, d in zip(fast_losses[1:], deep))
-    fast_grad = torch.autograd.grad(fused(leaves[0]), leaves[0])[0]
-    slow_grad = torch.autograd.grad(readable(leaves[1]), leaves[1])[0]
-    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-6, atol=1e-10)
+def test_the_term_trains_the_module_level_functions(monkeypatch):
+    """Edit or monkeypatch intra_fd / inter_fd and the term computes that: one source of truth."""
+    feats = three_stage_feats(6)
+    term = TeacherFreeFD(TfFDConfig(lambda_intra=1.0, lambda_inter=1.0, warmup_epochs=0))
+    step = StepOutput(torch.zeros(4, 10), feats, torch.zeros(4, dtype=torch.long), 1)
+    before = term(step)
+    monkeypatch.setattr(losses.tffd, "intra_fd", lambda feature, detach_salient=False: feature.sum() * 0 + 7.0)
+    monkeypatch.setattr(losses.tffd, "inter_fd", lambda shallow, deep: shallow.sum() * 0 + 3.0)
+    after = term(step)
+    assert before["tffd_intra"].item() != 7.0 and after["tffd_intra"].item() == 7.0
+    assert before["tffd_inter"].item() != 3.0 and after["tffd_inter"].item() == 3.0
 
 
-def kernels_or_skip():
-    if not tffd_cpu.enabled():
-        pytest.skip("TFFD_CPU_KERNELS=0")
-    kernels = tffd_cpu.cpu_kernels()
-    assert kernels is not None, "the Tf-FD CPU kernels did not build: see the message above"
-    return kernels
+def test_salience_builds_no_autograd_graph():
+    f = three_stage_feats()[0]
+    salience = channel_salience(f)
+    assert not salience.requires_grad and salience.grad_fn is None
 
 
-def test_kernels_take_plain_fp32_cpu_features_and_pytorch_the_rest():
-    kernels_or_skip()
-    f = torch.randn(2, 8, 8, 8)
-    assert isinstance(tffd_fused.ops_for(f, [(4, 4)]), CpuKernelOps)
-    assert tffd_fused.ops_for(f.contiguous(memory_format=torch.channels_last), [(4, 4)]) is TorchOps
-    assert tffd_fused.ops_for(f.bfloat16(), [(4, 4)]) is TorchOps
-    assert tffd_fused.ops_for(f, [(3, 3)]) is TorchOps  # windows that overlap
-    assert tffd_fused.ops_for(f, [(1, 1)]) is TorchOps  # PyTorch pools to 1 x 1 by mean()
-
-
-def test_kernel_salience_order_matches_readable_including_ties():
-    kernels = kernels_or_skip()
-    generator = torch.Generator().manual_seed(7)
-    for shape in [(4, 16, 8, 8), (3, 7, 5, 5), (2, 32, 16, 16)]:
-        f = torch.randn(shape, generator=generator).relu()
-        f[:, 1] = 0.0  # dead channels tie at salience 0 and keep channel order
-        f[:, 4] = 0.0
-        order = kernels.scan(f, 1e-12, [], [])[0]
-        assert torch.equal(order, salience_order(f)), shape
-
-
-@pytest.mark.parametrize("shape, size", [
-    ((4, 16, 32, 32), (16, 16)), ((4, 16, 32, 32), (8, 8)), ((2, 8, 56, 56), (7, 7)), ((5, 8, 9, 12), (3, 2)),
-    ((3, 6, 15, 15), (5, 5)), ((3, 6, 4, 6), (4, 3)),
+@pytest.mark.parametrize("data, message", [
+    ({"stages": [1, 2, 2]}, "loss.tffd.stages lists 2 twice"),
+    ({"pairs": [[1, 2], [1, 2]]}, "loss.tffd.pairs lists [1, 2] twice"),
+    ({"pairs": [[2, 1]]}, "shallow < deep"),
+    ({"pairs": []}, "loss.tffd.pairs is empty"),
+    ({"stages": []}, "loss.tffd.stages is empty"),
+    ({"stages": [0, 1]}, "loss.tffd.stages[0] must be >= 1, got 0"),
+    ({"lambda_inter": float("nan")}, "loss.tffd.lambda_inter must be a finite number, got nan"),
+    ({"warmup_epochs": -1}, "loss.tffd.warmup_epochs must be >= 0, got -1"),
 ])
-def test_kernel_pooling_is_bitwise_pytorchs(shape, size):
-    kernels = kernels_or_skip()
-    f = torch.randn(shape, generator=torch.Generator().manual_seed(8))
-    channels = shape[1] // 2
-    pooled = kernels.scan(f, 1e-12, [channels, shape[1]], [*size, *size])[1:]
-    assert torch.equal(pooled[0], F.adaptive_avg_pool2d(f[:, :channels], size))
-    assert torch.equal(pooled[1], F.adaptive_avg_pool2d(f, size))
+def test_bad_tffd_options_are_config_errors(data, message):
+    with pytest.raises(ConfigError) as error:
+        build(TfFDConfig, data, prefix="loss.tffd.")
+    assert message in str(error.value)
 
 
-def test_kernels_reject_tensors_they_cannot_read():
-    kernels = kernels_or_skip()
-    with pytest.raises(RuntimeError, match="contiguous 4-d float32 CPU tensor"):
-        kernels.scan(torch.randn(2, 8, 4, 4).transpose(2, 3), 1e-12, [], [])
-    with pytest.raises(RuntimeError, match="windows that do not tile"):
-        kernels.scan(torch.randn(2, 8, 4, 4), 1e-12, [8], [3, 3])
-    with pytest.raises(RuntimeError, match="permutation"):
-        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.tensor([0, 0, 1, 2]), torch.ones(4), [], None)
-    with pytest.raises(RuntimeError, match="does not fit the feature"):
-        kernels.feature_grad(torch.randn(2, 4, 4, 4), torch.arange(4), torch.ones(4), [torch.randn(2, 4, 3, 3)], None)
+def test_a_one_channel_stage_is_a_config_error_for_intra_only():
+    shapes = [(1, 8, 8), (4, 4, 4)]
+    with pytest.raises(ConfigError, match="stage 1 has 1 channel"):
+        TeacherFreeFD(TfFDConfig()).check_features(shapes)
+    TeacherFreeFD(TfFDConfig(lambda_intra=0.0)).check_features(shapes)
+    TeacherFreeFD(TfFDConfig(stages=[2], pairs=[[1, 2]])).check_features(shapes)
 
 
-def test_unbuildable_kernels_fall_back_to_pytorch_with_one_message(monkeypatch, capsys):
-    from torch.utils import cpp_extension
-
-    def no_compiler(**kwargs):
-        raise RuntimeError("Error building extension 'tffd_cpu'\nc++: not found")
-
-    monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    monkeypatch.setattr(tffd_cpu, "_tried", False)
-    monkeypatch.setattr(tffd_cpu, "_kernels", None)
-    f = torch.randn(2, 8, 8, 8).relu().requires_grad_(True)
-    assert tffd_fused.ops_for(f, []) is TorchOps
-    assert torch.equal(feature_losses(f, True, False, [])[0], intra_fd(f))
-    assert tffd_fused.ops_for(f, []) is TorchOps
-    message = capsys.readouterr().err.strip().splitlines()
-    assert len(message) == 1 and "could not be built" in message[0] and "c++: not found" in message[0]
-
-
-def test_kernels_can_be_switched_off(monkeypatch, capsys):
-    monkeypatch.setenv(tffd_cpu.ENV_SWITCH, "0")
-    monkeypatch.setattr(tffd_cpu, "_tried", False)
-    monkeypatch.setattr(tffd_cpu, "_kernels", None)
-    assert tffd_fused.ops_for(torch.randn(2, 8, 8, 8), []) is TorchOps
-    assert capsys.readouterr().err == ""
+def test_the_term_compiles_without_graph_breaks():
+    """torch.compile traces the whole term (sort and index_select included) as one graph."""
+    term = TeacherFreeFD(TfFDConfig(warmup_epochs=20))
+    step = StepOutput(torch.zeros(4, 10), three_stage_feats(), torch.zeros(4, dtype=torch.long), 3)
+    explanation = torch._dynamo.explain(term)(step)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,12 +22,57 @@ from .errors import ConfigError
 BASE_KEY = "_base_"
 
 
-def option(default: Any, help: str, choices: tuple | None = None):
-    """A documented config field. Mutable defaults are copied per instance."""
-    metadata = {"help": help, "choices": choices}
+def option(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
+           max: float | None = None, above: float | None = None, below: float | None = None):
+    """A documented config field. ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive
+    ones; they apply to a number and to every number in a list. Floats must be finite whatever the
+    bounds. Mutable defaults are copied per instance."""
+    bounds = {name: value for name, value in (("min", min), ("max", max), ("above", above), ("below", below))
+              if value is not None}
+    metadata = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: _copy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+_BOUND_TESTS = {  # bound name -> (the test a value must pass, how a message says it)
+    "min": (lambda value, bound: value >= bound, ">="), "max": (lambda value, bound: value <= bound, "<="),
+    "above": (lambda value, bound: value > bound, ">"), "below": (lambda value, bound: value < bound, "<"),
+}
+
+
+class Options:
+    """Base class of config sections: constructing one checks every field's value against its
+    ``option(...)`` declaration, so that no value slips through, whoever builds the section.
+    (``build`` checks first, under each value's full dotted key.) A subclass with a
+    ``__post_init__`` of its own for checks across fields calls ``super().__post_init__()`` first."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            check_value(getattr(self, field.name), field.name, field.metadata)
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_value(value: Any, key: str, metadata) -> None:
+    """Raise ``ConfigError`` unless ``value`` (a coerced field value) is finite, one of the field's
+    ``choices`` and within its bounds; lists are checked item by item."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            check_value(item, f"{key}[{index}]", {**metadata, "choices": None})
+        return
+    choices = metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for name, bound in metadata.get("bounds", {}).items():
+            passes, sign = _BOUND_TESTS[name]
+            if not passes(value, bound):
+                raise ConfigError(f"{key} must be {sign} {_number(bound)}, got {_number(value)}")
 
 
 def _copy(value):
@@ -34,12 +80,42 @@ def _copy(value):
 
 
 # ---------------------------------------------------------------- YAML files with inheritance
+class _DuplicateKey(Exception):
+    def __init__(self, key, first_line: int, second_line: int):
+        super().__init__(key)
+        self.key, self.lines = key, (first_line, second_line)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
-    """Read one YAML mapping with ``yaml.safe_load`` (no arbitrary Python objects)."""
+    """Read one YAML mapping with a safe loader (no arbitrary Python objects); an empty file, a key
+    given twice, text that is not UTF-8 and a top level that is not a mapping are errors."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as error:
+        raise ConfigError(f"{path}: key {error.key!r} appears twice, at lines {error.lines[0]} and "
+                          f"{error.lines[1]}; keep one") from None
     except yaml.constructor.ConstructorError as error:
         raise ConfigError(f"{path}: unsupported YAML tag (only plain YAML is allowed): {error.problem}") from None
     except yaml.YAMLError as error:
@@ -48,7 +124,7 @@ def read_yaml(path: Path) -> dict:
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path} is empty; a config names its _base_ files or sets at least one key")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -63,6 +139,8 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), got {bases!r}")
     merged: dict = {}
     for base in bases:
         merged = deep_merge(merged, load_yaml_tree(path.parent / base, _seen + (path,)))
@@ -117,12 +195,14 @@ def build(schema: type, data: dict, root: type | None = None, prefix: str = ""):
         key = prefix + name
         if dataclasses.is_dataclass(hints[name]):
             values[name] = build(hints[name], data.get(name, {}), root, key + ".")
-        elif name in data:
-            values[name] = coerce(data[name], hints[name], key)
-            choices = field.metadata.get("choices")
-            if choices and values[name] not in choices:
-                raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {values[name]!r}")
+        else:
+            values[name] = coerce(data[name], hints[name], key) if name in data else _default(field)
+            check_value(values[name], key, field.metadata)
     return schema(**values)
+
+
+def _default(field: dataclasses.Field):
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _hints(schema: type) -> dict:
@@ -227,6 +307,17 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(key, type, default, help) rows for documentation and ``train.py --help-config``."""
     rows = []
@@ -240,5 +331,8 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         help_text = field.metadata.get("help", "")
         if field.metadata.get("choices"):
             help_text += f" (one of: {', '.join(map(str, field.metadata['choices']))})"
+        bounds = field.metadata.get("bounds")
+        if bounds:
+            help_text += " (" + ", ".join(f"{_BOUND_TESTS[name][1]} {_number(bound)}" for name, bound in bounds.items()) + ")"
         rows.append((key, type_name(hints[field.name]), getattr(instance, field.name), help_text))
     return rows
