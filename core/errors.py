@@ -21,3 +21,7 @@ class CheckpointError(UserError):
 
 class RunDirError(UserError):
     pass
+
+
+class DiskFullError(RunDirError):
+    """The run directory's disk filled up: the message says where and what was kept."""

@@ -59,8 +59,9 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
             raise ConfigError(f"data.loader=device needs an in-memory dataset; {data_config.name} is read from files "
                               "(use data.loader=torchvision or auto)")
         num_train, num_test = len(data.train), len(data.test)
-        train = TorchTrainLoader(data.train, batch_size, device, seed, rank, world_size, workers)
-        test = TorchEvalLoader(data.test, eval_batch_size, device, rank, world_size, workers)
+        skip = data_config.skip_bad_images
+        train = TorchTrainLoader(data.train, batch_size, device, seed, rank, world_size, workers, skip)
+        test = TorchEvalLoader(data.test, eval_batch_size, device, rank, world_size, workers, skip)
     return Loaders(train, test, data.num_classes, data.image_size, num_train, num_test)
 
 

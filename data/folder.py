@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from core.errors import DataError
 
-from .registry import FolderData, normalisation, register_dataset
+from .registry import BadImage, FolderData, normalisation, register_dataset
 from .torch_loader import small_image_transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,9 +59,22 @@ def _split_dir(root: Path, names: tuple[str, ...], what: str, hint: str) -> Path
     raise DataError(f"{what}: directory not found: {expected} ({hint})")
 
 
+class CheckedImageFolder(ImageFolder):
+    """``ImageFolder`` whose sample is a ``BadImage`` where the file is empty, corrupt or truncated,
+    rather than an exception deep inside a DataLoader worker."""
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+            return BadImage(path, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"), target
+        return (self.transform(image) if self.transform is not None else image), target
+
+
 def _image_folder(directory: Path, transform, what: str) -> ImageFolder:
     try:
-        dataset = ImageFolder(str(directory), transform=transform, allow_empty=True)
+        dataset = CheckedImageFolder(str(directory), transform=transform, allow_empty=True)
     except FileNotFoundError:  # torchvision: no class folder at all
         raise DataError(f"{what}: no class sub-folders in {directory} (expected one folder of images per class)") from None
     counts = torch.bincount(torch.as_tensor(dataset.targets, dtype=torch.int64), minlength=len(dataset.classes))

@@ -28,9 +28,16 @@ class InMemoryData:
         return self.train_images.shape[-1]
 
 
+@dataclass(frozen=True)
+class BadImage:
+    """A ``FolderData`` sample whose file cannot be decoded; the loader reports or skips it."""
+    path: str
+    reason: str
+
+
 @dataclass
 class FolderData:
-    train: Dataset  # yields (normalised float image, label), augmentation included
+    train: Dataset  # yields (normalised float image or BadImage, label), augmentation included
     test: Dataset
     num_classes: int
     image_size: int

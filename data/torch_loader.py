@@ -4,9 +4,12 @@ Shares the sharding of ``data/sharding.py`` with the device-resident loader."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 
+from core.errors import DataError
+
+from .registry import BadImage
 from .sharding import epoch_generator, eval_indices, num_batches, train_indices
 
 
@@ -45,24 +48,41 @@ class _IndexSampler(Sampler):
         return len(self.indices_fn())
 
 
-class _DeviceIterator:
-    """Moves each batch to the device (asynchronously from pinned memory on CUDA)."""
+def collate_readable(batch: list):
+    """``default_collate`` of the readable samples, and the unreadable ones (``BadImage``) apart."""
+    bad = [image for image, _ in batch if isinstance(image, BadImage)]
+    good = [sample for sample in batch if not isinstance(sample[0], BadImage)]
+    return (default_collate(good) if good else None), bad
 
-    def __init__(self, loader: DataLoader, device: torch.device):
-        self.loader, self.device = loader, device
+
+class _DeviceIterator:
+    """Moves each batch to the device (asynchronously from pinned memory on CUDA). An unreadable image
+    stops the run with one line naming the file, or is skipped and remembered (``skipped``) where
+    ``skip_bad_images``."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, skip_bad_images: bool = False):
+        self.loader, self.device, self.skip_bad_images = loader, device, skip_bad_images
+        self.skipped: list[str] = []  # the files skipped so far
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         non_blocking = self.device.type == "cuda"
-        for images, labels in self.loader:
+        for batch, bad in self.loader:
+            if bad and not self.skip_bad_images:
+                raise DataError(f"unreadable image {bad[0].path} ({bad[0].reason}); remove or replace it, or set "
+                                f"data.skip_bad_images=true to skip such files")
+            self.skipped += [image.path for image in bad]
+            if batch is None:
+                continue
+            images, labels = batch
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
 
 
 class TorchTrainLoader(_DeviceIterator):
     def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4):
+                 num_workers: int = 4, skip_bad_images: bool = False):
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
         self.epoch = 1
         self.generator = torch.Generator()
@@ -70,9 +90,9 @@ class TorchTrainLoader(_DeviceIterator):
         loader = DataLoader(
             dataset, batch_size=batch_size, sampler=_IndexSampler(self._indices), num_workers=num_workers,
             pin_memory=device.type == "cuda", generator=self.generator, drop_last=False,
-            persistent_workers=False,
+            persistent_workers=False, collate_fn=collate_readable,
         )
-        super().__init__(loader, device)
+        super().__init__(loader, device, skip_bad_images)
         self.batch_size = batch_size
 
     def _indices(self) -> torch.Tensor:
@@ -89,11 +109,11 @@ class TorchTrainLoader(_DeviceIterator):
 
 class TorchEvalLoader(_DeviceIterator):
     def __init__(self, dataset: Dataset, batch_size: int, device, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4):
+                 num_workers: int = 4, skip_bad_images: bool = False):
         indices = eval_indices(len(dataset), rank, world_size)
         device = torch.device(device)
         loader = DataLoader(
             torch.utils.data.Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
-            num_workers=num_workers, pin_memory=device.type == "cuda",
+            num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_readable,
         )
-        super().__init__(loader, device)
+        super().__init__(loader, device, skip_bad_images)

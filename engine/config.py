@@ -31,6 +31,8 @@ class DataConfig(Options):
         "auto", "device: uint8 data on the device, batched augmentation; torchvision: Dataset + DataLoader "
         "workers; auto: device for in-memory datasets", choices=("auto", "device", "torchvision")
     )
+    skip_bad_images: bool = option(False, "imagefolder/imagenet: skip (and count in the log) image files that "
+                                   "cannot be decoded, instead of stopping with the first one's name")
     num_workers: int = option(4, "DataLoader worker processes (torchvision loader)", min=0, max=256)
     padding: int = option(4, "random-crop padding in pixels (0 disables the crop)", min=0, max=1024)
     pad_mode: str = option("constant", "random-crop padding: constant (zeros) or reflect", choices=("constant", "reflect"))

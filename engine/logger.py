@@ -10,12 +10,16 @@ from .run_dir import LOG_FILE
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path):
+    """``purge_step``: a resumed run's first step; TensorBoard then drops the points a killed run wrote
+    from that step on (those after its last checkpoint), which the resumed run writes again."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        self._session_end = None
 
     def info(self, message: str, stream=None) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -31,9 +35,19 @@ class RunLogger:
         for name, value in values.items():
             self.writer.add_scalar(prefix + name, value, step)
 
-    def hparams(self, params: dict, metrics: dict) -> None:
-        # run_name="." keeps the hparams summary in the run's own event file directory
-        self.writer.add_hparams(params, metrics, run_name=".")
+    def start_hparams(self, params: dict, metric_tags: list[str]) -> None:
+        """The run's row of TensorBoard's HParams tab, written as it starts, so that unfinished and
+        killed runs have one too; the metrics are the scalars logged under ``metric_tags``."""
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, start, self._session_end = hparams(params, {tag: 0.0 for tag in metric_tags})
+        for summary in (experiment, start):
+            self.writer._get_file_writer().add_summary(summary)
+
+    def end_hparams(self) -> None:
+        """Mark the run's HParams session finished."""
+        if self._session_end is not None:
+            self.writer._get_file_writer().add_summary(self._session_end)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -56,7 +70,10 @@ class NullLogger:
     def scalars(self, values, step, prefix="") -> None:
         pass
 
-    def hparams(self, params, metrics) -> None:
+    def start_hparams(self, params, metric_tags) -> None:
+        pass
+
+    def end_hparams(self) -> None:
         pass
 
     def flush(self) -> None:

@@ -5,12 +5,14 @@ the first byte is written, so a failed start leaves no half-made run directory b
 """
 from __future__ import annotations
 
+import errno
 import platform
 from pathlib import Path
 
 import torch
 import yaml
 
+from core.errors import DiskFullError
 from core.typed_config import to_dict
 
 from .builder import build_experiment
@@ -19,7 +21,7 @@ from .config import load_config
 from .distributed import barrier, broadcast_from_main, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
 from .run_dir import CONFIG_FILE, LAST, RunLock, check_run_dir, check_writable, clear_run_files, default_run_dir
-from .trainer import NonFiniteLoss, Trainer, load_resume_state
+from .trainer import HPARAM_METRICS, NonFiniteLoss, Trainer, load_resume_state, tensorboard_hparams
 
 
 def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, overwrite: bool) -> int:
@@ -29,7 +31,7 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     check_writable(run_dir)  # these two raise before anything is built or written
     check_run_dir(run_dir, overwrite, resolved)
     dist = init_distributed(config.train.device)
-    code = _run(config, resolved, dist, run_dir, overwrite)
+    code = _run(config, resolved, dist, run_dir, overwrite, [o.partition("=")[0].strip() for o in overrides])
     # Only after a run that returned: after an exception, other ranks may sit in a collective that never
     # completes, and a teardown could wait for them forever. Exiting closes this rank's connections
     # instead, so its peers fail at once and torchrun ends the job.
@@ -37,7 +39,20 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     return code
 
 
-def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool) -> int:
+def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
+    try:
+        return _run_in(config, resolved, dist, run_dir, overwrite, override_keys)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        last = run_dir / LAST
+        kept = (f"{last} is intact and holds the last finished epoch" if last.is_file()
+                else "no epoch had finished, so there is no checkpoint")
+        raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {error.filename or 'a file'}); "
+                            f"{kept}. Free some space and run the same command again") from None
+
+
+def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
     experiment = build_experiment(config, dist)
     lock = RunLock(run_dir)
     mode = None
@@ -59,9 +74,11 @@ def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool) -> int:
             text = yaml.safe_dump(resolved, sort_keys=False)
             atomic_write(run_dir / CONFIG_FILE, lambda out: out.write(text.encode()))
         barrier()
-        logger = RunLogger(run_dir) if dist.is_main else NullLogger()
+        purge_step = resume_state["global_step"] + 1 if resume_state is not None else None
+        logger = RunLogger(run_dir, purge_step) if dist.is_main else NullLogger()
         try:
             logger.info(header(config, resolved, experiment, dist, run_dir, mode))
+            logger.start_hparams(tensorboard_hparams(config, override_keys), list(HPARAM_METRICS))
             trainer = Trainer(config, experiment, dist, run_dir, logger, resume_state)
             try:
                 return trainer.fit()

@@ -18,7 +18,7 @@ from .builder import Experiment
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers
 from .meters import DeviceMeter, add_sums, correct_topk, means
-from .run_dir import BEST, LAST, METRICS_FILE
+from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses
 
@@ -79,6 +79,7 @@ class Trainer:
         self.global_step = 0
         self.wall_time = 0.0
         self.teacher_acc1: float | None = None
+        self.skipped_reported = 0
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> int:
@@ -104,6 +105,7 @@ class Trainer:
                 test = evaluate(self.eval_model, self.exp.loaders.test, self.device, self.exp.memory_format)
                 self.exp.scheduler.step()
                 self.wall_time += time.perf_counter() - began
+                self._report_skipped_images(epoch)
                 self._record(epoch, train, test, train_seconds, time.perf_counter() - began)
                 if any_rank(stop.requested, self.device):
                     stopped = stop
@@ -170,6 +172,15 @@ class Trainer:
         return sums
 
     # ------------------------------------------------------------------ bookkeeping
+    def _report_skipped_images(self, epoch: int) -> None:
+        """The files a loader skipped this epoch (``data.skip_bad_images``; file-reading loaders only)."""
+        loaders = self.exp.loaders
+        skipped = [*getattr(loaders.train, "skipped", []), *getattr(loaders.test, "skipped", [])]
+        new, self.skipped_reported = skipped[self.skipped_reported:], len(skipped)
+        if new:
+            self.log.info(f"epoch {epoch}: skipped {len(new)} unreadable image files (data.skip_bad_images), "
+                          f"e.g. {new[0]}")
+
     def _record(self, epoch: int, train: dict, test: dict, train_seconds: float, seconds: float) -> None:
         images_per_s = train["count"] / max(train_seconds, 1e-9)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items() if k != "count"},
@@ -187,6 +198,7 @@ class Trainer:
         self.log.scalars({k: v for k, v in train.items() if k != "count"}, epoch, prefix="epoch/train_")
         self.log.scalars({"images_per_s": images_per_s}, epoch, prefix="epoch/")
         self.log.scalars({"acc1": test["acc1"], "acc5": test["acc5"], "loss": test["loss"]}, epoch, prefix="test/")
+        self.log.scalars({tag: value for tag, value in zip(HPARAM_METRICS, (self.best_acc1, test["acc1"]))}, epoch)
         if self.dist.is_main:
             save_checkpoint(self.run_dir / LAST, self._state(epoch))
             if is_best:
@@ -249,8 +261,7 @@ class Trainer:
             self._write_metrics(finished, **({"stopped_by": stopped.signal_name} if stopped else {}))
         if finished:
             metrics = self._metrics(True)
-            self.log.hparams(hparams_of(self.config), {"hparam/best_acc1": metrics["best_acc1"],
-                                                      "hparam/last_acc1": metrics["last_acc1"]})
+            self.log.end_hparams()
             self.log.info(
                 f"done: best test top-1 {metrics['best_acc1']:.2f}% (epoch {metrics['best_epoch']}), "
                 f"last {metrics['last_acc1']:.2f}%\nrun directory: {self.run_dir}\n"
@@ -266,6 +277,20 @@ class Trainer:
 def _bad_terms(names: list[str]) -> list[str]:
     """The loss terms that went non-finite; the total ("loss") only when every term was finite."""
     return [name for name in names if name != "loss"] or names
+
+
+HPARAM_METRICS = ("hparam/best_acc1", "hparam/last_acc1")  # per epoch: the best so far and this epoch's
+IDENTITY_KEYS = ("seed", "model.name", "data.name", "loss.terms")  # in every HParams row
+
+
+def tensorboard_hparams(config, override_keys=()) -> dict:
+    """The hyper-parameters of the run's HParams row, which tell the runs of a sweep or a table apart:
+    the identity keys, the keys set on the command line (a sweep's axes) and those set away from the
+    defaults, but no paths."""
+    defaults = hparams_of(type(config)())
+    return {key: value for key, value in hparams_of(config).items()
+            if key in IDENTITY_KEYS or key in override_keys
+            or (value != defaults.get(key) and key not in RESUME_MAY_CHANGE)}
 
 
 def hparams_of(config) -> dict:

@@ -45,8 +45,8 @@ def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tenso
         raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
     order = torch.argsort(channel_salience(feature), descending=True, stable=True)
     half = feature.shape[1] // 2
-    salient = feature.index_select(1, order[:half])
-    redundant = feature.index_select(1, order[half : 2 * half])
+    # Both halves gathered in one copy: its backward is one scatter into the feature's gradient.
+    salient, redundant = feature.index_select(1, order[: 2 * half]).unflatten(1, (2, half)).unbind(1)
     return F.mse_loss(redundant, salient.detach() if detach_salient else salient)
 
 

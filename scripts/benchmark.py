@@ -182,6 +182,43 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
     return results
 
 
+def time_tffd_terms(experiments: dict, args, device: torch.device) -> dict:
+    """The Tf-FD term alone, forward + backward on fixed stage features of the model, against the
+    released transcription, in interleaved rounds: the loss's own cost, without the network's noise."""
+    exp = next((exp for method, (_, exp) in experiments.items() if method in ("tffd", "kd_tffd")), None)
+    if exp is None:
+        return {}
+    term = next(getattr(t, "_orig_mod", t) for t in exp.terms if isinstance(getattr(t, "_orig_mod", t), TeacherFreeFD))
+    images, targets = next(iter(exp.loaders.train))
+    with torch.no_grad(), exp.autocast(device):
+        logits, feats = unwrap(exp.model)(images.contiguous(memory_format=exp.memory_format))
+    leaves = [feature.detach().requires_grad_() for feature in feats]
+    step = StepOutput(logits, leaves, targets, epoch=10**6)
+    terms = {"tffd": term, "tffd_released": ReleasedTfFD(term.config)}
+
+    def once(loss_term) -> None:
+        with exp.autocast(device):
+            total = sum(loss_term(step).values())
+        total.backward()
+        for leaf in leaves:
+            leaf.grad = None
+
+    for loss_term in terms.values():
+        for _ in range(max(args.warmup, 1)):
+            once(loss_term)
+    samples = {name: [] for name in terms}
+    for _ in range(args.rounds):
+        for name, loss_term in terms.items():
+            synchronize(device)
+            began = time.perf_counter()
+            once(loss_term)
+            synchronize(device)
+            samples[name].append(time.perf_counter() - began)
+    ratios = [mine / theirs for mine, theirs in zip(samples["tffd"], samples["tffd_released"])]
+    return {name: {"ms": 1000 * statistics.median(times)} for name, times in samples.items()} | {
+        "ratio": statistics.median(ratios), "ratio_ci95": median_ci95(ratios)}
+
+
 def median_ci95(samples: list[float], resamples: int = 2000) -> list[float]:
     """A 95% bootstrap confidence interval of the median of ``samples`` (a fixed seed: the same
     samples always give the same interval). How far a shared machine's noise leaves the median open."""
@@ -280,8 +317,16 @@ def table(result: dict) -> str:
             lines.append(f"{kind:14s}{row['images_per_s']:10.0f}{extra}")
     cost = result.get("feature_cost")
     if cost:
+        per_ms = cost["stage_feature_mib"] / methods["ce"]["ms_per_step"]
         lines.append(f"stage features: {cost['stage_feature_mib']:.1f} MiB per step (fp32), "
-                     f"{cost['bytes_per_forward_flop']:.4f} bytes per forward FLOP")
+                     f"{cost['bytes_per_forward_flop']:.4f} bytes per forward FLOP, {per_ms:.3f} MiB per ms of the "
+                     f"ce step (Tf-FD's extra cost grows with these)")
+    alone = result.get("tffd_term_alone")
+    if alone:
+        low, high = alone["ratio_ci95"]
+        lines.append(f"Tf-FD term alone (forward + backward on the model's stage features): tffd {alone['tffd']['ms']:.2f} "
+                     f"ms, tffd_released {alone['tffd_released']['ms']:.2f} ms, ratio {alone['ratio']:.3f} "
+                     f"(95% interval {low:.3f}-{high:.3f})")
     for name, target in result["targets"].items():
         lines.append(f"target {name}: {target['measured']:.3f} <= {target['max_ratio']:.3f} "
                      f"({'met' if target['met'] else 'not met'}; {target['what']})")
@@ -323,6 +368,7 @@ def run(args) -> dict:
                      "num_classes": args.num_classes, "loader_images": args.loader_images,
                      "threads": torch.get_num_threads()},
         "methods": time_methods(experiments, args, device),
+        "tffd_term_alone": time_tffd_terms(experiments, args, device),
         "loaders": time_loaders(args, device) if args.loader_images else {},
         "reference_check": check, "feature_cost": cost,
     }

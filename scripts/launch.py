@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.errors import RunDirError  # noqa: E402
+from core.errors import RunDirError, UserError  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
+from engine.config import load_config  # noqa: E402
 from engine.run_dir import read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
@@ -249,9 +250,17 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
+    """Check the options and every job's config (nothing starts unless all are good), then run them."""
     if args.jobs is not None and args.jobs < 1:
-        raise SystemExit("error: --jobs must be >= 1")
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus is not None else None
+    if gpus is not None and not all(gpu.isdigit() for gpu in gpus):
+        raise UserError(f"--gpus takes GPU ids like 0,1,2, got {args.gpus!r}")
+    for job in jobs:
+        try:
+            load_config(job.config, list(job.overrides))
+        except UserError as error:
+            raise UserError(f"job {job.run_dir}: {error}") from None
     return run_jobs(jobs, gpus, args.jobs, args.dry_run)
 
 
@@ -260,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("job_file", help="file of job lines, or - for standard input")
     add_launch_options(parser)
     args = parser.parse_args(argv)
+    if args.job_file != "-" and not Path(args.job_file).is_file():
+        raise UserError(f"job file not found: {args.job_file}")
     text = sys.stdin.read() if args.job_file == "-" else Path(args.job_file).read_text()
     try:
         jobs = [job for job in map(parse_job, text.splitlines()) if job is not None]

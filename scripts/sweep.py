@@ -65,16 +65,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def sweep_jobs(config: str, axes: list[tuple[str, list[str]]], fixed: list[str], seeds: list[int],
+def sweep_jobs(config: str, axes: list[tuple[str, list[str]]], fixed: list[str], seeds: list[int | None],
                root: Path) -> list[Job]:
     """One job per grid point and seed; every point's config is loaded (and so checked) here."""
     jobs = []
     for values in itertools.product(*(values for _, values in axes)):
         point = [f"{key}={value}" for (key, _), value in zip(axes, values)]
-        for seed in seeds:
-            overrides = [*fixed, *point, f"seed={seed}"]
+        for seed in seeds:  # None: the grid's own seed axis
+            overrides = [*fixed, *point] + ([f"seed={seed}"] if seed is not None else [])
             load_config(config, overrides)
-            jobs.append(Job(root / overrides_name(point) / f"seed{seed}", config, tuple(overrides)))
+            run_dir = root / overrides_name(point) / (f"seed{seed}" if seed is not None else "")
+            jobs.append(Job(run_dir, config, tuple(overrides)))
     return jobs
 
 
@@ -83,12 +84,18 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML file")
     parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                         help="one axis of the grid (repeat for more axes)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds per point (default: 0)")
+    parser.add_argument("--seeds", help="comma-separated seeds per point (default: 0; not with --grid seed=...)")
     parser.add_argument("--root", help="directory of the sweep's runs (default: runs/sweeps/<config>)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed overrides for every point")
     add_launch_options(parser)
     args = parser.parse_intermixed_args(argv)
-    axes, seeds = parse_grid(args.grid), parse_seeds(args.seeds)
+    axes = parse_grid(args.grid)
+    if "seed" in (key for key, _ in axes):  # the grid sets the seed: --seeds adds none of its own
+        if args.seeds is not None:
+            raise UserError("--grid seed=... and --seeds both set the seed; use one of them")
+        seeds = [None]
+    else:
+        seeds = parse_seeds(args.seeds if args.seeds is not None else "0")
     swept = {key for key, _ in axes} | {"seed"}
     clash = [o for o in args.overrides if o.partition("=")[0].strip() in swept]
     if clash:

@@ -45,9 +45,12 @@ def test_benchmark_writes_every_method_and_loader(tmp_path, capsys):
     assert [shape[1:] for shape in check["feature_shapes"]] == [[16, 16, 16], [32, 8, 8], [64, 4, 4]]
     # ResNet-20's stage features at 16 x 16, fp32, batch 8: 8 x (16*16*16 + 32*8*8 + 64*4*4) x 4 bytes
     assert result["feature_cost"]["stage_feature_mib"] == pytest.approx(8 * 7168 * 4 / 2**20)
+    alone = result["tffd_term_alone"]
+    assert alone["tffd"]["ms"] > 0 and alone["tffd_released"]["ms"] > 0
+    assert alone["ratio_ci95"][0] <= alone["ratio"] <= alone["ratio_ci95"][1]
     printed = capsys.readouterr().out
     for row in (*benchmark.METHODS, "device", "torchvision", "target tffd_vs_released", "reference check",
-                "bytes per forward FLOP"):
+                "bytes per forward FLOP", "Tf-FD term alone"):
         assert row in printed
 
 

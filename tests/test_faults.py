@@ -124,6 +124,28 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
         assert not different, f"{name}: tensors differ from the uninterrupted run: {different[:5]}"
     assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(reference))
+    # TensorBoard shows the same curves: the points a killed run wrote after its last checkpoint are
+    # purged, not shown twice beside the resumed run's.
+    for tag in ("train/loss", "train/acc1", "test/acc1", "epoch/train_loss", "hparam/best_acc1"):
+        assert scalar_points(run_dir, tag) == scalar_points(reference, tag), tag
+
+
+def hparams_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(run_dir))
+    events.Reload()
+    return set(events.PluginRunToTagToContent("hparams").get(".", {}))
+
+
+def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar as TensorBoard shows it, over all of the run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [(event.step, round(event.value, 4)) for event in events.Scalars(tag)]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +164,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     assert checkpoint_epoch(run_dir) == 1  # killed inside epoch 2: its partial progress is lost
     assert read_metrics(run_dir)["finished"] is False
     assert f"pid {process.pid}" in (run_dir / ".lock").read_text()  # left behind by the dead run: stale
+    assert "_hparams_/session_start_info" in hparams_tags(run_dir)  # a killed run has its HParams row too
     unfinished = run_dir / ".last.pt.k1ll3d.tmp"  # as a kill in the middle of a checkpoint write leaves it
     unfinished.write_bytes(b"half of a checkpoint")
     result = run_train(*FAULT, "--run-dir", str(run_dir), check=True)

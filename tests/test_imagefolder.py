@@ -112,3 +112,35 @@ def test_bad_folders_are_data_errors(image_tree, breakage, message):
     breakage(image_tree)
     with pytest.raises(DataError, match=message):
         build_dataset(folder_config(image_tree))
+
+
+def damage_two_images(root: Path) -> list[Path]:
+    """An empty file and one of garbage bytes, in the training split."""
+    empty, garbage = root / "train" / "cat" / "0.png", root / "train" / "dog" / "1.png"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"\x89PNG not really" * 10)
+    return [empty, garbage]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_unreadable_image_is_one_line_naming_the_file(image_tree, tmp_path, workers):
+    bad = damage_two_images(image_tree)
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16",
+                       f"data.num_workers={workers}", "train.epochs=1", "train.batch_size=4", "--run-dir", str(run_dir))
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unreadable image "), result.stderr[-3000:]
+    assert any(str(path) in lines[0] for path in bad) and "data.skip_bad_images=true" in lines[0]
+
+
+def test_skip_bad_images_trains_on_the_rest_and_counts_them(image_tree, tmp_path):
+    bad = damage_two_images(image_tree)
+    run_dir = tmp_path / "run"
+    run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
+              "data.skip_bad_images=true", "train.epochs=2", "train.batch_size=4", "--run-dir", str(run_dir),
+              check=True)
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("skipped 2 unreadable image files (data.skip_bad_images)") == 2  # once per epoch
+    assert any(str(path) in log for path in bad)
+    assert read_metrics(run_dir)["finished"] is True

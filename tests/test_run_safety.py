@@ -99,3 +99,32 @@ def test_overwrite_recovers_a_damaged_directory(finished_run, tmp_path):
     (run_dir / "metrics.json").write_bytes(b"garbage")
     run_train(*TINY, "--run-dir", str(run_dir), "--overwrite", check=True)
     assert json.loads((run_dir / "metrics.json").read_text())["finished"] is True
+
+
+def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_leaves_no_lock(tmp_path, monkeypatch, capfd):
+    """The disk fills up while epoch 2's checkpoint is written (torch.save fails as a write() does)."""
+    import errno
+
+    import torch
+
+    from engine.checkpoint import load_checkpoint
+
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"the first bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run_dir = tmp_path / "run"
+    code = status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (f"error: no space left on the disk holding {run_dir} (writing {run_dir / 'last.pt'}); "
+                      f"{run_dir / 'last.pt'} is intact and holds the last finished epoch. Free some space and run "
+                      f"the same command again")
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert not (run_dir / ".lock").exists() and not list(run_dir.glob(".*.tmp"))

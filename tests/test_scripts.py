@@ -114,6 +114,20 @@ def _fake_run(run_dir: Path, config: str, overrides: list[str], last: float | No
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
+@pytest.mark.parametrize("damage, problem", [
+    (b"[1, 2]", "a JSON list, not an object"), (b"\xff\xfe", "not UTF-8 text"), (b'{"best', "not JSON"),
+])
+def test_collect_results_warns_about_and_skips_a_damaged_metrics_file(tmp_path, capfd, damage, problem):
+    good, bad = tmp_path / "resnet20_ce" / "seed0", tmp_path / "resnet20_ce" / "seed1"
+    for seed, run_dir in enumerate((good, bad)):
+        _fake_run(run_dir, "configs/cifar100/resnet20_ce.yaml", [f"seed={seed}"], 69.0, 69.5)
+    (bad / "metrics.json").write_bytes(damage)
+    out, err = call(collect_results.main, capfd, str(tmp_path))
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"warning: skipping {bad}: {bad / 'metrics.json'} is damaged ({problem}")
+    assert "| resnet20 | Baseline |" in out and "1/1 finished" in out
+
+
 def test_collect_results_on_a_partial_cifar100_table(tmp_path, capfd):
     kd_protocol = ["train.batch_size=64", "train.lr=0.05"]
     lasts, bests = [69.0, 69.4, 68.8], [69.3, 69.5, 69.1]
@@ -222,9 +236,42 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     assert all("train.epochs=2 'train.milestones=[1]' loss.tffd.warmup_epochs=0" in c for c in commands)
 
 
-def test_reproduce_rejects_bad_options():
-    result = run_script("reproduce_cifar100.sh", "--seeds", "zero", check=False)
-    assert result.returncode == 2 and result.stderr.strip() == "error: --seeds takes a list like 0,1,2, got 'zero'"
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "zero"], "error: --seeds takes a list like 0,1,2, got 'zero'"),
+    (["--epochs", "-3"], "error: --epochs takes a positive integer, got '-3'"),
+    (["--jobs", "0"], "error: --jobs must be >= 1, got 0"),
+    (["--gpus", "0,x"], "error: --gpus takes GPU ids like 0,1,2, got '0,x'"),
+    (["--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
+    (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+    (["--set", "loss.tffd.lambda_intra=-1"], "loss.tffd.lambda_intra must be >= 0, got -1"),
+])
+def test_reproduce_rejects_bad_options_before_launching_anything(args, message, tmp_path):
+    result = run_script("reproduce_cifar100.sh", "--root", str(tmp_path / "table"), *args, check=False)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert result.stdout == "" and not (tmp_path / "table").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "train.lr=0.1,nan"], "train.lr must be a finite number, got nan"),
+    (["--grid", "train.momentum=0.9,1.0"], "train.momentum must be < 1, got 1"),
+    (["--grid", "seed=0,1", "--seeds", "0,1"], "--grid seed=... and --seeds both set the seed"),
+    (["--grid", "train.epochs=1", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+])
+def test_sweep_rejects_bad_grids_before_launching_anything(args, message, tmp_path, capfd):
+    root = tmp_path / "sweep"
+    _, err = call(sweep.main, capfd, "--config", str(REPO / "configs/quickstart.yaml"), "--root", str(root), *args,
+                  code=2)
+    assert err.strip().splitlines() == [err.strip()] and message in err
+    assert not root.exists()
+
+
+def test_a_seed_axis_in_the_grid_is_the_only_seed(tmp_path, capfd):
+    out, _ = call(sweep.main, capfd, "--config", str(REPO / "configs/quickstart.yaml"), "--root", str(tmp_path),
+                  "--grid", "seed=3,4", "--dry-run")
+    commands = [line for line in out.splitlines() if line.startswith("python train.py")]
+    assert len(commands) == 2 and all(command.count(" seed=") == 1 for command in commands), out
+    assert " seed=3 " in f"{commands[0]} " and " seed=4 " in f"{commands[1]} "
 
 
 def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path):
