@@ -8,19 +8,8 @@ from core.errors import ConfigError
 
 from . import cifar, digits, folder, synthetic  # noqa: F401  (registers datasets)
 from .device_loader import DeviceEvalLoader, DeviceTrainLoader
-from .registry import (
-    DATASETS,
-    FolderData,
-    InMemoryData,
-    build_dataset,
-    register_dataset,
-)
-from .torch_loader import (
-    TensorImageDataset,
-    TorchEvalLoader,
-    TorchTrainLoader,
-    small_image_transforms,
-)
+from .registry import DATASETS, FolderData, InMemoryData, build_dataset, register_dataset
+from .torch_loader import TensorImageDataset, TorchEvalLoader, TorchTrainLoader, small_image_transforms
 
 
 @dataclass

@@ -11,13 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sharding import (
-    epoch_generator,
-    eval_indices,
-    num_batches,
-    rank_positions,
-    train_indices,
-)
+from .sharding import epoch_generator, eval_indices, num_batches, rank_positions, train_indices
 
 
 def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.errors import ConfigError
 from data import Loaders, build_dataset, build_loaders
+from data.batch_transforms import build_batch_transforms
 from losses import LossTerm, build_loss_terms
 from models import build_model
 
@@ -43,6 +44,7 @@ class Experiment:
     autocast_dtype: Optional[torch.dtype]
     profile: ModelProfile
     lr: float
+    batch_transforms: list  # data/batch_transforms.py, applied by the step
     memory_format: torch.memory_format = torch.contiguous_format  # of the model, and so of its inputs
 
     def autocast(self, device: torch.device):
@@ -92,6 +94,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
                           "(set model.sync_bn=false for CPU runs)")
     eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
     terms = build_loss_terms(config.loss.terms, config.loss)
+    batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size)
 
@@ -132,4 +135,4 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
     return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
-                      memory_format)
+                      batch_transforms, memory_format)

@@ -12,6 +12,7 @@ from typing import Optional
 
 from core.errors import ConfigError
 from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option
+from data.batch_transforms import BATCH_TRANSFORMS
 from losses.registry import LOSSES
 
 
@@ -94,10 +95,21 @@ def _loss_schema() -> type:
     fields = [("terms", list[str], option(["ce"], "active loss terms, summed: " + ", ".join(sorted(LOSSES))))]
     for name, registered in sorted(LOSSES.items()):
         fields.append((name, registered.config, dataclasses.field(default_factory=registered.config)))
-    return dataclasses.make_dataclass("LossConfig", fields)
+    return dataclasses.make_dataclass("LossConfig", fields, bases=(Options,))
 
 
 LossConfig = _loss_schema()
+
+
+def _batch_schema() -> type:
+    fields = [("transforms", list[str], option([], "batch transforms applied on the device before the forward "
+                                                 "pass, in order: " + ", ".join(sorted(BATCH_TRANSFORMS))))]
+    for name, (_, config) in sorted(BATCH_TRANSFORMS.items()):
+        fields.append((name, config, dataclasses.field(default_factory=config)))
+    return dataclasses.make_dataclass("BatchConfig", fields, bases=(Options,))
+
+
+BatchConfig = _batch_schema()
 
 
 @dataclass
@@ -107,6 +119,7 @@ class ExperimentConfig(Options):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    batch: BatchConfig = dataclasses.field(default_factory=BatchConfig)
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
 
 

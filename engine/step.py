@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from data.batch_transforms import apply_batch_transforms
 from losses import StepOutput
 
 from .builder import Experiment
@@ -21,12 +22,16 @@ class Losses(NamedTuple):
 
 
 def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> Losses:
-    """Forward pass of the model (and of the teacher, if a term needs one) and every loss term."""
+    """The batch transforms, the forward pass of the model (and of the teacher, if a term needs one)
+    and every loss term."""
+    target_probs = None
+    if exp.batch_transforms:
+        images, target_probs = apply_batch_transforms(exp.batch_transforms, images, targets, exp.loaders.num_classes)
     images = images.contiguous(memory_format=exp.memory_format)
     with exp.autocast(images.device):
         logits, feats = exp.model(images)
         teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-        output = StepOutput(logits, feats, targets, epoch, teacher_logits)
+        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs)
         terms = {}
         for term in exp.terms:
             terms.update(term(output))

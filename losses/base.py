@@ -20,6 +20,9 @@ class StepOutput:
     targets: torch.Tensor
     epoch: int  # counted from 1, as in docs/METHOD.md's warm-up weight
     teacher_logits: Optional[torch.Tensor] = None
+    # N x K label distributions where a batch transform (Mixup, CutMix) mixed the labels, else None:
+    # ``targets`` stay the hard labels of the unmixed images (data/batch_transforms.py)
+    target_probs: Optional[torch.Tensor] = None
 
 
 class LossTerm(nn.Module):

@@ -24,5 +24,7 @@ class CrossEntropy(LossTerm):
         self.config = config
 
     def forward(self, step: StepOutput):
-        loss = F.cross_entropy(step.logits, step.targets, label_smoothing=self.config.label_smoothing)
+        # Against mixed labels where a batch transform made them: lam * CE(y_a) + (1 - lam) * CE(y_b).
+        targets = step.targets if step.target_probs is None else step.target_probs
+        loss = F.cross_entropy(step.logits, targets, label_smoothing=self.config.label_smoothing)
         return {"ce": self.config.weight * loss}

@@ -1,7 +1,9 @@
-"""CIFAR ResNets of the CIFAR-100 KD benchmark: resnet20/32/56/110 and the 4x-wide resnet8x4/32x4.
-
-6n+2 layers of basic blocks in three stages; a 1x1 conv + BN projection where the shape changes.
-Stage features are the post-ReLU outputs of the three stages.
+"""Post-activation CIFAR ResNets: resnet20/32/56/110 and the 4x-wide resnet8x4/32x4 of the CIFAR-100
+KD benchmark (6n+2 layers of basic blocks in three stages), and cifar_resnet18, the ResNet-18 of the
+self-distillation literature on CIFAR (a 3x3 stride-1 stem, no max-pool, four stages of two blocks,
+64/128/256/512 channels: Tf-KD's, BYOT's and mmcls's ResNet_CIFAR, 11,220,132 parameters at 100
+classes). A 1x1 conv + BN projection where the shape changes; stage features are the post-ReLU
+outputs of the stages.
 """
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(StagedNet):
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int):
+    """``widths``: the stem's channels, then each stage's; the first stage keeps the resolution and
+    every later one halves it."""
+
+    def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int):
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        blocks_per_stage = (depth - 2) // 6
         stem, *stage_widths = widths
         self.stem = nn.Sequential(
             nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)
@@ -61,14 +63,22 @@ class CifarResNet(StagedNet):
 
 
 
+def six_n_plus_2(depth: int) -> int:
+    """Blocks per stage of a 6n+2-layer, three-stage CIFAR ResNet."""
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    return (depth - 2) // 6
+
+
 _NARROW = (16, 16, 32, 64)
 _WIDE = (32, 64, 128, 256)
 
 for _depth in (20, 32, 56, 110):
     register_model(f"resnet{_depth}")(
-        lambda num_classes, depth=_depth: CifarResNet(depth, _NARROW, num_classes)
+        lambda num_classes, depth=_depth: CifarResNet(six_n_plus_2(depth), _NARROW, num_classes)
     )
 for _depth in (8, 32):
     register_model(f"resnet{_depth}x4")(
-        lambda num_classes, depth=_depth: CifarResNet(depth, _WIDE, num_classes)
+        lambda num_classes, depth=_depth: CifarResNet(six_n_plus_2(depth), _WIDE, num_classes)
     )
+register_model("cifar_resnet18")(lambda num_classes: CifarResNet(2, (64, 64, 128, 256, 512), num_classes))

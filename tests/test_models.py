@@ -43,7 +43,11 @@ EXPECTED = {
     "resnet50": (IMAGENET, 25.56, [(4 * c, s) for c, s in _IMAGENET_RESNET]),
     "mobilenetv1": (IMAGENET, 4.23, [(256, 28), (512, 14), (1024, 7)]),
     "mobilenetv2_imagenet": (IMAGENET, 3.50, [(32, 28), (96, 14), (320, 7)]),
+    # the self-distillation literature's CIFAR ResNet-18s (exact counts below)
+    "cifar_resnet18": (CIFAR, 11.22, [(64, 32), (128, 16), (256, 8), (512, 4)]),
+    "preact_resnet18": (CIFAR, 11.22, [(64, 32), (128, 16), (256, 8), (512, 4)]),
 }
+EXACT_PARAMETERS = {"cifar_resnet18": 11_220_132, "preact_resnet18": 11_217_444}
 TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
                "mobilenetv2_imagenet": "mobilenet_v2"}
 TRAIN_STEP_SIDE = {CIFAR: 32, IMAGENET: 64}  # ImageNet models train at 64x64 here, for speed
@@ -54,12 +58,13 @@ def test_every_registered_model_is_checked():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_parameters_and_stage_shapes_match_models_md(name):
+def test_parameters_and_stage_shapes_match_the_published_sizes(name):
     (num_classes, side), millions, stages = EXPECTED[name]
     torch.manual_seed(0)
     model = build_model(name, num_classes).eval()
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - millions * 1e6) <= 0.01 * millions * 1e6, f"{name}: {count} parameters"
+    assert count == EXACT_PARAMETERS.get(name, count), f"{name}: {count} parameters"
     with torch.no_grad():
         logits, feats = model(torch.randn(1, 3, side, side))
     assert logits.shape == (1, num_classes)
@@ -153,3 +158,14 @@ def test_imagenet_tffd_configs_use_the_28_14_7_stages():
         stages = EXPECTED[model][2]
         used = config.loss.tffd.stages or range(1, len(stages) + 1)
         assert [stages[k - 1][1] for k in used] == [28, 14, 7], model
+
+
+def test_preact_resnet18_identity_shortcut_adds_the_preactivated_input():
+    """The quirk of the CS-KD / PS-KD network: out + relu(bn1(x)), not out + x."""
+    from models.preact_resnet import PreActBlockOnActivated
+
+    block = PreActBlockOnActivated(4, 4, 1).eval()
+    torch.nn.init.zeros_(block.conv2.weight)  # the residual branch adds nothing
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(block.bn1(x)))
