@@ -22,6 +22,7 @@ from models import build_model
 
 from .checkpoint import load_model_weights
 from .distributed import DistContext
+from .schedule import build_scheduler
 from .teacher import FrozenTeacher, build_teacher
 
 
@@ -131,7 +132,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
                                 # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
                                 # check of a non-fused optimizer on the host, a device sync per fp16 step.
                                 fused=dist.device.type == "cuda" or train_cfg.amp == "fp16")
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg.milestones, gamma=train_cfg.gamma)
+    scheduler = build_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
     return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,

@@ -67,6 +67,8 @@ class TrainConfig(Options):
     weight_decay: float = option(5e-4, "weight decay", min=0)
     milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma (increasing)", min=1)
     gamma: float = option(0.1, "lr decay factor at each milestone", above=0, max=1)
+    lr_warmup_epochs: int = option(0, "linear lr warm-up, per step, over this many epochs (Self-KD-Lib: 5); "
+                                   "milestones count from the start of training", min=0, max=100_000)
     amp: str = option("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + grad scaler)",
                       choices=("none", "bf16", "fp16"))
     channels_last: bool = option(False, "channels_last memory format (faster convolutions on GPUs)")

@@ -22,7 +22,7 @@ from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the lr schedule steps per batch (engine/schedule.py)
 
 
 class NonFiniteLoss(Exception):
@@ -103,7 +103,6 @@ class Trainer:
                 train_seconds = time.perf_counter() - began
                 broadcast_buffers(self.exp.model)
                 test = evaluate(self.eval_model, self.exp.loaders.test, self.device, self.exp.memory_format)
-                self.exp.scheduler.step()
                 self.wall_time += time.perf_counter() - began
                 self._report_skipped_images(epoch)
                 self._record(epoch, train, test, train_seconds, time.perf_counter() - began)
@@ -125,12 +124,16 @@ class Trainer:
                    dynamic_ncols=True, disable=None if self.dist.is_main else True)
         for step, (images, targets) in enumerate(bar, 1):
             logits, losses, total = compute_losses(exp, images, targets, epoch)
-            if cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device):
+            skipped = cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device)
+            if skipped:
                 exp.optimizer.zero_grad(set_to_none=True)
                 bad = ", ".join(n for n, v in losses.items() if not torch.isfinite(v)) or "on another rank"
                 self.log.info(f"epoch {epoch} step {step}: non-finite loss, step skipped ({bad})")
+            else:
+                apply_gradients(exp, total)
+            exp.scheduler.step()  # per batch, skipped ones included: the lr follows the batch index
+            if skipped:
                 continue
-            apply_gradients(exp, total)
             meter.update({"loss": total, **losses}, logits, targets, step)
             self.global_step += 1
             at_interval = step % cfg.log_interval == 0
@@ -141,7 +144,8 @@ class Trainer:
                 rate = (totals["count"] - last_count) / max(now - last_time, 1e-9)
                 last_time, last_count = now, totals["count"]
                 point = means(sums, meter.names)
-                self.log.scalars({**point, "lr": lr, "images_per_s": rate}, self.global_step, prefix="train/")
+                self.log.scalars({**point, "lr": exp.optimizer.param_groups[0]["lr"], "images_per_s": rate},
+                                 self.global_step, prefix="train/")
                 bar.set_postfix(loss=f"{point['loss']:.3f}", acc1=f"{point['acc1']:.1f}", refresh=False)
             if self._stop_now(stop, at_interval):
                 bar.close()
