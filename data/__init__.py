@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from core.errors import ConfigError
 
 from . import cifar, digits, folder, synthetic  # noqa: F401  (registers datasets)
@@ -23,14 +25,16 @@ class Loaders:
 
 
 def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: int, eval_batch_size: int,
-                  device, seed: int, rank: int = 0, world_size: int = 1) -> Loaders:
-    """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank."""
+                  device, seed: int, rank: int = 0, world_size: int = 1, sampler=None) -> Loaders:
+    """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank (anchors, where a
+    ``sampler`` (data/samplers.py) adds partners to each batch)."""
     workers = data_config.num_workers
     if isinstance(data, InMemoryData):
         num_train, num_test = len(data.train_labels), len(data.test_labels)
         if data_config.loader in ("auto", "device"):
             train = DeviceTrainLoader(data.train_images, data.train_labels, data.mean, data.std, batch_size, device,
-                                      seed, rank, world_size, data_config.padding, data_config.pad_mode, data_config.hflip)
+                                      seed, rank, world_size, data_config.padding, data_config.pad_mode, data_config.hflip,
+                                      sampler)
             test = DeviceEvalLoader(data.test_images, data.test_labels, data.mean, data.std, eval_batch_size,
                                     device, rank, world_size)
         else:
@@ -40,7 +44,7 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
                 return TensorImageDataset(images, labels, transform)
 
             train = TorchTrainLoader(dataset(data.train_images, data.train_labels, True), batch_size, device, seed,
-                                     rank, world_size, workers)
+                                     rank, world_size, workers, labels=data.train_labels, sampler=sampler)
             test = TorchEvalLoader(dataset(data.test_images, data.test_labels, False), eval_batch_size, device,
                                    rank, world_size, workers)
     else:
@@ -49,7 +53,8 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
                               "(use data.loader=torchvision or auto)")
         num_train, num_test = len(data.train), len(data.test)
         skip = data_config.skip_bad_images
-        train = TorchTrainLoader(data.train, batch_size, device, seed, rank, world_size, workers, skip)
+        labels = torch.as_tensor(data.train.targets, dtype=torch.int64)
+        train = TorchTrainLoader(data.train, batch_size, device, seed, rank, world_size, workers, skip, labels, sampler)
         test = TorchEvalLoader(data.test, eval_batch_size, device, rank, world_size, workers, skip)
     return Loaders(train, test, data.num_classes, data.image_size, num_train, num_test)
 

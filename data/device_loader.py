@@ -51,7 +51,8 @@ class Normalizer:
 
 class DeviceTrainLoader:
     def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, rank: int = 0,
-                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True):
+                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True,
+                 sampler=None):
         self.device = torch.device(device)
         self.size = images.shape[-1]
         self.padding, self.hflip = padding, hflip
@@ -59,6 +60,7 @@ class DeviceTrainLoader:
         self.labels = labels.to(self.device)
         self.normalize = Normalizer(mean, std, self.device)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.sampler, self.cpu_labels = sampler, labels.cpu()  # data/samplers.py: partners for each anchor
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,17 +77,34 @@ class DeviceTrainLoader:
         # device). They are drawn for every position of the epoch's global order, which all ranks share,
         # and sliced like the order: each sample gets its own crop and flip, and the same ones whatever
         # the number of ranks, so a W-process run trains on the very images of the 1-process run.
-        generator = epoch_generator(self.seed, self.epoch, stream=1)
-        mine = rank_positions(total, self.rank, self.world_size)
-        top = torch.randint(0, 2 * self.padding + 1, (total,), generator=generator)[mine].to(self.device)
-        left = torch.randint(0, 2 * self.padding + 1, (total,), generator=generator)[mine].to(self.device)
-        flip = (torch.rand(total, generator=generator) < 0.5)[mine] if self.hflip else torch.zeros(count, dtype=bool)
-        flip = flip.to(self.device)
+        top, left, flip = (values[0] for values in self._augmentation(stream=1, copies=1))
+        partners = None
+        if self.sampler is not None:  # each partner gets crops and flips of its own (stream 2)
+            partners = self.sampler(self.cpu_labels, self.seed, self.epoch, self.rank, self.world_size).to(self.device)
+            partner_top, partner_left, partner_flip = self._augmentation(stream=2, copies=partners.shape[1])
         for start in range(0, count, self.batch_size):
             batch = slice(start, start + self.batch_size)
             index = order[batch]
             images = crop_flip(self.padded, index, top[batch], left[batch], flip[batch], self.size)
-            yield self.normalize(images), self.labels[index]
+            labels = self.labels[index]
+            if partners is not None:  # the batch's anchors, then all their partners
+                partner_index = partners[batch].T.reshape(-1)
+                augment = [values[:, batch].reshape(-1) for values in (partner_top, partner_left, partner_flip)]
+                images = torch.cat([images, crop_flip(self.padded, partner_index, *augment, self.size)])
+                labels = torch.cat([labels, self.labels[partner_index]])
+            yield self.normalize(images), labels
+
+    def _augmentation(self, stream: int, copies: int) -> list[torch.Tensor]:
+        """Crop offsets and flips, each ``copies`` x count, for this rank's positions; drawn for every
+        position of the epoch's global order from (seed, epoch, stream)."""
+        total = len(self.labels)
+        generator = epoch_generator(self.seed, self.epoch, stream=stream)
+        mine = rank_positions(total, self.rank, self.world_size)
+        shape = (copies, total)
+        top = torch.randint(0, 2 * self.padding + 1, shape, generator=generator)[:, mine]
+        left = torch.randint(0, 2 * self.padding + 1, shape, generator=generator)[:, mine]
+        flip = (torch.rand(shape, generator=generator) < 0.5)[:, mine] if self.hflip else torch.zeros_like(top, dtype=bool)
+        return [value.to(self.device) for value in (top, left, flip)]
 
 
 class DeviceEvalLoader:

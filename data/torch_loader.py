@@ -37,15 +37,17 @@ def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hf
     return v2.Compose(steps)
 
 
-class _IndexSampler(Sampler):
-    def __init__(self, indices_fn):
-        self.indices_fn = indices_fn
+class _BatchSampler(Sampler):
+    """The index batches ``batches_fn()`` gives for the current epoch."""
+
+    def __init__(self, batches_fn, length_fn):
+        self.batches_fn, self.length_fn = batches_fn, length_fn
 
     def __iter__(self):
-        return iter(self.indices_fn().tolist())
+        return iter(self.batches_fn())
 
     def __len__(self) -> int:
-        return len(self.indices_fn())
+        return self.length_fn()
 
 
 def collate_readable(batch: list):
@@ -81,22 +83,35 @@ class _DeviceIterator:
 
 
 class TorchTrainLoader(_DeviceIterator):
+    """``labels`` and ``sampler`` (data/samplers.py): each batch of anchors is followed by their partners."""
+
     def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4, skip_bad_images: bool = False):
+                 num_workers: int = 4, skip_bad_images: bool = False, labels: torch.Tensor | None = None,
+                 sampler=None):
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
+        self.labels, self.sampler = labels, sampler
         self.epoch = 1
         self.generator = torch.Generator()
+        self.batch_size = batch_size
         device = torch.device(device)
         loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=_IndexSampler(self._indices), num_workers=num_workers,
-            pin_memory=device.type == "cuda", generator=self.generator, drop_last=False,
-            persistent_workers=False, collate_fn=collate_readable,
+            dataset, batch_sampler=_BatchSampler(self._batches, self.__len__), num_workers=num_workers,
+            pin_memory=device.type == "cuda", generator=self.generator, persistent_workers=False,
+            collate_fn=collate_readable,
         )
         super().__init__(loader, device, skip_bad_images)
-        self.batch_size = batch_size
 
-    def _indices(self) -> torch.Tensor:
-        return train_indices(len(self.dataset), self.seed, self.epoch, self.rank, self.world_size)
+    def _batches(self) -> list[list[int]]:
+        order = train_indices(len(self.dataset), self.seed, self.epoch, self.rank, self.world_size)
+        partners = (self.sampler(self.labels, self.seed, self.epoch, self.rank, self.world_size)
+                    if self.sampler is not None else None)
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size].tolist()
+            if partners is not None:  # the batch's anchors, then all their partners
+                batch += partners[start : start + self.batch_size].T.reshape(-1).tolist()
+            batches.append(batch)
+        return batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

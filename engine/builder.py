@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from core.errors import ConfigError
 from data import Loaders, build_dataset, build_loaders
 from data.batch_transforms import build_batch_transforms
+from data.samplers import SAMPLERS
 from losses import LossTerm, build_loss_terms
 from models import build_model
 
@@ -79,6 +80,14 @@ def profile_model(model: nn.Module, image_size: int) -> ModelProfile:
     )
 
 
+def sampler_of(terms: list[LossTerm]):
+    """The data/samplers.py sampler the terms need (at most one), or None."""
+    wanted = sorted({term.sampler for term in terms if term.sampler is not None})
+    if len(wanted) > 1:
+        raise ConfigError(f"loss.terms need different samplers ({', '.join(wanted)}); combine at most one such term")
+    return SAMPLERS.lookup(wanted[0]) if wanted else None
+
+
 def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
     if global_batch % world_size:
         raise ConfigError(f"{key}={global_batch} is not divisible by the {world_size} processes; "
@@ -97,7 +106,8 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     terms = build_loss_terms(config.loss.terms, config.loss)
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
     data = build_dataset(config.data)
-    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size)
+    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size,
+                            sampler_of(terms))
 
     model = build_model(config.model.name, loaders.num_classes)
     if config.model.weights:

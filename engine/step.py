@@ -19,11 +19,16 @@ class Losses(NamedTuple):
     logits: torch.Tensor
     terms: dict[str, torch.Tensor]  # named, weighted scalars, as the loss terms returned them
     total: torch.Tensor
+    targets: torch.Tensor  # the labels of the images trained on (the loader's, less what terms set aside)
 
 
 def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> Losses:
-    """The batch transforms, the forward pass of the model (and of the teacher, if a term needs one)
-    and every loss term."""
+    """The terms' batch composition, the batch transforms, the forward pass of the model (and of the
+    teacher, if a term needs one) and every loss term."""
+    extras = {}
+    for term in exp.terms:  # a method's own batch composition (e.g. CS-KD sets its partners aside)
+        images, targets, extra = term.compose_batch(images, targets)
+        extras.update(extra)
     target_probs = None
     if exp.batch_transforms:
         images, target_probs = apply_batch_transforms(exp.batch_transforms, images, targets, exp.loaders.num_classes)
@@ -31,12 +36,12 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
     with exp.autocast(images.device):
         logits, feats = exp.model(images)
         teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs)
+        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras, exp.model)
         terms = {}
         for term in exp.terms:
             terms.update(term(output))
         total = sum(terms.values())
-    return Losses(logits, terms, total)
+    return Losses(logits, terms, total, targets)
 
 
 def apply_gradients(exp: Experiment, total: torch.Tensor) -> None:

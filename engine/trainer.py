@@ -123,7 +123,7 @@ class Trainer:
         bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=None if self.dist.is_main else True)
         for step, (images, targets) in enumerate(bar, 1):
-            logits, losses, total = compute_losses(exp, images, targets, epoch)
+            logits, losses, total, targets = compute_losses(exp, images, targets, epoch)
             skipped = cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device)
             if skipped:
                 exp.optimizer.zero_grad(set_to_none=True)

@@ -6,8 +6,8 @@ adding a file with a registered term, never a branch in the training loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,10 @@ class StepOutput:
     # N x K label distributions where a batch transform (Mixup, CutMix) mixed the labels, else None:
     # ``targets`` stay the hard labels of the unmixed images (data/batch_transforms.py)
     target_probs: Optional[torch.Tensor] = None
+    # What terms set aside in ``compose_batch`` (e.g. CS-KD's partner images), by name
+    extras: dict[str, Any] = field(default_factory=dict)
+    # The model as the step runs it, for a term's extra forward passes (e.g. under torch.no_grad)
+    model: Optional[Callable] = None
 
 
 class LossTerm(nn.Module):
@@ -30,6 +34,13 @@ class LossTerm(nn.Module):
 
     #: the trainer builds and runs a teacher only when an active term sets this
     requires_teacher: bool = False
+    #: the data/samplers.py sampler whose partners the loaders append to every batch, if the term needs one
+    sampler: Optional[str] = None
+
+    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor):
+        """What the step trains on, from the loader's batch: ``(images, targets, extras)``. The default
+        trains on the whole batch; a term with a sampler splits off the partners into ``extras``."""
+        return images, targets, {}
 
     def check_features(self, feature_shapes: Sequence[tuple[int, int, int]]) -> None:
         """Raise ``ConfigError`` if the term's options do not fit the model, whose stage features have

@@ -115,7 +115,7 @@ def test_training_step_never_reads_device_values(amp, tmp_path):
         exp.loaders.train.set_epoch(1)
         with no_host_reads():  # what the trainer does per step: the loader, the step, the meter
             for step, (images, targets) in enumerate(exp.loaders.train, 1):
-                logits, losses, total = benchmark.compute_losses(exp, images, targets, epoch=30)
+                logits, losses, total, targets = benchmark.compute_losses(exp, images, targets, epoch=30)
                 benchmark.apply_gradients(exp, total)
                 meter.update({"loss": total, **losses}, logits, targets, step)
         sums = meter.flush()  # the one read, once per logging interval

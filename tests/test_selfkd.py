@@ -131,7 +131,8 @@ def test_an_unknown_or_repeated_transform_is_a_config_error():
 # ---------------------------------------------------------------- training, alone and with Tf-FD
 RUN = [*SMOKE, "data.num_test=128", "train.batch_size=32", "train.lr=0.05"]
 METHODS = {
-    "tf_kd_reg": ["loss.terms=[ce,tf_kd_reg]", "loss.ce.weight=0.9", "loss.tf_kd_reg.weight=0.1"],
+    "tf_kd_reg": ["loss.ce.weight=0.9", "loss.tf_kd_reg.weight=0.1"],
+    "cs_kd": [],
     "mixup": ["batch.transforms=[mixup]"],
     "cutmix": ["batch.transforms=[cutmix]", "batch.cutmix.prob=1.0"],
     "cutout": ["batch.transforms=[cutout]"],
@@ -141,7 +142,7 @@ METHODS = {
 @pytest.mark.parametrize("with_tffd", [False, True], ids=["alone", "with_tffd"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
-    terms = ["ce", "tf_kd_reg"] if method == "tf_kd_reg" else ["ce"]
+    terms = ["ce", method] if method in ("tf_kd_reg", "cs_kd") else ["ce"]
     terms += ["tffd"] if with_tffd else []
     overrides = [o for o in METHODS[method] if not o.startswith("loss.terms=")] + [f"loss.terms=[{','.join(terms)}]"]
     run_dir = tmp_path / "run"
@@ -150,6 +151,7 @@ def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
     assert metrics["finished"] and metrics["best_acc1"] > 100 / 10 + 15, metrics["best_acc1"]  # chance: 10%
     names = set(metrics["history"][-1])
     assert ("train_tffd_intra" in names) == with_tffd and ("train_tf_kd_reg" in names) == (method == "tf_kd_reg")
+    assert ("train_cs_kd" in names) == (method == "cs_kd")
 
 
 def test_a_resumed_run_with_batch_transforms_is_bit_identical(tmp_path):
@@ -173,7 +175,7 @@ def test_a_resumed_run_with_batch_transforms_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("method, terms, transforms", [
     ("tf_kd_reg", ["ce", "tf_kd_reg"], []), ("mixup", ["ce"], ["mixup"]), ("cutmix", ["ce"], ["cutmix"]),
-    ("cutout", ["ce"], ["cutout"]),
+    ("cutout", ["ce"], ["cutout"]), ("cs_kd", ["ce", "cs_kd"], []),
 ])
 def test_method_configs_hold_the_original_settings(method, terms, transforms, tmp_path):
     from engine.config import load_config
@@ -186,3 +188,81 @@ def test_method_configs_hold_the_original_settings(method, terms, transforms, tm
     assert config.batch.cutout.length == 8
     if method == "tf_kd_reg":
         assert (config.loss.ce.weight, config.loss.tf_kd_reg.weight, config.loss.tf_kd_reg.temperature) == (0.9, 0.1, 20.0)
+
+
+# ---------------------------------------------------------------- CS-KD: the sampler, the loaders, the loss
+LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2, 0, 3])  # class 3 has one sample: its own partner
+
+
+def test_class_pairs_are_same_class_reproducible_and_sharded_like_the_anchors():
+    from data.samplers import class_pairs
+    from data.sharding import train_indices
+
+    partners = class_pairs(LABELS, 5, 2, 0, 1).squeeze(1)
+    anchors = train_indices(len(LABELS), 5, 2, 0, 1)
+    assert torch.equal(LABELS[partners], LABELS[anchors])
+    assert partners[anchors == 10].tolist() == [10]
+    assert torch.equal(partners, class_pairs(LABELS, 5, 2, 0, 1).squeeze(1))  # (seed, epoch) decide
+    assert not torch.equal(partners, class_pairs(LABELS, 5, 3, 0, 1).squeeze(1))
+    for world_size in (2, 3):  # each rank's anchors keep the partners the 1-process run gives them
+        for rank in range(world_size):
+            mine = train_indices(len(LABELS), 5, 2, rank, world_size)
+            theirs = {a: p for a, p in zip(anchors.tolist(), partners.tolist())}
+            assert class_pairs(LABELS, 5, 2, rank, world_size).squeeze(1).tolist() == [theirs[a] for a in mine.tolist()]
+
+
+def test_partners_are_drawn_uniformly_from_the_class():
+    from data.samplers import same_class_partner
+
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    draws = same_class_partner(labels, torch.zeros(40_000, dtype=torch.long), torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=5).float() / len(draws)
+    torch.testing.assert_close(frequencies[:4], torch.full((4,), 0.25), atol=0.01, rtol=0)
+    assert frequencies[4] == 0
+
+
+@pytest.mark.parametrize("loader", ["device", "torchvision"])
+def test_both_loaders_append_each_batchs_partners(loader):
+    from data import build_dataset, build_loaders
+    from data.samplers import class_pairs
+    from engine.config import load_config
+
+    config = load_config(REPO / "configs/quickstart.yaml", [*RUN, f"data.loader={loader}", "data.num_workers=0"])
+    dataset = build_dataset(config.data)
+    plain = build_loaders(config.data, dataset, 32, 64, "cpu", seed=0)
+    paired = build_loaders(config.data, dataset, 32, 64, "cpu", seed=0, sampler=class_pairs)
+    for source in (plain.train, paired.train):
+        source.set_epoch(2)
+    assert len(plain.train) == len(paired.train) == 16
+    for (images, labels), (both, both_labels) in zip(plain.train, paired.train):
+        assert both.shape[0] == 2 * images.shape[0] and torch.equal(both_labels[:32], labels)
+        assert torch.equal(both_labels[32:], labels)  # each partner is of its anchor's class
+        if loader == "device":  # the anchors' crops and flips are those of the plain loader
+            assert torch.equal(both[:32], images)
+
+
+def test_cs_kd_distils_the_partner_forwarded_without_gradient_into_the_anchor():
+    from losses.cs_kd import ClassWiseKD, CSKDConfig
+    from losses.kd import kd_loss
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 4)
+    calls = []
+
+    def model(x):
+        calls.append(torch.is_grad_enabled())
+        return linear(x), []
+
+    term = ClassWiseKD(CSKDConfig(weight=0.5, temperature=2.0))
+    batch_images, batch_targets = torch.randn(6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
+    anchors, targets, extras = term.compose_batch(batch_images, batch_targets)
+    assert torch.equal(anchors, batch_images[:3]) and torch.equal(extras["partner_images"], batch_images[3:])
+    assert torch.equal(targets, batch_targets[:3])
+    logits = linear(anchors)
+    loss = term(StepOutput(logits, [], targets, 1, extras=extras, model=model))["cs_kd"]
+    assert calls == [False], "the partners are forwarded under torch.no_grad"
+    expected = 0.5 * kd_loss(linear(anchors), linear(batch_images[3:]).detach(), 2.0)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, linear.weight)
+    (expected_grad,) = torch.autograd.grad(expected, linear.weight)
+    torch.testing.assert_close(grad, expected_grad)

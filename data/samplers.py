@@ -1,0 +1,40 @@
+"""Samplers: which other samples join each training sample in its batch, for methods that distil
+between samples (CS-KD's same-class pairs). A loss term names the sampler it needs (``LossTerm.sampler``);
+both loaders then append, to every batch of anchors, the partners the sampler chose for them.
+
+A sampler maps the epoch to a count x M tensor: the M partners of each of this rank's anchors, in the
+order of ``train_indices``. Partners are drawn for every position of the epoch's global order from
+(seed, epoch) alone and then sliced like the anchors, so they do not depend on the loader, and a
+W-process run pairs its anchors exactly as the 1-process run does (``data/sharding.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+from core.registry import Registry
+
+from .sharding import epoch_generator, rank_positions, train_indices
+
+SAMPLERS = Registry("sampler")  # name -> partners(labels, seed, epoch, rank, world_size) -> count x M
+register_sampler = SAMPLERS.register
+
+PARTNER_STREAM = 3  # epoch_generator streams: 0 the order, 1 and 2 the augmentation
+
+
+def same_class_partner(labels: torch.Tensor, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each anchor, one index drawn uniformly from the samples of its class (itself included)."""
+    by_class = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    classes = labels[anchors]
+    offsets = (torch.rand(len(anchors), generator=generator, dtype=torch.float64) * counts[classes]).long()
+    return by_class[starts[classes] + offsets.clamp_max(counts[classes] - 1)]
+
+
+@register_sampler("class_pairs")
+def class_pairs(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
+    """CS-KD's pairs (alinlab/cs-kd ``PairBatchSampler``): one random sample of the anchor's class."""
+    total = len(labels)
+    order = train_indices(total, seed, epoch, rank=0, world_size=1)  # the anchor at every position
+    partners = same_class_partner(labels, order, epoch_generator(seed, epoch, stream=PARTNER_STREAM))
+    return partners[rank_positions(total, rank, world_size)].unsqueeze(1)
