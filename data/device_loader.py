@@ -50,6 +50,8 @@ class Normalizer:
 
 
 class DeviceTrainLoader:
+    """Yields ``(images, labels, indices)`` per batch, ``indices`` the samples' dataset indices."""
+
     def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, rank: int = 0,
                  world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True,
                  sampler=None):
@@ -86,13 +88,12 @@ class DeviceTrainLoader:
             batch = slice(start, start + self.batch_size)
             index = order[batch]
             images = crop_flip(self.padded, index, top[batch], left[batch], flip[batch], self.size)
-            labels = self.labels[index]
             if partners is not None:  # the batch's anchors, then all their partners
                 partner_index = partners[batch].T.reshape(-1)
                 augment = [values[:, batch].reshape(-1) for values in (partner_top, partner_left, partner_flip)]
                 images = torch.cat([images, crop_flip(self.padded, partner_index, *augment, self.size)])
-                labels = torch.cat([labels, self.labels[partner_index]])
-            yield self.normalize(images), labels
+                index = torch.cat([index, partner_index])
+            yield self.normalize(images), self.labels[index], index
 
     def _augmentation(self, stream: int, copies: int) -> list[torch.Tensor]:
         """Crop offsets and flips, each ``copies`` x count, for this rank's positions; drawn for every

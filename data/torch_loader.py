@@ -50,9 +50,22 @@ class _BatchSampler(Sampler):
         return self.length_fn()
 
 
+class IndexedDataset(Dataset):
+    """``(image, label, index)``: the training loaders yield each batch's dataset indices too."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
 def collate_readable(batch: list):
     """``default_collate`` of the readable samples, and the unreadable ones (``BadImage``) apart."""
-    bad = [image for image, _ in batch if isinstance(image, BadImage)]
+    bad = [sample[0] for sample in batch if isinstance(sample[0], BadImage)]
     good = [sample for sample in batch if not isinstance(sample[0], BadImage)]
     return (default_collate(good) if good else None), bad
 
@@ -78,12 +91,12 @@ class _DeviceIterator:
             self.skipped += [image.path for image in bad]
             if batch is None:
                 continue
-            images, labels = batch
-            yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
+            yield tuple(tensor.to(self.device, non_blocking=non_blocking) for tensor in batch)
 
 
 class TorchTrainLoader(_DeviceIterator):
-    """``labels`` and ``sampler`` (data/samplers.py): each batch of anchors is followed by their partners."""
+    """Yields ``(images, labels, indices)``. ``labels`` and ``sampler`` (data/samplers.py): each batch of
+    anchors is followed by their partners."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 4, skip_bad_images: bool = False, labels: torch.Tensor | None = None,
@@ -95,7 +108,7 @@ class TorchTrainLoader(_DeviceIterator):
         self.batch_size = batch_size
         device = torch.device(device)
         loader = DataLoader(
-            dataset, batch_sampler=_BatchSampler(self._batches, self.__len__), num_workers=num_workers,
+            IndexedDataset(dataset), batch_sampler=_BatchSampler(self._batches, self.__len__), num_workers=num_workers,
             pin_memory=device.type == "cuda", generator=self.generator, persistent_workers=False,
             collate_fn=collate_readable,
         )

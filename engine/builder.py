@@ -115,6 +115,8 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     profile = profile_model(model, loaders.image_size)
     for term in terms:
         term.check_features(profile.feature_shapes)
+        term.attach(loaders.num_train, loaders.num_classes, train_cfg.epochs)
+        term.to(dist.device)  # its buffers (per-sample state) live where the step runs
     teacher = None
     if any(term.requires_teacher for term in terms):
         teacher = build_teacher(config.teacher, loaders.num_classes, dist.device)

@@ -22,12 +22,13 @@ class Losses(NamedTuple):
     targets: torch.Tensor  # the labels of the images trained on (the loader's, less what terms set aside)
 
 
-def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> Losses:
+def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int,
+                   indices: torch.Tensor | None = None) -> Losses:
     """The terms' batch composition, the batch transforms, the forward pass of the model (and of the
     teacher, if a term needs one) and every loss term."""
     extras = {}
     for term in exp.terms:  # a method's own batch composition (e.g. CS-KD sets its partners aside)
-        images, targets, extra = term.compose_batch(images, targets)
+        images, targets, indices, extra = term.compose_batch(images, targets, indices)
         extras.update(extra)
     target_probs = None
     if exp.batch_transforms:
@@ -36,7 +37,7 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
     with exp.autocast(images.device):
         logits, feats = exp.model(images)
         teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras, exp.model)
+        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras, exp.model, indices)
         terms = {}
         for term in exp.terms:
             terms.update(term(output))

@@ -122,8 +122,8 @@ class Trainer:
         last_time, last_count = time.perf_counter(), 0
         bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=None if self.dist.is_main else True)
-        for step, (images, targets) in enumerate(bar, 1):
-            logits, losses, total, targets = compute_losses(exp, images, targets, epoch)
+        for step, (images, targets, indices) in enumerate(bar, 1):
+            logits, losses, total, targets = compute_losses(exp, images, targets, epoch, indices)
             skipped = cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device)
             if skipped:
                 exp.optimizer.zero_grad(set_to_none=True)
@@ -215,6 +215,7 @@ class Trainer:
         state = {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": self.global_step,
             "model": unwrap(exp.model).state_dict(), "optimizer": exp.optimizer.state_dict(),
+            "terms": [unwrap(term).state_dict() for term in exp.terms],  # per-sample state (PS-KD's)
             "scheduler": exp.scheduler.state_dict(), "scaler": exp.scaler.state_dict(),
             "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
             "history": self.history, "torch_rng": torch.get_rng_state(),
@@ -227,6 +228,8 @@ class Trainer:
     def _restore(self, state: dict) -> int:
         exp = self.exp
         unwrap(exp.model).load_state_dict(state["model"])
+        for term, term_state in zip(exp.terms, state["terms"]):
+            unwrap(term).load_state_dict(term_state)
         exp.optimizer.load_state_dict(state["optimizer"])
         exp.scheduler.load_state_dict(state["scheduler"])
         exp.scaler.load_state_dict(state["scaler"])

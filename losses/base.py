@@ -27,6 +27,8 @@ class StepOutput:
     extras: dict[str, Any] = field(default_factory=dict)
     # The model as the step runs it, for a term's extra forward passes (e.g. under torch.no_grad)
     model: Optional[Callable] = None
+    # The dataset indices of the samples trained on (training steps), for terms with per-sample state
+    indices: Optional[torch.Tensor] = None
 
 
 class LossTerm(nn.Module):
@@ -37,10 +39,14 @@ class LossTerm(nn.Module):
     #: the data/samplers.py sampler whose partners the loaders append to every batch, if the term needs one
     sampler: Optional[str] = None
 
-    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor):
-        """What the step trains on, from the loader's batch: ``(images, targets, extras)``. The default
-        trains on the whole batch; a term with a sampler splits off the partners into ``extras``."""
-        return images, targets, {}
+    def attach(self, num_samples: int, num_classes: int, epochs: int) -> None:
+        """Called once by the builder with the training set's size, the class count and the epochs of
+        the run, for a term that keeps per-sample state (its buffers are saved in every checkpoint)."""
+
+    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices: Optional[torch.Tensor]):
+        """What the step trains on, from the loader's batch: ``(images, targets, indices, extras)``. The
+        default trains on the whole batch; a term with a sampler splits off the partners into ``extras``."""
+        return images, targets, indices, {}
 
     def check_features(self, feature_shapes: Sequence[tuple[int, int, int]]) -> None:
         """Raise ``ConfigError`` if the term's options do not fit the model, whose stage features have

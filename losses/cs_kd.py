@@ -42,10 +42,11 @@ class ClassWiseKD(LossTerm):
         super().__init__()
         self.config = config
 
-    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor):
+    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices):
         """The loader's batch is the anchors, then one partner each: train on the anchors."""
         anchors = images.shape[0] // 2
-        return images[:anchors], targets[:anchors], {"partner_images": images[anchors:]}
+        indices = indices[:anchors] if indices is not None else None
+        return images[:anchors], targets[:anchors], indices, {"partner_images": images[anchors:]}
 
     def forward(self, step: StepOutput):
         with torch.no_grad():

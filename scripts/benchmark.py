@@ -132,8 +132,8 @@ def synchronize(device: torch.device) -> None:
 
 def train_steps(exp, batches: list, steps: int, epoch: int) -> None:
     for step in range(steps):
-        images, targets = batches[step % len(batches)]
-        apply_gradients(exp, compute_losses(exp, images, targets, epoch).total)
+        images, targets, indices = batches[step % len(batches)]
+        apply_gradients(exp, compute_losses(exp, images, targets, epoch, indices).total)
 
 
 def time_methods(experiments: dict, args, device: torch.device) -> dict:
@@ -189,7 +189,7 @@ def time_tffd_terms(experiments: dict, args, device: torch.device) -> dict:
     if exp is None:
         return {}
     term = next(getattr(t, "_orig_mod", t) for t in exp.terms if isinstance(getattr(t, "_orig_mod", t), TeacherFreeFD))
-    images, targets = next(iter(exp.loaders.train))
+    images, targets, _ = next(iter(exp.loaders.train))
     with torch.no_grad(), exp.autocast(device):
         logits, feats = unwrap(exp.model)(images.contiguous(memory_format=exp.memory_format))
     leaves = [feature.detach().requires_grad_() for feature in feats]
@@ -240,7 +240,7 @@ def time_loaders(args, device: torch.device) -> dict:
             loader.set_epoch(epoch)
             synchronize(device)
             began, count = time.perf_counter(), 0
-            for images, _ in loader:
+            for images, *_ in loader:
                 count += images.shape[0]
             synchronize(device)
             rates[kind].append(count / (time.perf_counter() - began))
@@ -358,7 +358,7 @@ def run(args) -> dict:
     check, cost = None, feature_cost(experiments["ce"][1], args.batch_size)
     if tffd_method is not None:
         exp = experiments[tffd_method][1]
-        images, _ = next(iter(exp.loaders.train))
+        images, *_ = next(iter(exp.loaders.train))
         check = reference_check(exp, images)
     result = {
         "device": device_name(device), "torch": torch.__version__,

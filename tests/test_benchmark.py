@@ -65,7 +65,7 @@ def test_reference_check_catches_a_wrong_loss(monkeypatch, tmp_path):
     args = benchmark.parse_args(TINY)
     experiments = benchmark.build_methods(["tffd"], args, torch.device("cpu"), tmp_path)
     exp = experiments["tffd"][1]
-    images, _ = next(iter(exp.loaders.train))
+    images, *_ = next(iter(exp.loaders.train))
     assert benchmark.reference_check(exp, images)["agrees"] is True
     import losses.tffd
 
@@ -114,7 +114,7 @@ def test_training_step_never_reads_device_values(amp, tmp_path):
         meter = DeviceMeter(torch.device("cpu"))
         exp.loaders.train.set_epoch(1)
         with no_host_reads():  # what the trainer does per step: the loader, the step, the meter
-            for step, (images, targets) in enumerate(exp.loaders.train, 1):
+            for step, (images, targets, _) in enumerate(exp.loaders.train, 1):
                 logits, losses, total, targets = benchmark.compute_losses(exp, images, targets, epoch=30)
                 benchmark.apply_gradients(exp, total)
                 meter.update({"loss": total, **losses}, logits, targets, step)

@@ -30,7 +30,7 @@ def test_compiled_step_equals_eager_and_compiles_every_term(monkeypatch):
     eager.loaders.train.set_epoch(1)
     batches = list(eager.loaders.train)[:2]
     with torch._dynamo.config.patch(error_on_recompile=False):
-        for epoch, (images, targets) in enumerate(batches, 1):  # two epochs: the warm-up weight changes
+        for epoch, (images, targets, _) in enumerate(batches, 1):  # two epochs: the warm-up weight changes
             expected, got = (compute_losses(exp, images, targets, epoch) for exp in (eager, compiled))
             assert set(got.terms) == set(expected.terms) == {"ce", "tffd_inter", "tffd_intra"}
             for name, value in expected.terms.items():

@@ -58,7 +58,7 @@ def test_compiled_bf16_channels_last_step_matches_eager():
     options = ["train.amp=bf16", "train.channels_last=true"]
     eager, compiled = cuda_experiment(*options), cuda_experiment(*options, "train.compile=true")
     eager.loaders.train.set_epoch(1)
-    images, targets = next(iter(eager.loaders.train))
+    images, targets, _ = next(iter(eager.loaders.train))
     expected = compute_losses(eager, images, targets, epoch=1)
     got = compute_losses(compiled, images, targets, epoch=1)
     assert set(got.terms) == set(expected.terms) == {"ce", "tffd_inter", "tffd_intra"}

@@ -225,7 +225,7 @@ def test_ranks_together_train_on_the_one_process_batches():
 
     single, rank0, rank1 = batches(64), batches(32, 0, 2), batches(32, 1, 2)
     assert len(rank0) == len(rank1) == 4 and len(single) == 5  # the 1-process run's 5th step: 1 image
-    for (x, y), (x0, y0), (x1, y1) in zip(single, rank0, rank1):
+    for (x, y, _), (x0, y0, _), (x1, y1, _) in zip(single, rank0, rank1):
         both = torch.cat([y0, y1])
         assert sorted(both.tolist()) == sorted(y.tolist())
         assert torch.equal(torch.cat([x0, x1])[torch.argsort(both)], x[torch.argsort(y)])

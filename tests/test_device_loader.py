@@ -61,7 +61,7 @@ def read_augmentation(batch: torch.Tensor):
 
 def augmentations(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     loader.set_epoch(1)
-    parts = [read_augmentation(images) for images, _ in loader]
+    parts = [read_augmentation(images) for images, *_ in loader]
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
@@ -112,7 +112,7 @@ def train_loaders(images, labels, rank, world_size, seed=0):
 def epoch_labels(loader, epoch: int) -> list[int]:
     loader.set_epoch(epoch)
     labels, batches = [], 0
-    for images, batch_labels in loader:
+    for images, batch_labels, _ in loader:
         # The centre pixel survives any crop: it must be the labelled sample's image.
         assert torch.equal((images[:, 0, 4, 4] * 255).round().long(), batch_labels % 251)
         labels += batch_labels.tolist()

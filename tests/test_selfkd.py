@@ -133,6 +133,7 @@ RUN = [*SMOKE, "data.num_test=128", "train.batch_size=32", "train.lr=0.05"]
 METHODS = {
     "tf_kd_reg": ["loss.ce.weight=0.9", "loss.tf_kd_reg.weight=0.1"],
     "cs_kd": [],
+    "ps_kd": [],
     "mixup": ["batch.transforms=[mixup]"],
     "cutmix": ["batch.transforms=[cutmix]", "batch.cutmix.prob=1.0"],
     "cutout": ["batch.transforms=[cutout]"],
@@ -142,7 +143,7 @@ METHODS = {
 @pytest.mark.parametrize("with_tffd", [False, True], ids=["alone", "with_tffd"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
-    terms = ["ce", method] if method in ("tf_kd_reg", "cs_kd") else ["ce"]
+    terms = {"tf_kd_reg": ["ce", "tf_kd_reg"], "cs_kd": ["ce", "cs_kd"], "ps_kd": ["ps_kd"]}.get(method, ["ce"])
     terms += ["tffd"] if with_tffd else []
     overrides = [o for o in METHODS[method] if not o.startswith("loss.terms=")] + [f"loss.terms=[{','.join(terms)}]"]
     run_dir = tmp_path / "run"
@@ -151,14 +152,15 @@ def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
     assert metrics["finished"] and metrics["best_acc1"] > 100 / 10 + 15, metrics["best_acc1"]  # chance: 10%
     names = set(metrics["history"][-1])
     assert ("train_tffd_intra" in names) == with_tffd and ("train_tf_kd_reg" in names) == (method == "tf_kd_reg")
-    assert ("train_cs_kd" in names) == (method == "cs_kd")
+    assert ("train_cs_kd" in names) == (method == "cs_kd") and ("train_ps_kd" in names) == (method == "ps_kd")
 
 
-def test_a_resumed_run_with_batch_transforms_is_bit_identical(tmp_path):
-    """The transforms draw from the generators the checkpoint saves: stopped in epoch 2 and resumed,
-    a deterministic CPU run ends as the uninterrupted one."""
+@pytest.mark.parametrize("terms", ["ce,tf_kd_reg,tffd", "ps_kd,tffd"])
+def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path, terms):
+    """The transforms draw from the generators the checkpoint saves, and PS-KD's past predictions are
+    in it: stopped in epoch 2 and resumed, a deterministic CPU run ends as the uninterrupted one."""
     args = [*RUN, "train.epochs=3", "train.deterministic=true", "batch.transforms=[mixup,cutmix,cutout]",
-            "batch.cutmix.prob=0.5", "loss.terms=[ce,tf_kd_reg,tffd]"]
+            "batch.cutmix.prob=0.5", f"loss.terms=[{terms}]"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
     stopped = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "21",
@@ -175,7 +177,7 @@ def test_a_resumed_run_with_batch_transforms_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("method, terms, transforms", [
     ("tf_kd_reg", ["ce", "tf_kd_reg"], []), ("mixup", ["ce"], ["mixup"]), ("cutmix", ["ce"], ["cutmix"]),
-    ("cutout", ["ce"], ["cutout"]), ("cs_kd", ["ce", "cs_kd"], []),
+    ("cutout", ["ce"], ["cutout"]), ("cs_kd", ["ce", "cs_kd"], []), ("ps_kd", ["ps_kd"], []),
 ])
 def test_method_configs_hold_the_original_settings(method, terms, transforms, tmp_path):
     from engine.config import load_config
@@ -234,9 +236,10 @@ def test_both_loaders_append_each_batchs_partners(loader):
     for source in (plain.train, paired.train):
         source.set_epoch(2)
     assert len(plain.train) == len(paired.train) == 16
-    for (images, labels), (both, both_labels) in zip(plain.train, paired.train):
+    for (images, labels, indices), (both, both_labels, both_indices) in zip(plain.train, paired.train):
         assert both.shape[0] == 2 * images.shape[0] and torch.equal(both_labels[:32], labels)
         assert torch.equal(both_labels[32:], labels)  # each partner is of its anchor's class
+        assert torch.equal(both_indices[:32], indices) and torch.equal(dataset.train_labels[both_indices], both_labels)
         if loader == "device":  # the anchors' crops and flips are those of the plain loader
             assert torch.equal(both[:32], images)
 
@@ -255,7 +258,8 @@ def test_cs_kd_distils_the_partner_forwarded_without_gradient_into_the_anchor():
 
     term = ClassWiseKD(CSKDConfig(weight=0.5, temperature=2.0))
     batch_images, batch_targets = torch.randn(6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
-    anchors, targets, extras = term.compose_batch(batch_images, batch_targets)
+    anchors, targets, indices, extras = term.compose_batch(batch_images, batch_targets, torch.arange(6))
+    assert torch.equal(indices, torch.arange(3))
     assert torch.equal(anchors, batch_images[:3]) and torch.equal(extras["partner_images"], batch_images[3:])
     assert torch.equal(targets, batch_targets[:3])
     logits = linear(anchors)
@@ -266,3 +270,37 @@ def test_cs_kd_distils_the_partner_forwarded_without_gradient_into_the_anchor():
     (grad,) = torch.autograd.grad(loss, linear.weight)
     (expected_grad,) = torch.autograd.grad(expected, linear.weight)
     torch.testing.assert_close(grad, expected_grad)
+
+
+# ---------------------------------------------------------------- PS-KD: per-sample state
+def test_ps_kd_first_epoch_is_ce_then_distils_last_epochs_predictions():
+    from losses.ps_kd import ProgressiveSelfKD, PSKDConfig
+
+    term = ProgressiveSelfKD(PSKDConfig(alpha_T=0.8))
+    term.attach(num_samples=5, num_classes=3, epochs=4)
+    indices, targets = torch.tensor([3, 1]), torch.tensor([2, 0])
+    first = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]])
+    loss = term(StepOutput(first, [], targets, 1, indices=indices))["ps_kd"]
+    torch.testing.assert_close(loss, F.cross_entropy(first, targets))  # no past prediction yet
+    torch.testing.assert_close(term.past[indices], first.softmax(1))
+    assert term.seen.tolist() == [False, True, False, True, False]
+
+    second = torch.tensor([[0.0, 1.0, 0.0], [2.0, 1.0, -1.0]], requires_grad=True)
+    loss = term(StepOutput(second, [], targets, 2, indices=indices))["ps_kd"]
+    alpha = 0.8 * 2 / 4
+    target = (1 - alpha) * F.one_hot(targets, 3).float() + alpha * first.softmax(1)
+    torch.testing.assert_close(loss, -(target * second.detach().log_softmax(1)).sum(1).mean())
+    loss.backward()
+    torch.testing.assert_close(second.grad, (second.detach().softmax(1) - target) / 2)  # the past is constant
+    torch.testing.assert_close(term.past[indices], second.detach().softmax(1))
+    assert term.past[[0, 2, 4]].abs().sum() == 0
+
+
+def test_ps_kd_state_is_in_the_checkpoint(tmp_path):
+    from engine.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    run_train(*RUN, "loss.terms=[ps_kd]", "--run-dir", str(run_dir), check=True)
+    (past_state,) = [state for state in load_checkpoint(run_dir / "last.pt")["terms"] if "past" in state]
+    assert past_state["past"].shape == (512, 10) and bool(past_state["seen"].all())
+    torch.testing.assert_close(past_state["past"].sum(1), torch.ones(512))
