@@ -9,31 +9,11 @@ from this network. Stage features are the stage outputs, residual sums that can 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .layers import StagedNet, init_weights
 from .registry import register_model
-
-
-class PreActBlockOnActivated(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus relu(bn1(x)) or its 1x1 projection."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.projection = None
-        if stride != 1 or in_planes != planes:
-            self.projection = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
-        return out + (activated if self.projection is None else self.projection(activated))
+from .wrn import PreActBlock
 
 
 class PreActResNet18(StagedNet):
@@ -43,8 +23,8 @@ class PreActResNet18(StagedNet):
         stages, in_planes = [], 64
         for index, planes in enumerate((64, 128, 256, 512)):
             stride = 1 if index == 0 else 2
-            stages.append(nn.Sequential(PreActBlockOnActivated(in_planes, planes, stride),
-                                        PreActBlockOnActivated(planes, planes, 1)))
+            stages.append(nn.Sequential(PreActBlock(in_planes, planes, stride, identity_on_activated=True),
+                                        PreActBlock(planes, planes, 1, identity_on_activated=True)))
             in_planes = planes
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(512, num_classes)

@@ -17,10 +17,13 @@ from .registry import register_model
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut; where the shape changes, the shortcut is a
-    1x1 conv applied to the pre-activated input (so the input's BN-ReLU serves both paths)."""
+    1x1 conv applied to the pre-activated input (so the input's BN-ReLU serves both paths).
+    ``identity_on_activated``: the identity shortcut adds the pre-activated input too, not x (the
+    CS-KD / PS-KD PreAct ResNet-18, models/preact_resnet.py)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int, identity_on_activated: bool = False):
         super().__init__()
+        self.identity_on_activated = identity_on_activated
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -32,7 +35,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activated = F.relu(self.bn1(x))
         out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
-        shortcut = x if self.projection is None else self.projection(activated)
+        if self.projection is not None:
+            shortcut = self.projection(activated)
+        else:
+            shortcut = activated if self.identity_on_activated else x
         return out + shortcut
 
 

@@ -162,9 +162,9 @@ def test_imagenet_tffd_configs_use_the_28_14_7_stages():
 
 def test_preact_resnet18_identity_shortcut_adds_the_preactivated_input():
     """The quirk of the CS-KD / PS-KD network: out + relu(bn1(x)), not out + x."""
-    from models.preact_resnet import PreActBlockOnActivated
+    from models.wrn import PreActBlock
 
-    block = PreActBlockOnActivated(4, 4, 1).eval()
+    block = PreActBlock(4, 4, 1, identity_on_activated=True).eval()
     torch.nn.init.zeros_(block.conv2.weight)  # the residual branch adds nothing
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
