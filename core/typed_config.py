@@ -333,6 +333,7 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             help_text += f" (one of: {', '.join(map(str, field.metadata['choices']))})"
         bounds = field.metadata.get("bounds")
         if bounds:
-            help_text += " (" + ", ".join(f"{_BOUND_TESTS[name][1]} {_number(bound)}" for name, bound in bounds.items()) + ")"
+            ranges = (f"{_BOUND_TESTS[name][1]} {_number(bound)}" for name, bound in bounds.items())
+            help_text += f" ({', '.join(ranges)})"
         rows.append((key, type_name(hints[field.name]), getattr(instance, field.name), help_text))
     return rows

@@ -18,7 +18,9 @@ from .sharding import epoch_generator, rank_positions, train_indices
 SAMPLERS = Registry("sampler")  # name -> partners(labels, seed, epoch, rank, world_size) -> count x M
 register_sampler = SAMPLERS.register
 
-PARTNER_STREAM = 3  # epoch_generator streams: 0 the order, 1 and 2 the augmentation
+# epoch_generator streams: 0 the order; 1 and 2 the device loader's augmentation, 1 + rank the
+# torchvision loader's worker seeds; the partners' stream lies beyond any rank.
+PARTNER_STREAM = 2**20
 
 
 def same_class_partner(labels: torch.Tensor, anchors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -47,7 +47,8 @@ class DataConfig(Options):
     num_classes: int = option(10, "number of classes of the synthetic dataset", min=2, max=100_000)
     num_train: int = option(5000, "training images of the synthetic dataset", min=1, max=10_000_000)
     num_test: int = option(1000, "test images of the synthetic dataset", min=1, max=10_000_000)
-    mean: Optional[list[float]] = option(None, "normalisation mean per channel, in [0, 1] pixel units; null = the dataset's own", min=0, max=1)
+    mean: Optional[list[float]] = option(None, "normalisation mean per channel, in [0, 1] pixel units; null = the "
+                                                "dataset's own", min=0, max=1)
     std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own", above=0)
 
 
@@ -72,7 +73,7 @@ class TrainConfig(Options):
     amp: str = option("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + grad scaler)",
                       choices=("none", "bf16", "fp16"))
     channels_last: bool = option(False, "channels_last memory format (faster convolutions on GPUs)")
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = option(False, "torch.compile the whole step: the model, the teacher and every loss term")
     device: str = option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     deterministic: bool = option(False, "deterministic algorithms, for bit-exact reruns and resumes")
     log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)", min=1)

@@ -296,8 +296,8 @@ def tensorboard_hparams(config, override_keys=()) -> dict:
     defaults, but no paths."""
     defaults = hparams_of(type(config)())
     return {key: value for key, value in hparams_of(config).items()
-            if key in IDENTITY_KEYS or key in override_keys
-            or (value != defaults.get(key) and key not in RESUME_MAY_CHANGE)}
+            if key in IDENTITY_KEYS
+            or (key not in RESUME_MAY_CHANGE and (key in override_keys or value != defaults.get(key)))}
 
 
 def hparams_of(config) -> dict:

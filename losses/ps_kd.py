@@ -31,14 +31,9 @@ from .base import LossTerm, StepOutput
 from .registry import register_loss
 
 
-def ps_kd_targets(past: torch.Tensor, targets: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(1 - alpha) * onehot + alpha * past predictions (rows of the batch's samples)."""
-    return (1 - alpha) * F.one_hot(targets, past.shape[1]).to(past.dtype) + alpha * past
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of sum_c -target_c * log softmax(logits)_c."""
-    return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+def ps_kd_loss(logits: torch.Tensor, one_hot: torch.Tensor, past: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Cross-entropy against (1 - alpha) * onehot + alpha * the past predictions, batch mean."""
+    return F.cross_entropy(logits.float(), (1 - alpha) * one_hot + alpha * past)
 
 
 def gather_from_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -76,8 +71,7 @@ class ProgressiveSelfKD(LossTerm):
         indices = step.indices
         one_hot = F.one_hot(step.targets, self.past.shape[1]).to(self.past.dtype)
         past = torch.where(self.seen[indices, None], self.past[indices], one_hot)  # epoch 1: the label
-        alpha = self.config.alpha_T * step.epoch / self.epochs
-        loss = soft_cross_entropy(step.logits, ps_kd_targets(past, step.targets, alpha))
+        loss = ps_kd_loss(step.logits, one_hot, past, self.config.alpha_T * step.epoch / self.epochs)
         with torch.no_grad():  # what the next epoch reads: this pass's predictions, from every rank
             self.past[gather_from_ranks(indices)] = gather_from_ranks(step.logits.detach().float().softmax(dim=1))
             self.seen[gather_from_ranks(indices)] = True

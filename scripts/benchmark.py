@@ -116,9 +116,14 @@ def build_methods(methods: list[str], args, device: torch.device, workdir: Path)
     return experiments
 
 
+def tffd_term(exp) -> TeacherFreeFD:
+    """The experiment's Tf-FD term, without its torch.compile wrapper."""
+    return next(unwrap(term) for term in exp.terms if isinstance(unwrap(term), TeacherFreeFD))
+
+
 def released_term(term, config):
     """The transcription in place of the tffd term, compiled as the builder compiles terms."""
-    if not isinstance(getattr(term, "_orig_mod", term), TeacherFreeFD):
+    if not isinstance(unwrap(term), TeacherFreeFD):
         return term
     released = ReleasedTfFD(config.loss.tffd)
     return torch.compile(released) if config.train.compile else released
@@ -188,7 +193,7 @@ def time_tffd_terms(experiments: dict, args, device: torch.device) -> dict:
     exp = next((exp for method, (_, exp) in experiments.items() if method in ("tffd", "kd_tffd")), None)
     if exp is None:
         return {}
-    term = next(getattr(t, "_orig_mod", t) for t in exp.terms if isinstance(getattr(t, "_orig_mod", t), TeacherFreeFD))
+    term = tffd_term(exp)
     images, targets, _ = next(iter(exp.loaders.train))
     with torch.no_grad(), exp.autocast(device):
         logits, feats = unwrap(exp.model)(images.contiguous(memory_format=exp.memory_format))
@@ -253,7 +258,7 @@ def reference_check(exp, images: torch.Tensor) -> dict:
     """The training term against the released transcription on the model's fp32 stage features."""
     with torch.no_grad():
         logits, feats = unwrap(exp.model)(images.float())
-    term = next(getattr(t, "_orig_mod", t) for t in exp.terms if isinstance(getattr(t, "_orig_mod", t), TeacherFreeFD))
+    term = tffd_term(exp)
     terms = (term, ReleasedTfFD(term.config))
     inputs = [[feature.float().clone().requires_grad_() for feature in feats] for _ in terms]
     targets = torch.zeros(images.shape[0], dtype=torch.long)

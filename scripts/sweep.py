@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.cli import exit_with  # noqa: E402
-from engine.config import load_config  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from engine.run_dir import default_run_dir, overrides_name  # noqa: E402
 
@@ -67,13 +66,12 @@ def parse_seeds(text: str) -> list[int]:
 
 def sweep_jobs(config: str, axes: list[tuple[str, list[str]]], fixed: list[str], seeds: list[int | None],
                root: Path) -> list[Job]:
-    """One job per grid point and seed; every point's config is loaded (and so checked) here."""
+    """One job per grid point and seed (``launch_from_args`` checks every job's config before any starts)."""
     jobs = []
     for values in itertools.product(*(values for _, values in axes)):
         point = [f"{key}={value}" for (key, _), value in zip(axes, values)]
         for seed in seeds:  # None: the grid's own seed axis
             overrides = [*fixed, *point] + ([f"seed={seed}"] if seed is not None else [])
-            load_config(config, overrides)
             run_dir = root / overrides_name(point) / (f"seed{seed}" if seed is not None else "")
             jobs.append(Job(run_dir, config, tuple(overrides)))
     return jobs

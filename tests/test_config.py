@@ -151,3 +151,13 @@ def test_sections_check_their_values_whoever_constructs_them():
     with pytest.raises(ConfigError, match="lr must be a finite number, got nan"):
         TrainConfig(lr=float("nan"))
     ExperimentConfig()  # every default is within its own range
+
+
+def test_hparams_rows_hold_what_tells_runs_apart_but_never_a_path():
+    from engine.trainer import tensorboard_hparams
+
+    config = load_config(REPO / "configs/quickstart.yaml", ["data.root=/somewhere", "loss.tffd.lambda_intra=4e-4"])
+    row = tensorboard_hparams(config, ["data.root", "loss.tffd.lambda_intra"])
+    assert row["loss.tffd.lambda_intra"] == 4e-4  # set on the command line, although equal to the default
+    assert "data.root" not in row and "train.momentum" not in row  # a path; a default left alone
+    assert {"seed", "model.name", "data.name", "loss.terms"} <= set(row)
