@@ -40,3 +40,11 @@ def class_pairs(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_si
     order = train_indices(total, seed, epoch, rank=0, world_size=1)  # the anchor at every position
     partners = same_class_partner(labels, order, epoch_generator(seed, epoch, stream=PARTNER_STREAM))
     return partners[rank_positions(total, rank, world_size)].unsqueeze(1)
+
+
+@register_sampler("second_view")
+def second_view(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
+    """DLB's two views: each sample is its own partner, so every batch also holds a second, independently
+    augmented view of each of its images."""
+    order = train_indices(len(labels), seed, epoch, rank=0, world_size=1)
+    return order[rank_positions(len(labels), rank, world_size)].unsqueeze(1)

@@ -18,11 +18,12 @@ from core.errors import ConfigError
 from data import Loaders, build_dataset, build_loaders
 from data.batch_transforms import build_batch_transforms
 from data.samplers import SAMPLERS
-from losses import LossTerm, build_loss_terms
+from losses import LossTerm, TrainingSetup, build_loss_terms
 from models import build_model
 
 from .checkpoint import load_model_weights
 from .distributed import DistContext
+from .network import TrainingNetwork
 from .schedule import build_scheduler
 from .teacher import FrozenTeacher, build_teacher
 
@@ -36,8 +37,9 @@ class ModelProfile:
 
 @dataclass
 class Experiment:
-    model: nn.Module  # what the step calls: possibly DDP- and compile-wrapped
-    terms: list[LossTerm]
+    network: nn.Module  # what the step calls: the TrainingNetwork, possibly DDP- and compile-wrapped
+    model: nn.Module  # the plain model inside it: what is evaluated and exported
+    terms: list[LossTerm]  # the plain terms inside it (their batch composition runs before the forward)
     teacher: Optional[FrozenTeacher]
     loaders: Loaders
     optimizer: torch.optim.Optimizer
@@ -113,32 +115,37 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     if config.model.weights:
         load_model_weights(model, config.model.weights, what="model.weights")
     profile = profile_model(model, loaders.image_size)
+    setup = TrainingSetup(loaders.num_train, loaders.num_classes, train_cfg.epochs, tuple(profile.feature_shapes))
     for term in terms:
         term.check_features(profile.feature_shapes)
-        term.attach(loaders.num_train, loaders.num_classes, train_cfg.epochs)
-        term.to(dist.device)  # its buffers (per-sample state) live where the step runs
+        term.attach(setup)
     teacher = None
     if any(term.requires_teacher for term in terms):
         teacher = build_teacher(config.teacher, loaders.num_classes, dist.device)
 
     memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
-    model = model.to(dist.device, memory_format=memory_format)
     if teacher is not None:
         teacher = teacher.to(memory_format=memory_format)
+    plain = TrainingNetwork(model, terms).to(dist.device, memory_format=memory_format)
     if dist.distributed and config.model.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        plain = nn.SyncBatchNorm.convert_sync_batchnorm(plain)
+    network = plain
     if dist.distributed:
-        model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    if train_cfg.compile:  # the whole step: the model, the teacher and every loss term
-        model = torch.compile(model)
-        terms = [torch.compile(term) for term in terms]
+        # No buffer broadcast per step: in train mode BatchNorm normalises with each rank's batch, and the
+        # trainer gives every rank rank 0's buffers before each evaluation (PS-KD's N x K table, also a
+        # buffer, is kept equal on every rank by the term itself).
+        network = DistributedDataParallel(plain, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                                          broadcast_buffers=False)
+    if train_cfg.compile:  # the whole step: the model and every loss term in one graph, and the teacher
+        network = torch.compile(network)
         if teacher is not None:
             teacher = torch.compile(teacher)
 
     lr = train_cfg.lr
     if train_cfg.lr_scaling == "linear":
         lr = lr * train_cfg.batch_size / train_cfg.lr_base_batch_size
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg.momentum,
+    # The model's parameters and those of the terms (e.g. BYOT's heads), with the same settings.
+    optimizer = torch.optim.SGD(plain.parameters(), lr=lr, momentum=train_cfg.momentum,
                                 nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
                                 weight_decay=train_cfg.weight_decay,
                                 # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
@@ -147,5 +154,5 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     scheduler = build_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(model, terms, teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
+    return Experiment(network, plain.model, list(plain.terms), teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
                       batch_transforms, memory_format)

@@ -103,6 +103,15 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (a collective); ``[obj]`` alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_buffers(model: torch.nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics) so all ranks evaluate one model."""
     if dist.is_available() and dist.is_initialized():

@@ -10,7 +10,6 @@ from typing import NamedTuple
 import torch
 
 from data.batch_transforms import apply_batch_transforms
-from losses import StepOutput
 
 from .builder import Experiment
 
@@ -35,12 +34,8 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
         images, target_probs = apply_batch_transforms(exp.batch_transforms, images, targets, exp.loaders.num_classes)
     images = images.contiguous(memory_format=exp.memory_format)
     with exp.autocast(images.device):
-        logits, feats = exp.model(images)
         teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-        output = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras, exp.model, indices)
-        terms = {}
-        for term in exp.terms:
-            terms.update(term(output))
+        logits, terms = exp.network(images, targets, epoch, indices, teacher_logits, target_probs, extras)
         total = sum(terms.values())
     return Losses(logits, terms, total, targets)
 

@@ -16,7 +16,7 @@ from core.typed_config import flatten, to_dict
 
 from .builder import Experiment
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
-from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers
+from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
 from .signals import StopRequest
@@ -52,7 +52,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
     return {"loss": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count, "count": int(count)}
 
 
-def load_resume_state(path: Path) -> dict:
+def load_resume_state(path: Path, world_size: int = 1) -> dict:
     """The run checkpoint a resume starts from, checked before the run writes anything."""
     try:
         state = load_checkpoint(path, "run checkpoint")
@@ -61,6 +61,11 @@ def load_resume_state(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
                               f"(resume needs one); pass --overwrite to start over")
+    saved_ranks = len(state.get("rank_terms") or []) or world_size
+    if saved_ranks != world_size:
+        raise CheckpointError(f"{path} holds the per-process state of a loss term (loss.terms) from {saved_ranks} "
+                              f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
+                              f"or pass --overwrite to start over")
     return state
 
 
@@ -73,7 +78,7 @@ class Trainer:
         self.device = dist.device
         # Evaluation needs no DDP (no gradients to reduce; every rank sees its own shard of the test set)
         # and runs the plain module, so that it never goes through a compiled DDP wrapper.
-        self.eval_model = unwrap(experiment.model)
+        self.eval_model = experiment.model
         self.history: list[dict] = []
         self.best_acc1, self.best_epoch = -1.0, 0
         self.global_step = 0
@@ -101,7 +106,7 @@ class Trainer:
                     stopped = stop
                     break
                 train_seconds = time.perf_counter() - began
-                broadcast_buffers(self.exp.model)
+                broadcast_buffers(unwrap(self.exp.network))
                 test = evaluate(self.eval_model, self.exp.loaders.test, self.device, self.exp.memory_format)
                 self.wall_time += time.perf_counter() - began
                 self._report_skipped_images(epoch)
@@ -114,7 +119,7 @@ class Trainer:
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, stop: StopRequest) -> dict | None:
         exp, cfg, device = self.exp, self.train_cfg, self.device
-        exp.model.train()
+        exp.network.train()
         loader = exp.loaders.train
         loader.set_epoch(epoch)
         meter, totals = DeviceMeter(device), {}
@@ -203,19 +208,28 @@ class Trainer:
         self.log.scalars({"images_per_s": images_per_s}, epoch, prefix="epoch/")
         self.log.scalars({"acc1": test["acc1"], "acc5": test["acc5"], "loss": test["loss"]}, epoch, prefix="test/")
         self.log.scalars({tag: value for tag, value in zip(HPARAM_METRICS, (self.best_acc1, test["acc1"]))}, epoch)
+        rank_terms = self._rank_term_states()  # a collective: on every rank
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / LAST, self._state(epoch))
+            save_checkpoint(self.run_dir / LAST, self._state(epoch, rank_terms))
             if is_best:
                 self._copy_last_to_best()
             self._write_metrics(finished=False)
         self.log.flush()
 
-    def _state(self, epoch: int) -> dict:
+    def _rank_term_states(self) -> list | None:
+        """For terms whose state differs between ranks (``LossTerm.per_rank_state``): every rank's
+        ``state_dict()`` of each such term (None for the others), in rank order; None if no term is one."""
+        if not any(term.per_rank_state for term in self.exp.terms):
+            return None
+        return gather_objects([term.state_dict() if term.per_rank_state else None for term in self.exp.terms])
+
+    def _state(self, epoch: int, rank_terms: list | None = None) -> dict:
         exp = self.exp
         state = {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": self.global_step,
-            "model": unwrap(exp.model).state_dict(), "optimizer": exp.optimizer.state_dict(),
-            "terms": [unwrap(term).state_dict() for term in exp.terms],  # per-sample state (PS-KD's)
+            "model": exp.model.state_dict(), "optimizer": exp.optimizer.state_dict(),
+            "terms": [term.state_dict() for term in exp.terms],  # their parameters and per-sample state
+            "rank_terms": rank_terms,
             "scheduler": exp.scheduler.state_dict(), "scaler": exp.scaler.state_dict(),
             "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
             "history": self.history, "torch_rng": torch.get_rng_state(),
@@ -227,9 +241,13 @@ class Trainer:
 
     def _restore(self, state: dict) -> int:
         exp = self.exp
-        unwrap(exp.model).load_state_dict(state["model"])
+        exp.model.load_state_dict(state["model"])
         for term, term_state in zip(exp.terms, state["terms"]):
-            unwrap(term).load_state_dict(term_state)
+            term.load_state_dict(term_state)
+        if state.get("rank_terms"):  # this rank's own state of the per-rank terms (checked: same world size)
+            for term, term_state in zip(exp.terms, state["rank_terms"][self.dist.rank]):
+                if term_state is not None:
+                    term.load_state_dict(term_state)
         exp.optimizer.load_state_dict(state["optimizer"])
         exp.scheduler.load_state_dict(state["scheduler"])
         exp.scaler.load_state_dict(state["scaler"])

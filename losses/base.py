@@ -13,6 +13,15 @@ import torch
 import torch.nn as nn
 
 
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a term may need to know of the run before it trains (``LossTerm.attach``)."""
+    num_samples: int  # training-set size (for per-sample state)
+    num_classes: int
+    epochs: int
+    feature_shapes: tuple[tuple[int, int, int], ...]  # the model's stage features, C x H x W, shallow to deep
+
+
 @dataclass
 class StepOutput:
     logits: torch.Tensor
@@ -38,10 +47,14 @@ class LossTerm(nn.Module):
     requires_teacher: bool = False
     #: the data/samplers.py sampler whose partners the loaders append to every batch, if the term needs one
     sampler: Optional[str] = None
+    #: whether the term's state differs between DDP ranks (DLB's last batch): the checkpoint then keeps
+    #: every rank's ``state_dict()``, and a resume needs the same number of processes
+    per_rank_state: bool = False
 
-    def attach(self, num_samples: int, num_classes: int, epochs: int) -> None:
-        """Called once by the builder with the training set's size, the class count and the epochs of
-        the run, for a term that keeps per-sample state (its buffers are saved in every checkpoint)."""
+    def attach(self, setup: TrainingSetup) -> None:
+        """Called once by the builder, before the optimizer is made, for a term with state of its own:
+        per-sample buffers (PS-KD) or parameters (BYOT's heads), which the optimizer then trains.
+        Its parameters and buffers are saved in every checkpoint, never in the exported model."""
 
     def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices: Optional[torch.Tensor]):
         """What the step trains on, from the loader's batch: ``(images, targets, indices, extras)``. The

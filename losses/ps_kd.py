@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from core.typed_config import Options, option
 
-from .base import LossTerm, StepOutput
+from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
 
 
@@ -60,10 +60,10 @@ class ProgressiveSelfKD(LossTerm):
         self.register_buffer("past", torch.zeros(0, 0))  # N x K, made by attach()
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))  # rows written at least once
 
-    def attach(self, num_samples: int, num_classes: int, epochs: int) -> None:
-        self.epochs = epochs
-        self.past = torch.zeros(num_samples, num_classes)
-        self.seen = torch.zeros(num_samples, dtype=torch.bool)
+    def attach(self, setup: TrainingSetup) -> None:
+        self.epochs = setup.epochs
+        self.past = torch.zeros(setup.num_samples, setup.num_classes)
+        self.seen = torch.zeros(setup.num_samples, dtype=torch.bool)
 
     def forward(self, step: StepOutput):
         if step.indices is None:

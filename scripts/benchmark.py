@@ -110,23 +110,22 @@ def build_methods(methods: list[str], args, device: torch.device, workdir: Path)
     for method in methods:
         config = method_config("tffd" if method == "tffd_released" else method, args, overrides)
         exp = build_experiment(config, dist)
-        if method == "tffd_released":
-            exp.terms = [released_term(term, config) for term in exp.terms]
+        if method == "tffd_released":  # swapped in before the first step, so before any compilation
+            network = unwrap(exp.network)
+            network.terms = torch.nn.ModuleList([released_term(term, config) for term in network.terms])
+            exp.terms = list(network.terms)
         experiments[method] = (config, exp)
     return experiments
 
 
 def tffd_term(exp) -> TeacherFreeFD:
-    """The experiment's Tf-FD term, without its torch.compile wrapper."""
-    return next(unwrap(term) for term in exp.terms if isinstance(unwrap(term), TeacherFreeFD))
+    """The experiment's Tf-FD term."""
+    return next(term for term in exp.terms if isinstance(term, TeacherFreeFD))
 
 
 def released_term(term, config):
-    """The transcription in place of the tffd term, compiled as the builder compiles terms."""
-    if not isinstance(unwrap(term), TeacherFreeFD):
-        return term
-    released = ReleasedTfFD(config.loss.tffd)
-    return torch.compile(released) if config.train.compile else released
+    """The transcription in place of the tffd term (compiled with the network, as the builder does)."""
+    return ReleasedTfFD(config.loss.tffd) if isinstance(term, TeacherFreeFD) else term
 
 
 # ---------------------------------------------------------------- timing
@@ -144,7 +143,7 @@ def train_steps(exp, batches: list, steps: int, epoch: int) -> None:
 def time_methods(experiments: dict, args, device: torch.device) -> dict:
     runs = {}
     for method, (config, exp) in experiments.items():
-        exp.model.train()
+        exp.network.train()
         exp.loaders.train.set_epoch(1)
         # The last epoch of the schedule: past any loss warm-up, so every term does its full work.
         batches = list(exp.loaders.train)
@@ -196,7 +195,7 @@ def time_tffd_terms(experiments: dict, args, device: torch.device) -> dict:
     term = tffd_term(exp)
     images, targets, _ = next(iter(exp.loaders.train))
     with torch.no_grad(), exp.autocast(device):
-        logits, feats = unwrap(exp.model)(images.contiguous(memory_format=exp.memory_format))
+        logits, feats = exp.model(images.contiguous(memory_format=exp.memory_format))
     leaves = [feature.detach().requires_grad_() for feature in feats]
     step = StepOutput(logits, leaves, targets, epoch=10**6)
     terms = {"tffd": term, "tffd_released": ReleasedTfFD(term.config)}
@@ -257,7 +256,7 @@ def time_loaders(args, device: torch.device) -> dict:
 def reference_check(exp, images: torch.Tensor) -> dict:
     """The training term against the released transcription on the model's fp32 stage features."""
     with torch.no_grad():
-        logits, feats = unwrap(exp.model)(images.float())
+        logits, feats = exp.model(images.float())
     term = tffd_term(exp)
     terms = (term, ReleasedTfFD(term.config))
     inputs = [[feature.float().clone().requires_grad_() for feature in feats] for _ in terms]

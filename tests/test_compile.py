@@ -25,8 +25,10 @@ def test_compiled_step_equals_eager_and_compiles_every_term(monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()
     eager, compiled = experiment(), experiment("train.compile=true")
-    assert all(hasattr(term, "_orig_mod") for term in compiled.terms), "every loss term is compiled"
-    assert hasattr(compiled.model, "_orig_mod")
+    # One graph: the TrainingNetwork (the model and every loss term) is compiled as a whole.
+    assert hasattr(compiled.network, "_orig_mod") and not hasattr(eager.network, "_orig_mod")
+    assert compiled.network._orig_mod.model is compiled.model
+    assert list(compiled.network._orig_mod.terms) == compiled.terms
     eager.loaders.train.set_epoch(1)
     batches = list(eager.loaders.train)[:2]
     with torch._dynamo.config.patch(error_on_recompile=False):

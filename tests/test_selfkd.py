@@ -14,7 +14,7 @@ import data.batch_transforms as bt
 from conftest import REPO, SMOKE, read_metrics, run_train, train_command, train_env
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
-from losses import StepOutput
+from losses import StepOutput, TrainingSetup
 from losses.ce import CEConfig, CrossEntropy
 from losses.tf_kd_reg import TfKDRegConfig, TfKDRegularization, tf_kd_reg_loss, virtual_teachers
 
@@ -277,7 +277,7 @@ def test_ps_kd_first_epoch_is_ce_then_distils_last_epochs_predictions():
     from losses.ps_kd import ProgressiveSelfKD, PSKDConfig
 
     term = ProgressiveSelfKD(PSKDConfig(alpha_T=0.8))
-    term.attach(num_samples=5, num_classes=3, epochs=4)
+    term.attach(TrainingSetup(num_samples=5, num_classes=3, epochs=4, feature_shapes=()))
     indices, targets = torch.tensor([3, 1]), torch.tensor([2, 0])
     first = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]])
     loss = term(StepOutput(first, [], targets, 1, indices=indices))["ps_kd"]

@@ -1,0 +1,85 @@
+"""DLB, self-distillation from the last mini-batch (Shen et al., CVPR 2022).
+
+Every sample comes in two views (two independent augmentations: ``data/samplers.py`` ``second_view``).
+Step t trains on view 0 of its new batch B_t together with view 1 of the previous batch B_{t-1}; the
+predictions that step t-1 made on view 0 of B_{t-1} (with the weights before its update) teach the
+network's predictions on their view 1:
+
+    L_dlb = T^2 * KL(softmax(z_{t-1}(B_{t-1}, view 0) / T) || softmax(z_t(B_{t-1}, view 1) / T)),  batch mean
+
+and the ``ce`` term is the cross-entropy over all 2B images of the step. This follows the authors'
+code (Meta-knowledge-Lab/DLB ``dlb.py``): the memory of the last batch carries over from one epoch to
+the next, and only the run's very first step has no previous batch (then the step trains on B_t's
+view 0 alone, with CE only). Their code gives T and alpha no defaults; the paper's T = 3, alpha = 1
+are used here. ``train.batch_size`` counts the new samples of a step, which forwards twice that many.
+
+The memory (the last batch's view 1, labels, indices and logits) is state across steps; it lives in
+the term, per process (each DDP rank keeps its own shard's last batch), and goes to the checkpoint
+through ``get_extra_state``, every rank's own (``per_rank_state``), so a killed run resumes exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from core.typed_config import Options, option
+
+from .base import LossTerm, StepOutput
+from .kd import kd_loss
+from .registry import register_loss
+
+MEMORY = ("images", "targets", "indices", "logits")
+
+
+@dataclass
+class DLBConfig(Options):
+    weight: float = option(1.0, "alpha, the weight of the last-mini-batch distillation", min=0)
+    temperature: float = option(3.0, "softmax temperature T", above=0)
+
+
+@register_loss("dlb", DLBConfig)
+class LastMiniBatchKD(LossTerm):
+    sampler = "second_view"
+    per_rank_state = True
+
+    def __init__(self, config: DLBConfig):
+        super().__init__()
+        self.config = config
+        self.memory: dict[str, Optional[torch.Tensor]] = dict.fromkeys(MEMORY)
+        self.pending: dict[str, Optional[torch.Tensor]] = {}  # this step's batch, for the next step
+
+    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices):
+        """From the loader's [B_t view 0; B_t view 1]: train on [B_t view 0; B_{t-1} view 1], and keep
+        B_t's view 1 for the next step."""
+        half = images.shape[0] // 2
+        new = {"images": images[:half], "targets": targets[:half],
+               "indices": indices[:half] if indices is not None else None}
+        self.pending = {"images": images[half:], "targets": targets[half:],
+                        "indices": indices[half:] if indices is not None else None}
+        previous, extras = self.memory, {}
+        if previous["images"] is not None:
+            previous = {name: value.to(images.device) if value is not None else None  # from a checkpoint: on the CPU
+                        for name, value in previous.items()}
+            new["images"] = torch.cat([new["images"], previous["images"]])
+            new["targets"] = torch.cat([new["targets"], previous["targets"]])
+            if new["indices"] is not None and previous["indices"] is not None:
+                new["indices"] = torch.cat([new["indices"], previous["indices"]])
+            extras["dlb_teacher_logits"] = previous["logits"]
+        return new["images"], new["targets"], new["indices"], extras
+
+    def forward(self, step: StepOutput):
+        teacher = step.extras.get("dlb_teacher_logits")
+        fresh = step.logits.shape[0] - (teacher.shape[0] if teacher is not None else 0)
+        self.memory = {**self.pending, "logits": step.logits[:fresh].detach().float()}
+        if teacher is None:  # the run's first step: nothing to distil from yet
+            return {"dlb": step.logits.new_zeros(())}
+        return {"dlb": self.config.weight * kd_loss(step.logits[fresh:], teacher, self.config.temperature)}
+
+    def get_extra_state(self):
+        """The memory, on the CPU (checkpoints are gathered from every rank as objects and saved from there)."""
+        return {name: value.cpu() for name, value in self.memory.items() if value is not None}
+
+    def set_extra_state(self, state) -> None:
+        self.memory = {name: state.get(name) for name in MEMORY}
