@@ -91,6 +91,12 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
         lock.release()
 
 
+def term_parameters(experiment) -> str:
+    """The loss terms' own parameters (e.g. BYOT's heads), which train with the model but are not exported."""
+    count = sum(p.numel() for term in experiment.terms for p in term.parameters())
+    return f" (+{count / 1e6:.3f}M in loss terms, trained, not exported)" if count else ""
+
+
 def header(config, resolved: dict, experiment, dist, run_dir: Path, mode: str) -> str:
     profile, loaders = experiment.profile, experiment.loaders
     device = str(dist.device)
@@ -101,7 +107,7 @@ def header(config, resolved: dict, experiment, dist, run_dir: Path, mode: str) -
         f"run directory: {run_dir} ({mode})",
         "resolved config:",
         yaml.safe_dump(resolved, sort_keys=False).rstrip(),
-        f"model: {config.model.name}, {profile.parameters / 1e6:.3f}M parameters, "
+        f"model: {config.model.name}, {profile.parameters / 1e6:.3f}M parameters{term_parameters(experiment)}, "
         f"{profile.forward_flops / 1e6:.1f}M FLOPs per image forward ({profile.forward_flops / 2e6:.1f}M MACs), "
         f"stage features {shapes}",
         f"loss terms: {', '.join(config.loss.terms)}"

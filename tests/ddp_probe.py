@@ -69,8 +69,8 @@ def install(inject: str | None, rank: int, step: int) -> None:
         code = fit(self)
         if not dist.is_initialized():
             return code
-        model = unwrap(self.exp.model)
-        parameters, buffers = replica_max_abs_diff(model.parameters()), replica_max_abs_diff(model.buffers())
+        network = unwrap(self.exp.network)  # the model and the terms' own parameters (BYOT's heads)
+        parameters, buffers = replica_max_abs_diff(network.parameters()), replica_max_abs_diff(network.buffers())
         if self.dist.is_main:
             print(f"probe: replica max abs diff: parameters {parameters!r} buffers {buffers!r}", flush=True)
         return code
