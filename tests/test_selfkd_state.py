@@ -124,7 +124,9 @@ def test_byot_heads_are_trained_and_checkpointed_but_not_exported(tmp_path):
     # A real run (the same config and seed): the heads train, are in last.pt's "terms" and not in its
     # exported "model", which scripts/evaluate.py loads on its own.
     run_dir = tmp_path / "run"
-    run_train(*args, "--run-dir", str(run_dir), check=True)
+    result = run_train(*args, "--run-dir", str(run_dir), check=True)
+    heads = sum(p.numel() for p in exp.terms[0].parameters())
+    assert f"(+{heads / 1e6:.3f}M in loss terms, trained, not exported)" in result.stdout
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert set(checkpoint["model"]) == set(exp.model.state_dict())
     assert set(checkpoint["terms"][0]) == set(exp.terms[0].state_dict())
@@ -216,13 +218,13 @@ def test_a_checkpoint_of_per_rank_state_resumes_only_with_as_many_processes(tmp_
 
 
 # ---------------------------------------------------------------- runs: learning, exact resume
-def test_dlb_learns_alone_and_with_tffd(tmp_path):
-    for terms in ("ce,dlb", "ce,dlb,tffd"):
+def test_byot_alone_and_dlb_alone_and_with_tffd_learn(tmp_path):  # byot + tffd: above
+    for terms in ("byot", "ce,dlb", "ce,dlb,tffd"):
         run_dir = tmp_path / terms
         run_train(*RUN, f"loss.terms=[{terms}]", "--run-dir", str(run_dir), check=True)
         metrics = read_metrics(run_dir)
         assert metrics["finished"] and metrics["best_acc1"] > 100 / 10 + 15, (terms, metrics["best_acc1"])
-        assert "train_dlb" in metrics["history"][-1]
+        assert f"train_{terms.split(',')[1 if terms.startswith('ce') else 0]}" in metrics["history"][-1]
 
 
 def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_path):
