@@ -7,7 +7,8 @@ A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...
 ``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
 with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run (e.g. its teacher's)
 has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
-train.py. scripts/reproduce_cifar100.sh and scripts/sweep.py both launch through this file.
+train.py. scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
+this file.
 """
 from __future__ import annotations
 

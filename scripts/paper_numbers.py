@@ -1,11 +1,20 @@
-"""The CIFAR-100 top-1 accuracies (%) the Tf-FD paper reports (ECCV 2022 poster; docs/METHOD.md).
+"""Published CIFAR-100 top-1 accuracies (%) that collect_results.py shows beside our runs.
 
-The baseline and KD numbers are those of the CIFAR-100 KD benchmark the poster reuses; the teachers'
-own accuracies are that benchmark's too. The paper does not say whether they are last- or best-epoch
-accuracies, so collect_results.py compares both of ours with them.
+The Tf-FD paper's table (ECCV 2022 poster; docs/METHOD.md): its baseline and KD numbers are those of the
+CIFAR-100 KD benchmark the poster reuses; the teachers' own accuracies are that benchmark's too. The paper
+does not say whether they are last- or best-epoch accuracies, so collect_results.py compares both of ours
+with them.
+
+The self-distillation table (scripts/reproduce_selfkd.sh): Self-KD-Lib's README table and the methods'
+own papers and repositories, each number with its source, backbone and protocol. Where a source reports
+an error rate, the top-1 is written as 100 - that error.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+TFFD_PAPER = ("Tf-FD paper (ECCV 2022), CIFAR-100 table (its baseline, teacher and KD numbers: those of the KD "
+              "benchmark it reuses)")
 BASELINE, TFFD, KD, KD_TFFD = "Baseline", "Tf-FD", "KD", "KD+Tf-FD"
 METHODS = (BASELINE, TFFD, KD, KD_TFFD)  # the table's column order
 
@@ -38,3 +47,68 @@ def paper_top1(dataset: str, model: str, method: str, teacher: str | None) -> fl
         if (cell_model, cell_method, cell_teacher) == (model, method, teacher):
             return acc
     return None
+
+
+# ---------------------------------------------------------------- the self-distillation table
+# A run's row name, from its loss terms (other than ce and tffd) and batch transforms; also the row order.
+SELFKD_NAMES: dict[str, str] = {
+    "ce": "CE", "tf_kd_reg": "Tf-KD-reg", "cs_kd": "CS-KD", "ps_kd": "PS-KD", "byot": "BYOT", "dlb": "DLB",
+    "mixup": "Mixup", "cutmix": "CutMix", "cutout": "Cutout",
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published top-1 of a method used alone (no source reports a method + Tf-FD)."""
+    top1: float
+    source: str               # where it is printed, with the backbone, the protocol and which accuracy
+    backbone: str             # as the source names it
+    model: str | None         # our model of the same architecture, if we have one
+    selfkd_protocol: bool     # trained with Self-KD-Lib's protocol (configs/_base_/schedules/selfkd_200e.yaml)
+    baseline: float | None = None  # the same source's CE number under the same protocol, if it gives one
+
+
+SELFKD_LIB = ("Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch, "
+              "its 200-epoch protocol (the one our configs follow)")
+TF_KD_REPO = ("Tf-KD repository figures (yuanli2333/Teacher-free-Knowledge-Distillation): ResNet18 "
+              "(post-activation, the architecture of our cifar_resnet18), its own protocol: 200 epochs, "
+              "1-epoch warm-up, x0.2 at 60/120/160, RandomRotation(15)")
+PS_KD_README = ("PS-KD README (lgcnsai/PS-KD-Pytorch): PreAct ResNet-18, its own protocol: 300 epochs, "
+                "x0.1 at 150/225; top-1 = 100 - the error it reports (CE 24.18, PS-KD 20.82)")
+PS_KD_README_CS_KD = ("PS-KD README (lgcnsai/PS-KD-Pytorch), its re-run of CS-KD: PreAct ResNet-18, "
+                      "protocol not given; top-1 = 100 - the error it reports (21.30)")
+CUTOUT_PAPER = ("Cutout paper (DeVries and Taylor, 2017; uoguelph-mlrg/Cutout): ResNet-18, its own protocol; "
+                "top-1 = 100 - the error it reports (22.46 -> 21.96)")
+CUTMIX_PAPER = ("CutMix (Yun et al., ICCV 2019; clovaai/CutMix-PyTorch): PyramidNet-200, its own protocol; "
+                "top-1 = 100 - the error it reports (16.45 -> 14.23)")
+BYOT_PAPER = ("BYOT paper (Zhang et al., ICCV 2019) as quoted by the luanyunteng/pytorch-be-your-own-teacher "
+              "README: ResNet18, the deepest classifier (4/4)")
+BYOT_REPO = ("luanyunteng/pytorch-be-your-own-teacher README, its own run: ResNet18 (post-activation), the "
+             "deepest classifier (4/4), its own protocol: 200 epochs, /10 at 75/130/180")
+
+PREACT_18 = "PreAct ResNet-18"
+SELFKD_PUBLISHED: dict[str, tuple[Published, ...]] = {
+    "CE": (Published(76.24, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "Tf-KD-reg": (Published(76.61, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+                  Published(77.36, TF_KD_REPO, "ResNet18", "cifar_resnet18", False, baseline=75.87)),
+    "CS-KD": (Published(78.66, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+              Published(round(100 - 21.30, 2), PS_KD_README_CS_KD, PREACT_18, "preact_resnet18", False)),
+    "PS-KD": (Published(79.31, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+              Published(round(100 - 20.82, 2), PS_KD_README, PREACT_18, "preact_resnet18", False,
+                        baseline=round(100 - 24.18, 2))),
+    "BYOT": (Published(77.88, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+             Published(78.64, BYOT_PAPER, "ResNet18", None, False),
+             Published(78.73, BYOT_REPO, "ResNet18", "cifar_resnet18", False)),
+    "Mixup": (Published(78.68, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "CutMix": (Published(80.17, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+               Published(round(100 - 14.23, 2), CUTMIX_PAPER, "PyramidNet-200", None, False,
+                         baseline=round(100 - 16.45, 2))),
+    "Cutout": (Published(76.66, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+               Published(round(100 - 21.96, 2), CUTOUT_PAPER, "ResNet-18", None, False,
+                         baseline=round(100 - 22.46, 2))),
+}  # none for Tf-FD or DLB on these backbones; none for any method + Tf-FD
+
+
+def selfkd_published(method: str) -> tuple[Published, ...]:
+    """The published numbers of a self-KD row (its name, as SELFKD_NAMES gives it), or ()."""
+    return SELFKD_PUBLISHED.get(method, ())

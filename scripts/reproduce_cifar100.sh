@@ -31,47 +31,23 @@ declare -A TEACHER_OF=([resnet20]=resnet110 [resnet32]=resnet110 [wrn_16_2]=wrn_
 KD_PROTOCOL=(train.batch_size=64 train.lr=0.05)  # for the CE configs, whose schedule is the released code's
 FULL_EPOCHS=240 MILESTONES=(150 180 210) WARMUP_EPOCHS=20
 
-usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
-
-needs_value() { [[ $# -ge 2 ]] || { echo "error: $1 needs a value (see --help)" >&2; exit 2; }; }
-
-SEEDS=0,1,2 EPOCHS="" ROOT="" DATA_ROOT="" LAUNCH_ARGS=() EXTRA=()
+. scripts/reproduce_common.sh
 while [[ $# -gt 0 ]]; do
   [[ $1 == --*=* ]] && set -- "${1%%=*}" "${1#*=}" "${@:2}"  # --opt=value as --opt value
-  case "$1" in
-    --gpus|--jobs) needs_value "$@"; LAUNCH_ARGS+=("$1" "$2"); shift 2 ;;
-    --seeds) needs_value "$@"; SEEDS=$2; shift 2 ;;
-    --epochs) needs_value "$@"; EPOCHS=$2; shift 2 ;;
-    --root) needs_value "$@"; ROOT=$2; shift 2 ;;
-    --data-root) needs_value "$@"; DATA_ROOT=$2; shift 2 ;;
-    --set) needs_value "$@"; EXTRA+=("$2"); shift 2 ;;
-    --dry-run) LAUNCH_ARGS+=(--dry-run); shift ;;
-    -h|--help) usage 0 ;;
-    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
-  esac
+  common_option "$@"; shift "$TAKEN"
 done
-[[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "error: --seeds takes a list like 0,1,2, got '$SEEDS'" >&2; exit 2; }
-IFS=, read -r -a SEED_LIST <<< "$SEEDS"
+check_common_options
 
 COMMON=()
 [[ -n $DATA_ROOT ]] && COMMON+=("data.root=$DATA_ROOT")
 if [[ -n $EPOCHS ]]; then
-  [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "error: --epochs takes a positive integer, got '$EPOCHS'" >&2; exit 2; }
-  scaled=()
-  for m in "${MILESTONES[@]}"; do  # the same schedule compressed in time; milestones below epoch 1 vanish
-    s=$(( m * EPOCHS / FULL_EPOCHS ))
-    (( s >= 1 )) && [[ " ${scaled[*]} " != *" $s "* ]] && scaled+=("$s")
-  done
-  milestones=$(IFS=,; echo "[${scaled[*]}]")
-  COMMON+=("train.epochs=$EPOCHS" "train.milestones=$milestones"
-           "loss.tffd.warmup_epochs=$(( WARMUP_EPOCHS * EPOCHS / FULL_EPOCHS ))")
+  COMMON+=("train.epochs=$EPOCHS" "train.milestones=$(scaled_milestones "${MILESTONES[@]}")"
+           "loss.tffd.warmup_epochs=$(scaled "$WARMUP_EPOCHS")")
   ROOT=${ROOT:-runs/cifar100_e$EPOCHS}
 fi
 ROOT=${ROOT:-runs/cifar100}
 COMMON+=(${EXTRA[@]+"${EXTRA[@]}"})
 
-# One job line per run: [--needs DIR] RUN_DIR CONFIG KEY=VALUE... (see scripts/launch.py), shell-quoted.
-job() { printf '%q ' "$@"; echo; }
 jobs() {
   local teacher student seed row
   for teacher in "${TEACHERS[@]}"; do
@@ -91,4 +67,4 @@ jobs() {
   done
 }
 
-jobs | "$PYTHON" scripts/launch.py - ${LAUNCH_ARGS[@]+"${LAUNCH_ARGS[@]}"}
+jobs | launch

@@ -246,10 +246,15 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     (["--set", "loss.tffd.lambda_intra=-1"], "loss.tffd.lambda_intra must be >= 0, got -1"),
 ])
 def test_reproduce_rejects_bad_options_before_launching_anything(args, message, tmp_path):
-    result = run_script("reproduce_cifar100.sh", "--root", str(tmp_path / "table"), *args, check=False)
+    _assert_rejected("reproduce_cifar100.sh", ["--root", str(tmp_path / "table"), *args], message, tmp_path / "table")
+
+
+def _assert_rejected(script: str, args: list[str], message: str, root: Path) -> None:
+    """The script exits 2 with one error line containing ``message``, printing and writing nothing else."""
+    result = run_script(script, *args, check=False)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
-    assert result.stdout == "" and not (tmp_path / "table").exists()
+    assert result.stdout == "" and not root.exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -300,3 +305,150 @@ def test_a_reader_that_stops_early_gets_no_traceback(command, tmp_path):
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+# ---------------------------------------------------------------- the self-distillation table
+SELFKD_SCRIPT = REPO / "scripts" / "reproduce_selfkd.sh"
+SELFKD_METHODS = re.search(r"^METHODS=\(([^)]*)\)", SELFKD_SCRIPT.read_text(), re.M).group(1).split()
+ALONE_ONLY = {"ce", "tffd"}  # CE + Tf-FD is the tffd run itself
+SELFKD_CONFIGS = REPO / "configs" / "cifar100" / "selfkd"
+
+
+def _selfkd_variants(methods=SELFKD_METHODS) -> list[str]:
+    return [variant for method in methods
+            for variant in ([method] if method in ALONE_ONLY else [method, f"{method}_tffd"])]
+
+
+def _selfkd_dry_run(*args: str) -> list[str]:
+    out = run_script("reproduce_selfkd.sh", "--dry-run", *args).stdout
+    commands = [line for line in out.splitlines() if re.match(r"(# finished: )?python train\.py ", line)]
+    assert out.splitlines()[-1].startswith(f"# {len(commands)} runs: "), out
+    return commands
+
+
+@pytest.mark.parametrize("method", [m for m in SELFKD_METHODS if m not in ALONE_ONLY])
+def test_selfkd_tffd_configs_add_tffd_to_the_method_alone(method):
+    alone = to_dict(load_config(SELFKD_CONFIGS / f"cifar_resnet18_{method}.yaml"))
+    plus = to_dict(load_config(SELFKD_CONFIGS / f"cifar_resnet18_{method}_tffd.yaml"))
+    tffd = to_dict(load_config(SELFKD_CONFIGS / "cifar_resnet18_tffd.yaml"))
+    assert plus["loss"]["terms"] == [*alone["loss"]["terms"], "tffd"]
+    assert plus["batch"] == alone["batch"] and plus["loss"]["tffd"] == tffd["loss"]["tffd"]
+    plus["loss"]["terms"] = alone["loss"]["terms"]
+    assert plus == alone  # nothing else changes: the same protocol, backbone and method settings
+
+
+def test_selfkd_dry_run_lists_every_method_alone_and_with_tffd_per_seed_on_a_scaled_schedule():
+    commands = _selfkd_dry_run("--epochs", "40", "--model", "preact_resnet18")  # the default root, only listed
+    assert len(commands) == 3 * len(_selfkd_variants())
+    seeds, listed = [], set()
+    for command in commands:
+        config, run_dir = _arg(command, "--config"), _arg(command, "--run-dir")
+        variant = re.fullmatch(r"configs/cifar100/selfkd/cifar_resnet18_(\w+)\.yaml", config).group(1)
+        seed = int(command.split(" seed=")[1].split()[0])
+        assert (REPO / config).is_file() and run_dir == f"runs/cifar100_selfkd_e40/preact_resnet18_{variant}/seed{seed}"
+        # 105, 155 -> 21, 31; lr warm-up 5 -> 1; Tf-FD warm-up 20 -> 4 (of 200 epochs)
+        assert f"seed={seed} model.name=preact_resnet18 train.epochs=40 'train.milestones=[21,31]' " \
+               "train.lr_warmup_epochs=1 loss.tffd.warmup_epochs=4 --run-dir" in command
+        seeds.append(seed)
+        listed.add((variant, seed))
+    assert seeds == sorted(seeds)  # seed-major
+    assert listed == {(variant, seed) for variant in _selfkd_variants() for seed in (0, 1, 2)}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "ce,byot_typo"], "error: --methods takes a list of ce tffd "),
+    (["--methods", "ce,"], "got 'ce,'"),
+    (["--model", "resnet20"], "error: --model takes one of cifar_resnet18 preact_resnet18, got 'resnet20'"),
+    (["--epochs", "0"], "error: --epochs takes a positive integer, got '0'"),
+    (["--seeds", "0-2"], "error: --seeds takes a list like 0,1,2, got '0-2'"),
+    (["--root"], "error: --root needs a value (see --help)"),
+    (["--bogus"], "error: unknown option --bogus (see --help)"),
+])
+def test_selfkd_rejects_bad_options_before_launching_anything(args, message, tmp_path):
+    root = ["--root", str(tmp_path / "table")] if args != ["--root"] else []
+    _assert_rejected("reproduce_selfkd.sh", [*root, *args], message, tmp_path / "table")
+
+
+TINY_SELFKD = ["--epochs", "1", "--seeds", "0", "--methods", "ce,cs_kd", "--gpus=", "--jobs", "3",
+               *(f"--set={override}" for override in [
+                   "data.name=synthetic", "data.num_train=64", "data.num_test=32", "data.image_size=8",
+                   "train.batch_size=32", "train.eval_batch_size=64", "train.log_interval=1"])]
+
+
+@pytest.fixture(scope="module")
+def selfkd_table(tmp_path_factory):
+    """A one-epoch synthetic pass of two methods through reproduce_selfkd.sh: CE, CS-KD, CS-KD + Tf-FD."""
+    root = tmp_path_factory.mktemp("selfkd")
+    result = run_script("reproduce_selfkd.sh", "--root", str(root), *TINY_SELFKD)
+    return root, result
+
+
+def test_selfkd_tiny_run_trains_each_method_alone_and_with_tffd(selfkd_table):
+    root, result = selfkd_table
+    assert "3 runs: 0 already finished, 3 to run" in result.stdout
+    for variant, terms in (("ce", ["ce"]), ("cs_kd", ["ce", "cs_kd"]), ("cs_kd_tffd", ["ce", "cs_kd", "tffd"])):
+        run_dir = root / f"cifar_resnet18_{variant}" / "seed0"
+        assert read_metrics(run_dir)["finished"]
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert saved["loss"]["terms"] == terms and saved["model"]["name"] == "cifar_resnet18"
+        assert saved["train"]["epochs"] == 1 and saved["train"]["milestones"] == []
+        assert saved["train"]["lr_warmup_epochs"] == 0 and saved["loss"]["tffd"]["warmup_epochs"] == 0
+
+
+def test_selfkd_rerun_skips_the_finished_runs(selfkd_table):
+    root, _ = selfkd_table
+    again = run_script("reproduce_selfkd.sh", "--root", str(root), *TINY_SELFKD).stdout
+    assert "3 runs: 3 already finished, 0 to run" in again and "started" not in again
+
+
+def test_collect_results_shows_the_tiny_selfkd_pass_as_method_by_alone_and_tffd(selfkd_table, capfd):
+    root, _ = selfkd_table
+    out, _ = call(collect_results.main, capfd, str(root))
+    m = {variant: read_metrics(root / f"cifar_resnet18_{variant}" / "seed0")
+         for variant in ("ce", "cs_kd", "cs_kd_tffd")}
+    assert "### Self-distillation: method × {alone, + Tf-FD}" in out
+    assert "| method | alone: last-epoch top-1 | alone: best-epoch top-1 | + Tf-FD: last-epoch top-1 | " \
+           "+ Tf-FD: best-epoch top-1 |" in out
+    ce, cs_kd, plus = m["ce"], m["cs_kd"], m["cs_kd_tffd"]
+    assert (f"| CE | {ce['last_acc1']:.2f} | {ce['best_acc1']:.2f} | – | – | – | 76.24 [1]† | – | "
+            "1/1 finished | – |") in out, out
+    assert (f"| CS-KD | {cs_kd['last_acc1']:.2f} | {cs_kd['best_acc1']:.2f} | {plus['last_acc1']:.2f} | "
+            f"{plus['best_acc1']:.2f} | {plus['best_acc1'] - cs_kd['best_acc1']:+.2f} | "
+            "78.66 [1]†; 78.70 [2]† | – | 1/1 finished | 1/1 finished |") in out, out
+    assert "Not Self-KD-Lib's CIFAR-100 protocol (dataset synthetic, not cifar100;" in out
+    assert "| Baseline |" not in out and "missing" not in out  # no Tf-FD paper table for self-KD runs
+
+
+def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs(tmp_path, capfd):
+    bests = {0: 76.0, 1: 76.6}
+    for seed, best in bests.items():
+        _fake_run(tmp_path / "preact_resnet18_ce" / f"seed{seed}", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml",
+                  [f"seed={seed}", "model.name=preact_resnet18"], best - 0.5, best)
+    for variant in ("mixup", "mixup_tffd"):
+        _fake_run(tmp_path / f"preact_resnet18_{variant}" / "seed0",
+                  f"configs/cifar100/selfkd/cifar_resnet18_{variant}.yaml", ["model.name=preact_resnet18"], 78.0, 78.5)
+    _fake_run(tmp_path / "cifar_resnet18_ce" / "seed0", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml", [],
+              75.0, 75.5)
+    _fake_run(tmp_path / "resnet20_cutout" / "seed0", "configs/cifar100/resnet20_ce.yaml",
+              ["batch.transforms=[cutout]"], 69.0, 69.5)  # a self-KD method on a Tf-FD paper backbone
+    csv_path = tmp_path / "table.csv"
+    out, _ = call(collect_results.main, capfd, str(tmp_path), "--csv", str(csv_path))
+    tables = dict(re.findall(r"#### (\S+) on cifar100[^\n]*\n(.*?)(?=\n####|\Z)", out, re.S))  # model -> table
+    preact, cifar_resnet18 = tables["preact_resnet18"], tables["cifar_resnet18"]
+    mean = statistics.fmean(bests.values())
+    assert "Self-KD-Lib's CIFAR-100 protocol (configs/_base_/schedules/selfkd_200e.yaml)." in preact
+    assert f"| CE | {mean - 0.5:.2f} ± 0.42 | {mean:.2f} ± 0.42 | – | – | – | 76.24 [1] | {mean - 76.24:+.2f} |" \
+        in preact  # like-for-like: no †, and the difference from it
+    assert "| Mixup | 78.00 | 78.50 | 78.00 | 78.50 | +0.00 | 78.68 [1] | -0.18 | 1/1 finished | 1/1 finished |" \
+        in preact
+    assert "[1] Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch" in preact
+    assert "Like-for-like with these runs: same backbone and protocol." in preact
+    assert "| CE | 75.00 | 75.50 | – | – | – | 76.24 [1]† | – |" in cifar_resnet18
+    assert "† Not like-for-like: another backbone (PreAct ResNet-18; these runs: cifar_resnet18)." in cifar_resnet18
+    assert "| Cutout | 69.00 | 69.50 |" in tables["resnet20"] and "78.04 (CE 77.54) [2]†" in tables["resnet20"]
+    assert "Cutout paper (DeVries and Taylor, 2017; uoguelph-mlrg/Cutout): ResNet-18" in tables["resnet20"]
+    assert "| Baseline |" not in out and "missing" not in out
+    rows = {(row["model"], row["method"]): row for row in csv.DictReader(csv_path.open())}
+    assert float(rows[("preact_resnet18", "CE")]["paper"]) == 76.24
+    assert rows[("preact_resnet18", "CE")]["paper_source"].startswith("Self-KD-Lib README")
+    assert rows[("preact_resnet18", "Mixup+Tf-FD")]["paper"] == "" and rows[("cifar_resnet18", "CE")]["paper"] == ""
