@@ -43,11 +43,22 @@ def intra_fd(feature: torch.Tensor, detach_salient: bool = False) -> torch.Tenso
     """
     if feature.shape[1] < 2:
         raise ValueError(f"intra_fd needs at least 2 channels, got a feature of shape {tuple(feature.shape)}")
-    order = torch.argsort(channel_salience(feature), descending=True, stable=True)
+    salient, redundant = salient_and_redundant(feature, salience_order(channel_salience(feature)))
+    return F.mse_loss(redundant, salient.detach() if detach_salient else salient)
+
+
+def salience_order(salience: torch.Tensor) -> torch.Tensor:
+    """Channel indices by salience, descending; ties keep the lower channel index first."""
+    return torch.argsort(salience, descending=True, stable=True)
+
+
+def salient_and_redundant(feature: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The halves ``intra_fd`` pairs: channels ``order[:h]`` (salient) and ``order[h:2h]`` (redundant),
+    h = floor(C/2), each N x h x H x W; channel i of one half is paired with channel i of the other."""
     half = feature.shape[1] // 2
     # Both halves gathered in one copy: its backward is one scatter into the feature's gradient.
     salient, redundant = feature.index_select(1, order[: 2 * half]).unflatten(1, (2, half)).unbind(1)
-    return F.mse_loss(redundant, salient.detach() if detach_salient else salient)
+    return salient, redundant
 
 
 def inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
