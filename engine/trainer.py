@@ -15,6 +15,7 @@ from core.errors import CheckpointError
 from core.typed_config import flatten, to_dict
 
 from .builder import Experiment
+from .calibration import ECE_BINS, aurc, calibration_sums, confidences_and_hits, expected_calibration_error
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
@@ -32,24 +33,37 @@ class NonFiniteLoss(Exception):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device,
              memory_format: torch.memory_format = torch.contiguous_format) -> dict:
-    """Top-1/top-5 and mean cross-entropy over the whole test split, summed over ranks.
+    """Top-1/top-5, NLL (mean cross-entropy), ECE and AURC (engine/calibration.py) over the whole test
+    split, exact over ranks: the sums and ECE's bin sums are all-reduced, AURC's confidences gathered.
 
     The model runs in eval mode (BatchNorm's running statistics, not the test batch's) and is put
     back in its previous mode afterwards. It may return logits or ``(logits, stage_features)``."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device)  # loss, hits@1, hits@5, count
+    bins = torch.zeros(3, ECE_BINS, device=device, dtype=torch.float64)
+    confidences, hits = [], []
     try:
         for images, targets in loader:
             output = model(images.contiguous(memory_format=memory_format))
             logits = (output[0] if isinstance(output, tuple) else output).float()
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
             sums += torch.cat([loss.view(1), correct_topk(logits, targets), sums.new_full((1,), targets.shape[0])])
+            confidence, hit = confidences_and_hits(logits, targets)
+            bins += calibration_sums(confidence, hit)
+            confidences.append(confidence)
+            hits.append(hit)
     finally:
         model.train(was_training)
     loss, hits1, hits5, count = all_reduce_sum(sums).tolist()
+    ece = expected_calibration_error(all_reduce_sum(bins))
+    if not confidences:  # an empty shard
+        confidences, hits = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
+    gathered = gather_objects((torch.cat(confidences).cpu(), torch.cat(hits).cpu()))  # ~1e4 floats, once
+    area = aurc(torch.cat([c for c, _ in gathered]), torch.cat([h for _, h in gathered]))
     count = max(count, 1)
-    return {"loss": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count, "count": int(count)}
+    return {"loss": loss / count, "nll": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count,
+            "ece": ece, "aurc": area, "count": int(count)}
 
 
 def load_resume_state(path: Path, world_size: int = 1) -> dict:
@@ -201,12 +215,14 @@ class Trainer:
             self.best_acc1, self.best_epoch = test["acc1"], epoch
         self.log.info(
             f"epoch {epoch}/{self.train_cfg.epochs}  loss {train['loss']:.4f}  train top-1 {train['acc1']:.2f}%  "
-            f"test top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%  best {self.best_acc1:.2f}% (epoch "
+            f"test top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%  NLL {test['nll']:.3f}  "
+            f"ECE {test['ece']:.2f}%  AURC {test['aurc']:.1f}  best {self.best_acc1:.2f}% (epoch "
             f"{self.best_epoch})  lr {train['lr']:.4g}  {seconds:.1f}s  {images_per_s:.0f} img/s"
         )
         self.log.scalars({k: v for k, v in train.items() if k != "count"}, epoch, prefix="epoch/train_")
         self.log.scalars({"images_per_s": images_per_s}, epoch, prefix="epoch/")
-        self.log.scalars({"acc1": test["acc1"], "acc5": test["acc5"], "loss": test["loss"]}, epoch, prefix="test/")
+        self.log.scalars({key: test[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}, epoch,
+                         prefix="test/")
         self.log.scalars({tag: value for tag, value in zip(HPARAM_METRICS, (self.best_acc1, test["acc1"]))}, epoch)
         rank_terms = self._rank_term_states()  # a collective: on every rank
         if self.dist.is_main:
@@ -266,9 +282,12 @@ class Trainer:
 
     def _metrics(self, finished: bool) -> dict:
         last = self.history[-1] if self.history else {}
+        best = next((record for record in self.history if record["epoch"] == self.best_epoch), {})
         return {
             "best_acc1": self.best_acc1 if self.history else None, "best_epoch": self.best_epoch,
             "last_acc1": last.get("test_acc1"), "last_acc5": last.get("test_acc5"),
+            **{f"{which}_{key}": record.get(f"test_{key}") for which, record in (("best", best), ("last", last))
+               for key in CALIBRATION_KEYS},
             "epochs_done": len(self.history), "epochs_total": self.train_cfg.epochs, "finished": finished,
             "test_samples": last.get("test_samples"), "train_samples": self.exp.loaders.num_train,
             "world_size": self.dist.world_size, "wall_time_s": self.wall_time,
@@ -304,6 +323,7 @@ def _bad_terms(names: list[str]) -> list[str]:
     return [name for name in names if name != "loss"] or names
 
 
+CALIBRATION_KEYS = ("nll", "ece", "aurc")  # metrics.json: best_<key> and last_<key>, of the best and last epochs
 HPARAM_METRICS = ("hparam/best_acc1", "hparam/last_acc1")  # per epoch: the best so far and this epoch's
 IDENTITY_KEYS = ("seed", "model.name", "data.name", "loss.terms")  # in every HParams row
 

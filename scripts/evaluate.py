@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy of a checkpoint on a dataset's test split.
+"""Top-1 / top-5 accuracy, NLL, ECE and AURC of a checkpoint on a dataset's test split.
 
     python scripts/evaluate.py runs/cifar100/resnet110_ce/best.pt                 # the run's own config
     python scripts/evaluate.py weights.pt --config configs/cifar100/resnet20_ce.yaml [KEY=VALUE ...]
@@ -28,7 +28,7 @@ def evaluate_checkpoint(checkpoint: Path, config_path: Path | None, overrides: l
     result = evaluate(trained.model, trained.loaders.test, trained.device)
     config = trained.config
     return {"checkpoint": str(checkpoint), "model": config.model.name, "dataset": config.data.name,
-            "images": result["count"], "acc1": result["acc1"], "acc5": result["acc5"], "loss": result["loss"]}
+            "images": result["count"], **{key: result[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}}
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
         print(json.dumps(result))
     else:
         print(f"{result['model']} {result['checkpoint']} on {result['dataset']} test ({result['images']} images): "
-              f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+              f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  NLL {result['nll']:.4f}  "
+              f"ECE {result['ece']:.2f}%  AURC {result['aurc']:.1f} (x1e3)")
     return 0
 
 

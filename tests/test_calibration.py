@@ -66,3 +66,37 @@ def test_aurc_extremes():
     # The best ranking (errors least confident) beats the worst one.
     assert aurc(confidence, torch.tensor([True, True, False])) < aurc(confidence, torch.tensor([False, True, True]))
     assert math.isnan(aurc(torch.tensor([]), torch.tensor([], dtype=torch.bool)))
+
+
+# ---------------------------------------------------------------- in a run: metrics.json, TensorBoard, evaluate.py
+def test_every_evaluation_reports_nll_ece_and_aurc(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+
+    run_dir = tmp_path / "run"
+    result = run_train(*SMOKE, "--run-dir", str(run_dir), check=True)
+    metrics = read_metrics(run_dir)
+    for record in metrics["history"]:
+        assert 0 <= record["test_ece"] <= 100 and 0 <= record["test_aurc"] <= 1000
+        assert record["test_nll"] == record["test_loss"]  # "loss" stays, for readers of older runs
+    best = metrics["history"][metrics["best_epoch"] - 1]
+    for key in ("nll", "ece", "aurc"):
+        assert metrics[f"best_{key}"] == best[f"test_{key}"] and metrics[f"last_{key}"] == metrics["history"][-1][f"test_{key}"]
+    assert f"ECE {metrics['last_ece']:.2f}%" in result.stdout and f"AURC {metrics['last_aurc']:.1f}" in result.stdout
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    for tag in ("test/nll", "test/ece", "test/aurc"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    assert events.Scalars("test/ece")[-1].value == pytest.approx(metrics["last_ece"], rel=1e-6)
+    # scripts/evaluate.py on best.pt: the best epoch's numbers.
+    evaluated = subprocess.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(run_dir / "best.pt"), "--json"],
+                               cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    figures = json.loads(evaluated.stdout)
+    for key in ("nll", "ece", "aurc"):
+        assert figures[key] == pytest.approx(metrics[f"best_{key}"], rel=1e-5, abs=1e-6), key

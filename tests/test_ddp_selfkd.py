@@ -3,7 +3,13 @@ with parameters (BYOT's heads, whose gradients DDP must reduce), per-sample stat
 (PS-KD's table) and per-rank state across steps (DLB's last batch), through a kill and a resume."""
 from __future__ import annotations
 
-from conftest import REPO, run_train
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_train, train_env
 from engine.checkpoint import load_checkpoint
 from test_ddp import (CONFIG, FIRST_STEP_TOLERANCE, SMALL, STEPS_PER_EPOCH, TIMEOUT, assert_finished, dist_train,
                       replica_differences, torchrun_probe, train_loss_curve)
@@ -22,6 +28,14 @@ def test_cs_kd_pairs_each_ranks_anchors_like_the_one_process_run(tmp_path):
     # Step 1, before any update: the same anchors and partners; only BatchNorm's per-rank statistics differ.
     first_two, first_one = (train_loss_curve(tmp_path / name)[1] for name in ("two", "one"))
     assert abs(first_two - first_one) / first_one <= FIRST_STEP_TOLERANCE, (first_two, first_one)
+    # Calibration is summed exactly over the ranks' test shards: one process evaluating best.pt on the
+    # whole test set gets the best epoch's ECE and AURC (an average of per-rank ECEs would not).
+    evaluated = subprocess.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(tmp_path / "two" / "best.pt"),
+                                "--json"], cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    figures = json.loads(evaluated.stdout)
+    for key in ("ece", "aurc", "nll"):
+        assert figures[key] == pytest.approx(metrics[f"best_{key}"], rel=1e-5, abs=1e-5), key
 
 
 def test_heads_and_state_train_alike_on_every_rank_and_resume_exactly(tmp_path):
