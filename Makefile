@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with Python 3 and make:
+#   make quickstart   create .venv, install requirements.txt, train the offline quickstart
+#   make test         create .venv, install requirements-dev.txt, run the test suite (what CI runs)
+# PYTHON picks the interpreter that creates the venv (default python3).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test clean-venv
+
+quickstart: $(VENV)/.requirements
+	$(BIN)/python train.py --config configs/quickstart.yaml
+
+test: $(VENV)/.requirements-dev
+	$(BIN)/python -m pytest -q tests
+
+# A stamp per requirements file: reinstalled only when the file changes.
+$(VENV)/.requirements: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.requirements-dev: requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.requirements
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+clean-venv:
+	rm -rf $(VENV)
