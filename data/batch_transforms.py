@@ -6,7 +6,10 @@ A transform returns the new images and the label distribution of each one, an N 
 one-hot labels where it mixes none). What each loss term does with a mixed label distribution:
 ``ce`` takes the cross-entropy against it (for Mixup and CutMix exactly lam * CE(y_a) + (1 - lam) *
 CE(y_b)); ``kd`` and ``tffd`` never read labels (the teacher and the features see the mixed images);
-``tf_kd_reg`` mixes its virtual teachers in the same proportions. The hard labels (``targets``) stay
+``tf_kd_reg`` mixes its virtual teachers in the same proportions; ``ps_kd`` puts the mixed labels in
+place of the one-hot ones, (1 - alpha_t) * mixed + alpha_t * the image's past prediction; ``byot`` takes
+every exit's cross-entropy against them; ``cs_kd`` and ``dlb`` distil predictions and read no label.
+The hard labels (``targets``) stay
 those of the unmixed images and are what the training top-1 is counted against.
 
 Random draws use PyTorch's global generators (the CPU's for the mixing factors, the device's for

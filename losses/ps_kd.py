@@ -71,7 +71,8 @@ class ProgressiveSelfKD(LossTerm):
         indices = step.indices
         one_hot = F.one_hot(step.targets, self.past.shape[1]).to(self.past.dtype)
         past = torch.where(self.seen[indices, None], self.past[indices], one_hot)  # epoch 1: the label
-        loss = ps_kd_loss(step.logits, one_hot, past, self.config.alpha_T * step.epoch / self.epochs)
+        labels = one_hot if step.target_probs is None else step.target_probs.to(one_hot.dtype)  # mixed, if mixed
+        loss = ps_kd_loss(step.logits, labels, past, self.config.alpha_T * step.epoch / self.epochs)
         with torch.no_grad():  # what the next epoch reads: this pass's predictions, from every rank
             self.past[gather_from_ranks(indices)] = gather_from_ranks(step.logits.detach().float().softmax(dim=1))
             self.seen[gather_from_ranks(indices)] = True

@@ -243,3 +243,26 @@ def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_pat
     assert all(torch.equal(ours["model"][key], value) for key, value in theirs["model"].items())
     assert all(torch.equal(ours["terms"][0][key], value) for key, value in theirs["terms"][0].items())
     assert read_metrics(resumed)["history"][-1]["train_loss"] == read_metrics(reference)["history"][-1]["train_loss"]
+
+
+# ---------------------------------------------------------------- mixed labels (Mixup, CutMix)
+def test_ps_kd_and_byot_take_mixed_labels_in_place_of_the_one_hot_ones():
+    from losses.ps_kd import ProgressiveSelfKD, PSKDConfig
+
+    term = ProgressiveSelfKD(PSKDConfig(alpha_T=0.5))
+    term.attach(TrainingSetup(num_samples=2, num_classes=3, epochs=2, feature_shapes=()))
+    term.past[:] = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
+    term.seen[:] = True
+    logits, targets, indices = torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([1, 0])
+    mixed = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.7, 0.3]])
+    value = term(StepOutput(logits, [], targets, epoch=2, target_probs=mixed, indices=indices))["ps_kd"]
+    expected_target = 0.5 * mixed + 0.5 * torch.tensor([[0.6, 0.2, 0.2], [0.2, 0.3, 0.5]])  # alpha_t = 0.5 * 2/2
+    torch.testing.assert_close(value, -(expected_target * logits.log_softmax(1)).sum(1).mean())
+
+    heads = byot(alpha=0.0)
+    feats = [torch.randn(2, *shape) for shape in SHAPES]
+    final = torch.randn(2, 5)
+    mixed = torch.tensor([[0.5, 0.5, 0, 0, 0], [0, 0, 0.2, 0.8, 0]])
+    losses = heads(StepOutput(final, feats, torch.tensor([0, 2]), 1, target_probs=mixed))
+    exits = [c(h(feats[s - 1])) for s, h, c in zip(heads.stages, heads.heads, heads.classifiers)]
+    torch.testing.assert_close(losses["byot_ce"], sum(F.cross_entropy(z, mixed) for z in [*exits, final]))
