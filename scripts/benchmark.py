@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (train.amp)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model and teacher (train.compile)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step: model and loss terms in one graph, and the teacher (train.compile)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last format (train.channels_last)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}; "
                         "must include ce, the baseline of every ratio")
