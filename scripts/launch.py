@@ -322,7 +322,7 @@ def check_executor_options(args: argparse.Namespace) -> None:
     if args.nodes > 1 and args.gpus_per_job < 1:
         raise UserError("--nodes > 1 needs --gpus-per-job >= 1")
     if not args.dry_run:
-        missing = [tool for tool in ("sbatch", "squeue") if shutil.which(tool) is None]
+        missing = [tool for tool in ("sbatch", "squeue", "srun") if shutil.which(tool) is None]
         if missing:
             raise UserError(f"--executor slurm needs {missing[0]} on PATH (is this a SLURM login node?)")
         try:
