@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -224,3 +225,23 @@ def _call(function, errors: list) -> None:
         function()
     except RuntimeError as error:
         errors.append(error)
+
+
+def test_sweep_and_reproduce_take_the_executor_options(tmp_path, slurm, capfd):
+    import sweep
+
+    submissions, _ = slurm
+    root = tmp_path / "sweep"
+    returned = status_of(sweep.main, ["--config", str(REPO / "configs/quickstart.yaml"), "--root", str(root),
+                                      "--grid", "train.lr=0.1,0.2", *SLURM_ARGS])
+    out, _ = capfd.readouterr()
+    assert returned == 0, out
+    (array,) = submissions()
+    assert "--array=0-1%2" in array["flags"] and "--partition=gpu_p" in array["flags"]
+    assert submit_slurm.recorded_job(root / "train.lr=0.1" / "seed0") == f"{array['id']}_0"
+    assert (root / "slurm").is_dir()  # submitit's files beside the sweep's runs
+    rejected = subprocess.run(["bash", str(REPO / "scripts/reproduce_cifar100.sh"), "--root", str(tmp_path / "t"),
+                               "--executor", "slurm", "--timeout-min", "0"], cwd=REPO, capture_output=True,
+                              text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+    assert rejected.returncode == 2 and rejected.stdout == ""
+    assert rejected.stderr.strip() == "error: --timeout-min must be >= 1, got 0"
