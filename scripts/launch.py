@@ -1,7 +1,8 @@
-"""Run a list of train.py jobs on a pool of GPUs: a few at a time, each pinned to one GPU, finished
+"""Run a list of train.py jobs on a pool of GPUs (a few at a time, each pinned to one GPU) or on SLURM, finished
 runs skipped, so the same launch can be repeated after a crash or a preemption until all are done.
 
     python scripts/launch.py JOB_FILE|- [--gpus 0,1,2,3] [--jobs N] [--dry-run]
+    python scripts/launch.py JOB_FILE|- --executor slurm [--partition P] [--gpus-per-job N] [--timeout-min M] [--dry-run]
 
 A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...]``; blank lines and
 ``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
@@ -9,12 +10,26 @@ with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run
 has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
 train.py. scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
 this file.
+
+Executors (``--executor``), one job list and one skip rule for both:
+  local  (default) this machine: a pool of one job per visible GPU (``--gpus``, ``--jobs``), one at a time
+         on the CPU; waits until every job is done. This is our own pool, not submitit's LocalExecutor,
+         because that one starts every job at once on the same first GPUs (it hands each job
+         ``visible_gpus[:gpus_per_node]``) and knows no dependencies, so it cannot pin one job per GPU.
+  slurm  submit every run as a SLURM job through submitit and return at once (scripts/submit_slurm.py):
+         ``--partition P --gpus-per-job N --timeout-min M [--nodes K] [--slurm-log-dir DIR]``; runs
+         whose needs are met go in one job array, a run whose need is not finished waits on that run's
+         job (``afterok:<id>``). Finished runs and runs whose job (kept in ``RUN_DIR.slurm.json``) is
+         still queued or running are skipped; failed or unfinished ones are resubmitted and resume from
+         last.pt. At a time limit or a preemption the job saves (train.py gets SIGTERM) and is requeued.
+``--dry-run`` prints the plan (for slurm: the sbatch parameters and dependencies) and submits nothing.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +47,7 @@ from engine.run_dir import read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
 POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
+DEFAULT_TIMEOUT_MIN = 24 * 60  # slurm: a job's time limit unless --timeout-min says otherwise
 
 
 @dataclass(frozen=True)
@@ -248,10 +264,23 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
                                        "none on a CPU machine)")
     parser.add_argument("--jobs", type=int, help="runs at a time, spread over the GPUs (default: one per GPU)")
     parser.add_argument("--dry-run", action="store_true", help="print every command; run nothing")
+    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="local: a GPU pool on this machine (default); slurm: submit SLURM jobs via submitit")
+    parser.add_argument("--partition", help="slurm: the partition to submit to")
+    parser.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per node for each run (default 1; more "
+                                                         "run train.py through torchrun; 0: CPU only)")
+    parser.add_argument("--timeout-min", type=int, help="slurm: time limit of each job in minutes (default "
+                                                        f"{DEFAULT_TIMEOUT_MIN}); a run that needs longer is "
+                                                        "requeued and resumes")
+    parser.add_argument("--nodes", type=int, help="slurm: nodes per run (default 1; more: multi-node DDP "
+                                                  "through torchrun's rendezvous)")
+    parser.add_argument("--slurm-log-dir", help="slurm: where submitit writes its job files and logs "
+                                                "(default: <the runs' common directory>/slurm)")
 
 
 def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
     """Check the options and every job's config (nothing starts unless all are good), then run them."""
+    check_executor_options(args)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus is not None else None
@@ -262,7 +291,52 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
             load_config(job.config, list(job.overrides))
         except UserError as error:
             raise UserError(f"job {job.run_dir}: {error}") from None
+    if args.executor == "slurm":
+        return _submit_to_slurm(jobs, args)
     return run_jobs(jobs, gpus, args.jobs, args.dry_run)
+
+
+SLURM_ONLY = ("partition", "gpus_per_job", "timeout_min", "nodes", "slurm_log_dir")
+
+
+def check_executor_options(args: argparse.Namespace) -> None:
+    """Each executor's options make sense (or a UserError names the first that does not); fills in the
+    slurm defaults."""
+    given = [name for name in SLURM_ONLY if getattr(args, name) is not None]
+    if args.executor == "local":
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} needs --executor slurm")
+        return
+    for name in ("gpus", "jobs"):
+        if getattr(args, name) is not None:
+            raise UserError(f"--{name} is for --executor local; with slurm use --gpus-per-job")
+    if args.partition is not None and not args.partition.strip():
+        raise UserError("--partition needs a partition name")
+    for name, low in (("gpus_per_job", 0), ("timeout_min", 1), ("nodes", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    args.gpus_per_job = 1 if args.gpus_per_job is None else args.gpus_per_job
+    args.timeout_min = DEFAULT_TIMEOUT_MIN if args.timeout_min is None else args.timeout_min
+    args.nodes = 1 if args.nodes is None else args.nodes
+    if args.nodes > 1 and args.gpus_per_job < 1:
+        raise UserError("--nodes > 1 needs --gpus-per-job >= 1")
+    if not args.dry_run:
+        missing = [tool for tool in ("sbatch", "squeue", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise UserError(f"--executor slurm needs {missing[0]} on PATH (is this a SLURM login node?)")
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+
+
+def _submit_to_slurm(jobs: list[Job], args: argparse.Namespace) -> int:
+    try:
+        import submit_slurm
+    except ImportError:  # submitit missing: a dry run still shows the plan's commands
+        raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+    return submit_slurm.submit_jobs(jobs, args, is_finished)
 
 
 def main(argv=None) -> int:

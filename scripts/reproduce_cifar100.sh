@@ -3,6 +3,9 @@
 #
 #   scripts/reproduce_cifar100.sh [--gpus 0,1,2,3] [--jobs N] [--seeds 0,1,2] [--epochs N]
 #                                 [--root DIR] [--data-root DIR] [--set KEY=VALUE]... [--dry-run]
+#   scripts/reproduce_cifar100.sh --executor slurm [--partition P] [--gpus-per-job 1] [--timeout-min M] [OPTIONS...]
+#                                 submits every run as a SLURM job (arrays, teachers first, afterok dependencies) and
+#                                 returns; re-run it to resubmit failed runs (scripts/launch.py; --nodes, --slurm-log-dir)
 #   python scripts/collect_results.py runs/cifar100          # the table, beside the paper's numbers
 #
 # Which protocol each row uses (docs/METHOD.md), so that each row is comparable with its paper number:

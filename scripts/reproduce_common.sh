@@ -11,7 +11,8 @@ SEEDS=0,1,2 EPOCHS="" ROOT="" DATA_ROOT="" LAUNCH_ARGS=() EXTRA=() TAKEN=0
 # common_option ARGS...: take the option in $1 (and its value); TAKEN is then the number of words it used.
 common_option() {
   case "$1" in
-    --gpus|--jobs) needs_value "$@"; LAUNCH_ARGS+=("$1" "$2"); TAKEN=2 ;;
+    --gpus|--jobs|--executor|--partition|--gpus-per-job|--timeout-min|--nodes|--slurm-log-dir)
+      needs_value "$@"; LAUNCH_ARGS+=("$1" "$2"); TAKEN=2 ;;  # checked by scripts/launch.py
     --seeds) needs_value "$@"; SEEDS=$2; TAKEN=2 ;;
     --epochs) needs_value "$@"; EPOCHS=$2; TAKEN=2 ;;
     --root) needs_value "$@"; ROOT=$2; TAKEN=2 ;;

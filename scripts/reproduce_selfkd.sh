@@ -3,6 +3,9 @@
 #
 #   scripts/reproduce_selfkd.sh [--gpus 0,1,2,3] [--jobs N] [--seeds 0,1,2] [--epochs N] [--model NAME]
 #                               [--methods M,M...] [--root DIR] [--data-root DIR] [--set KEY=VALUE]... [--dry-run]
+#   scripts/reproduce_selfkd.sh --executor slurm [--partition P] [--gpus-per-job 1] [--timeout-min M] [OPTIONS...]
+#                               submits every run as a SLURM job (arrays, teachers first, afterok dependencies) and
+#                               returns; re-run it to resubmit failed runs (scripts/launch.py; --nodes, --slurm-log-dir)
 #   python scripts/collect_results.py runs/cifar100_selfkd   # method x {alone, + Tf-FD}, beside published numbers
 #
 # All runs use Self-KD-Lib's protocol (configs/_base_/schedules/selfkd_200e.yaml): 200 epochs, batch 128,
