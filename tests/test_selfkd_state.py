@@ -266,3 +266,25 @@ def test_ps_kd_and_byot_take_mixed_labels_in_place_of_the_one_hot_ones():
     losses = heads(StepOutput(final, feats, torch.tensor([0, 2]), 1, target_probs=mixed))
     exits = [c(h(feats[s - 1])) for s, h, c in zip(heads.stages, heads.heads, heads.classifiers)]
     torch.testing.assert_close(losses["byot_ce"], sum(F.cross_entropy(z, mixed) for z in [*exits, final]))
+
+
+def test_heads_and_last_batch_memory_compile_into_the_same_step(monkeypatch):
+    """train.compile compiles the model and the terms as one graph: BYOT's heads and DLB's memory
+    (an attribute the forward rewrites) give the eager step's numbers."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    overrides = ["loss.terms=[byot,dlb,tffd]", "data.num_train=64", "train.batch_size=32"]
+    eager, compiled = experiment(*overrides), experiment(*overrides, "train.compile=true")
+    eager.loaders.train.set_epoch(1)
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        for images, targets, indices in eager.loaders.train:
+            expected, got = (compute_losses(exp, images, targets, 1, indices) for exp in (eager, compiled))
+            assert set(got.terms) == {"byot_ce", "byot_kd", "byot_hint", "dlb", "tffd_inter", "tffd_intra"}
+            for name, value in expected.terms.items():
+                torch.testing.assert_close(got.terms[name], value, rtol=1e-5, atol=1e-7)
+            apply_gradients(eager, expected.total)
+            apply_gradients(compiled, got.total)
+    assert expected.terms["dlb"] > 0  # the second step distilled from the first one's memory
+    torch.testing.assert_close(compiled.terms[1].memory["logits"], eager.terms[1].memory["logits"])
