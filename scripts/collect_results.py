@@ -1,6 +1,7 @@
-"""Turn run directories into a Markdown table (and a CSV on request), beside the paper's numbers.
+"""Turn run directories into tables beside the paper's numbers (text, Markdown, CSV or LaTeX) and figures.
 
-    python scripts/collect_results.py [ROOT ...] [--csv FILE]      (default ROOT: runs/cifar100)
+    python scripts/collect_results.py [ROOT ...] [--format text|markdown|csv|latex] [--out FILE]
+                                      [--metrics acc1,ece,nll,aurc] [--plots DIR]   (default ROOT: runs/cifar100)
 
 Every directory under the roots that holds a config.yaml is a run. Runs whose resolved configs differ
 only in the seed (and in paths or logging settings) form one row: mean ± sample std over the finished
@@ -15,19 +16,31 @@ model and protocol: the method is recognised from loss.terms and batch.transform
 transforms [mixup] is "Mixup"; [ce, cs_kd, tffd] is "CS-KD" + Tf-FD), beside the published numbers of
 the method alone (scripts/paper_numbers.py), each with a note naming its source, backbone and protocol
 and saying whether it is like-for-like with the runs (same backbone, Self-KD-Lib's protocol, CIFAR-100).
+
+Formats: text (the default) writes the tables as compact Markdown pipe tables with their headings and notes;
+markdown the same with aligned columns; csv every row of both tables and the sweeps as one flat CSV table
+(unrounded numbers, empty where there is none); latex a table environment per table (booktabs, mean ± std as
+$a \\pm b$, the best entry of each number column in bold: the highest top-1, the lowest ECE/NLL/AURC; ties
+all bold). To stdout, or atomically to --out FILE (checked before anything is read); --csv FILE, the older
+spelling, writes the CSV to FILE besides. --metrics adds last- and best-epoch columns of ECE (%), NLL
+(nats) and AURC (x 10^3) to every table; the best epoch is the best-top-1 one, and runs from before these
+metrics were recorded show – (empty in CSV). --plots DIR also draws the figures (scripts/plots.py).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
+import os
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
+from tabulate import DataRow, Line, TableFormat, tabulate
 
 from paper_numbers import (BASELINE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, TFFD_PAPER, Published, paper_cells,
                            paper_top1, selfkd_published)
@@ -35,9 +48,11 @@ from paper_numbers import (BASELINE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, T
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import plots  # noqa: E402
+from engine.checkpoint import atomic_write  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict, load_config  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
 from core.typed_config import all_keys, load_yaml_tree  # noqa: E402
@@ -54,6 +69,91 @@ SCHEMA_ORDER = {key: index for index, key in enumerate(all_keys(ExperimentConfig
 # The self-KD literature's backbones: their CE and Tf-FD runs belong to the self-distillation table too.
 SELFKD_BACKBONES = ("cifar_resnet18", "preact_resnet18")
 SELFKD_SCHEDULE = REPO / "configs" / "_base_" / "schedules" / "selfkd_200e.yaml"  # Self-KD-Lib's protocol
+FORMATS = ("text", "markdown", "csv", "latex")
+MAX, MIN = "max", "min"  # which entry of a column is the best one
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number metrics.json holds as best_<key> and last_<key> (of the best-top-1 and the last epoch)."""
+    key: str
+    name: str
+    unit: str
+    digits: int
+    better: str
+    definition: str = ""
+
+    @property
+    def header(self) -> str:  # top-1's unit is in the caption
+        return self.name if self.key == "acc1" else f"{self.name} ({self.unit})"
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.unit})"
+
+
+ACC1 = Metric("acc1", "top-1", "%", 2, MAX)
+METRICS = {metric.key: metric for metric in (
+    ACC1,
+    Metric("ece", "ECE", "%", 2, MIN, "expected calibration error, 15 equal-width confidence bins, in %"),
+    Metric("nll", "NLL", "nats", 3, MIN, "mean negative log-likelihood of the true class, in nats"),
+    Metric("aurc", "AURC", "×10³", 2, MIN,
+           "area under the risk-coverage curve of the max-softmax confidence, ×10³"),
+)}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A number of a table: a mean over seeds and its sample std (None for one seed), or one value; None is –."""
+    mean: float | None
+    std: float | None = None
+    digits: int = 2
+    signed: bool = False
+    note: str = ""  # text after the number, e.g. " (1/2 finished)"
+
+    def number(self, pm: str = " ± ") -> str:
+        value = f"{self.mean:+.{self.digits}f}" if self.signed else f"{self.mean:.{self.digits}f}"
+        return value + (f"{pm}{self.std:.{self.digits}f}" if self.std is not None else "")
+
+    def text(self) -> str:
+        return "–" if self.mean is None else self.number() + self.note
+
+
+@dataclass
+class Table:
+    """One table in no particular format: cells are text or Stat; ``better`` says, per column, whether its
+    highest (MAX) or lowest (MIN) entry is the best one (None: no best)."""
+    header: list[str]
+    lines: list[list]
+    better: list[str | None]
+    title: str = ""                                      # a #### heading; the LaTeX caption
+    before: list[str] = field(default_factory=list)     # paragraphs between the title and the table
+    after: list[str] = field(default_factory=list)      # notes below the table, one a line
+
+    def drop(self, column: int) -> None:
+        for cells in (self.header, self.better, *self.lines):
+            del cells[column]
+
+    def numeric(self, column: int) -> bool:
+        return any(isinstance(line[column], Stat) for line in self.lines)
+
+    def best_cells(self) -> set[tuple[int, int]]:
+        """(line, column) of the best entry of each column that has one, as shown (rounded); ties all."""
+        best = set()
+        for column, better in enumerate(self.better):
+            shown = {index: round(line[column].mean, line[column].digits) for index, line in enumerate(self.lines)
+                     if isinstance(line[column], Stat) and line[column].mean is not None}
+            if better and shown:
+                top = (max if better == MAX else min)(shown.values())
+                best |= {(index, column) for index, value in shown.items() if value == top}
+        return best
+
+
+@dataclass
+class Section:
+    heading: str          # a ### heading ("" for none)
+    intro: list[str]      # paragraphs
+    tables: list[Table]
 
 
 @dataclass
@@ -113,6 +213,10 @@ class Row:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
+    def stat(self, which: str, metric: Metric) -> Stat:
+        """The mean ± std over the finished seeds of ``which`` ("last" or "best") epoch's ``metric``."""
+        return Stat(*self.stats(f"{which}_{metric.key}"), digits=metric.digits)
+
     @property
     def paper(self) -> float | None:
         """The published number this row is compared with: the Tf-FD paper's cell, or for a self-KD row the
@@ -146,6 +250,10 @@ class Row:
         done = sum(run.finished for run in self.runs)
         unfinished = [run.progress() for run in self.runs if not run.finished]
         return f"{done}/{len(self.runs)} finished" + (f"; {', '.join(unfinished)}" if unfinished else "")
+
+
+def stat_of(row: Row | None, which: str, metric: Metric = ACC1) -> Stat:
+    return row.stat(which, metric) if row is not None else Stat(None)
 
 
 # ---------------------------------------------------------------- reading runs
@@ -286,36 +394,52 @@ def _context(row: Row) -> tuple:
                         if not key.startswith(("loss.", "batch."))))
 
 
-def selfkd_tables(rows: list[Row]) -> list[str]:
-    """One method x {alone, + Tf-FD} table per dataset, model and protocol (the keys outside loss and batch)."""
+@dataclass
+class SelfKDContext:
+    """The rows of one self-KD table: one dataset, model and protocol (the keys outside loss and batch)."""
+    dataset: str
+    model: str
+    title: str               # "cifar_resnet18 on cifar100: batch 128, lr 0.1, 200 ep"
+    deviations: list[str]    # how it departs from Self-KD-Lib's protocol (empty: it follows it)
+    rows: list[Row]
+
+
+def selfkd_contexts(rows: list[Row]) -> list[SelfKDContext]:
     contexts: dict[tuple, list[Row]] = {}
     for row in rows:
         contexts.setdefault((row.dataset, row.model, _context(row)), []).append(row)
-    tables = []
+    out = []
     for (dataset, model, context), members in sorted(contexts.items(), key=lambda item: str(item[0])):
         siblings = [dict(c) for d, m, c in contexts if (d, m) == (dataset, model)]
         shown = ("train.batch_size", "train.lr", "train.epochs")  # in the protocol string already
         differs = describe({key: dict(context).get(key) for key in _varying(siblings) if key not in shown})
-        title = f"#### {model} on {dataset}: {members[0].protocol()}" + (f", {differs}" if differs else "")
-        deviations = protocol_deviations(dataset, dict(context))
-        if deviations:
-            protocol = ("Not Self-KD-Lib's CIFAR-100 protocol (" + "; ".join(deviations) + "): no published "
+        title = f"{model} on {dataset}: {members[0].protocol()}" + (f", {differs}" if differs else "")
+        out.append(SelfKDContext(dataset, model, title, protocol_deviations(dataset, dict(context)), members))
+    return out
+
+
+def selfkd_tables(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
+    """One method x {alone, + Tf-FD} table per dataset, model and protocol."""
+    tables = []
+    for context in selfkd_contexts(rows):
+        if context.deviations:
+            protocol = ("Not Self-KD-Lib's CIFAR-100 protocol (" + "; ".join(context.deviations) + "): no published "
                         "number is like-for-like.")
         else:
             protocol = f"Self-KD-Lib's CIFAR-100 protocol ({SELFKD_SCHEDULE.relative_to(REPO)})."
-        table, notes = selfkd_table(model, members, like_protocol=not deviations)
-        tables.append("\n\n".join([title, protocol, table, "\n".join(notes)]))
+        table = selfkd_table(context.model, context.rows, not context.deviations, metrics)
+        table.title, table.before = context.title, [protocol]
+        tables.append(table)
     return tables
 
 
-def selfkd_table(model: str, rows: list[Row], like_protocol: bool) -> tuple[str, list[str]]:
-    """The table of one context, and its notes on the published numbers."""
+def selfkd_pairs(rows: list[Row]) -> list[tuple[str, str, Row | None, Row | None]]:
+    """The lines of one self-KD table, in order: (method name, its settings, the row alone, the row + Tf-FD)."""
     order = {part: index for index, part in enumerate(SELFKD_NAMES)}
     first = {row.selfkd.name: min((order.get(part, len(order)) for part in row.selfkd.parts), default=0)
              for row in rows}
     tffd_keys = _varying([row.selfkd.tffd for row in rows if row.selfkd.with_tffd])
-    notes: dict[tuple, int] = {}
-    lines = []
+    pairs = []
     for name in sorted(first, key=lambda name: (first[name], name)):
         members = [row for row in rows if row.selfkd.name == name]
         method_keys = _varying([row.selfkd.method for row in members])
@@ -334,14 +458,25 @@ def selfkd_table(model: str, rows: list[Row], like_protocol: bool) -> tuple[str,
                 with_tffd = next((row for row in plus if tffd_of_row(row) == tffd), None)
                 settings = "; ".join(filter(None, [describe(dict(method)),
                                                    f"Tf-FD {describe(dict(tffd))}" if tffd else ""]))
-                lines.append(_selfkd_line(name, settings, alone, with_tffd, model, like_protocol, notes))
-    header = ["method", "settings", "alone: last-epoch top-1", "alone: best-epoch top-1",
-              "+ Tf-FD: last-epoch top-1", "+ Tf-FD: best-epoch top-1", "Δ best, + Tf-FD − alone",
-              "published top-1, alone [note]", "Δ best, alone − like-for-like published", "runs alone",
-              "runs + Tf-FD"]
+                pairs.append((name, settings, alone, with_tffd))
+    return pairs
+
+
+def selfkd_table(model: str, rows: list[Row], like_protocol: bool, metrics: tuple[Metric, ...]) -> Table:
+    """The table of one context, with its notes on the published numbers below it."""
+    notes: dict[tuple, int] = {}
+    lines = [_selfkd_line(name, settings, alone, with_tffd, model, like_protocol, notes, metrics)
+             for name, settings, alone, with_tffd in selfkd_pairs(rows)]
+    columns = [("method", None), ("settings", None), ("alone: last-epoch top-1", MAX),
+               ("alone: best-epoch top-1", MAX), ("+ Tf-FD: last-epoch top-1", MAX),
+               ("+ Tf-FD: best-epoch top-1", MAX), ("Δ best, + Tf-FD − alone", None),
+               ("published top-1, alone [note]", None), ("Δ best, alone − like-for-like published", None),
+               *((f"{side}: {which}-epoch {metric.header}", metric.better) for metric in metrics
+                 for side in ("alone", "+ Tf-FD") for which in ("last", "best")),
+               ("runs alone", None), ("runs + Tf-FD", None)]
+    table = Table([header for header, _ in columns], lines, [better for _, better in columns])
     if not any(line[1] for line in lines):
-        header, lines = header[:1] + header[2:], [line[:1] + line[2:] for line in lines]
-    text = []
+        table.drop(1)
     for (source, backbone, published_model, own_protocol), index in notes.items():
         like = published_model == model and own_protocol and like_protocol
         if like:
@@ -353,15 +488,12 @@ def selfkd_table(model: str, rows: list[Row], like_protocol: bool) -> tuple[str,
             elif not like_protocol:
                 reasons.append("these runs do not follow its protocol")
             verdict = "† Not like-for-like: " + ", ".join(reasons) + "."
-        text.append(f"[{index}] {source}. {verdict}")
-    return markdown_table(header, lines), text
+        table.after.append(f"[{index}] {source}. {verdict}")
+    return table
 
 
 def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | None, model: str,
-                 like_protocol: bool, notes: dict) -> list[str]:
-    def stats(row: Row | None, key: str) -> tuple[float | None, float | None]:
-        return row.stats(key) if row else (None, None)
-
+                 like_protocol: bool, notes: dict, metrics: tuple[Metric, ...]) -> list:
     published = []
     for number in selfkd_published(name):
         key = (number.source, number.backbone, number.model, number.selfkd_protocol)
@@ -370,15 +502,16 @@ def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | N
         baseline = f" (CE {number.baseline:.2f})" if number.baseline is not None else ""
         published.append(f"{number.top1:.2f}{baseline} [{index}]" + ("" if like else "†"))
     like = like_for_like(alone) if alone else None
-    alone_best, tffd_best = stats(alone, "best_acc1")[0], stats(with_tffd, "best_acc1")[0]
-    return [name, settings, fmt_stats(*stats(alone, "last_acc1")), fmt_stats(*stats(alone, "best_acc1")),
-            fmt_stats(*stats(with_tffd, "last_acc1")), fmt_stats(*stats(with_tffd, "best_acc1")),
-            fmt_number(difference(tffd_best, alone_best), signed=True), "; ".join(published) or "–",
-            fmt_number(difference(alone_best, like.top1 if like else None), signed=True),
+    alone_best, tffd_best = stat_of(alone, "best").mean, stat_of(with_tffd, "best").mean
+    return [name, settings, *(stat_of(row, which) for row in (alone, with_tffd) for which in ("last", "best")),
+            Stat(difference(tffd_best, alone_best), signed=True), "; ".join(published) or "–",
+            Stat(difference(alone_best, like.top1 if like else None), signed=True),
+            *(stat_of(row, which, metric) for metric in metrics for row in (alone, with_tffd)
+              for which in ("last", "best")),
             alone.status() if alone else "–", with_tffd.status() if with_tffd else "–"]
 
 
-# ---------------------------------------------------------------- formatting
+# ---------------------------------------------------------------- the tables, in any format
 def fmt_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -387,55 +520,53 @@ def describe(settings: dict) -> str:
     return ", ".join(f"{key}={fmt_value(value)}" for key, value in settings.items())
 
 
-def fmt_stats(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-
-
-def fmt_number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
 def difference(mean: float | None, paper: float | None) -> float | None:
     return None if mean is None or paper is None else mean - paper
 
 
-def markdown_table(header: list[str], lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
-    return "\n".join(out)
-
-
-def results_table(rows: list[Row]) -> str:
-    one_dataset = len({row.dataset for row in rows}) == 1
-    header = ["dataset", "model", "method", "teacher (top-1)", "protocol", "settings", "last-epoch top-1",
-              "best-epoch top-1", "paper", "Δ last", "Δ best", "runs"]
+def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
+    columns = [("dataset", None), ("model", None), ("method", None), ("teacher (top-1)", None), ("protocol", None),
+               ("settings", None), ("last-epoch top-1", MAX), ("best-epoch top-1", MAX), ("paper", None),
+               ("Δ last", None), ("Δ best", None),
+               *((f"{which}-epoch {metric.header}", metric.better) for metric in metrics for which in ("last", "best")),
+               ("runs", None)]
     lines = []
     for row in rows:
-        last, best = row.stats("last_acc1"), row.stats("best_acc1")
+        last, best = row.stat("last", ACC1), row.stat("best", ACC1)
         teacher = row.teacher or ""
         if row.teacher and row.teacher_acc1() is not None:
             teacher += f" ({row.teacher_acc1():.2f})"
         lines.append([row.dataset, row.model, row.method, teacher, row.protocol(),
-                      describe(varying_settings(rows, row)), fmt_stats(*last), fmt_stats(*best),
-                      fmt_number(row.paper), fmt_number(difference(last[0], row.paper), signed=True),
-                      fmt_number(difference(best[0], row.paper), signed=True), row.status()])
-    if one_dataset:  # named in the caption instead
-        header, lines = header[1:], [line[1:] for line in lines]
-    return markdown_table(header, lines)
+                      describe(varying_settings(rows, row)), last, best, Stat(row.paper),
+                      Stat(difference(last.mean, row.paper), signed=True),
+                      Stat(difference(best.mean, row.paper), signed=True),
+                      *(row.stat(which, metric) for metric in metrics for which in ("last", "best")), row.status()])
+    table = Table([header for header, _ in columns], lines, [better for _, better in columns])
+    if len({row.dataset for row in rows}) == 1:  # named in the caption instead
+        table.drop(0)
+    return table
 
 
-def sweep_grids(rows: list[Row]) -> list[str]:
-    """A table per family with more than one config. One varying key: its values down, last- and
-    best-epoch across. More: a grid per accuracy, the last varying key across and the others down."""
-    grids = []
+@dataclass
+class Sweep:
+    """The rows of one family (dataset, model, method, teacher) that differ in other keys: a grid over those."""
+    family: tuple
+    title: str                 # "resnet32 Tf-FD on cifar100"
+    axes: list[str]            # the keys that differ, in schema order; the last one goes across
+    values: dict[str, list]    # each axis' values, sorted
+    cells: dict[tuple, Row]    # axis values (in the order of axes) -> row
+
+    def down(self) -> list[tuple]:
+        """The combinations of all axes but the last (one empty tuple for a single axis)."""
+        return list(itertools.product(*(self.values[key] for key in self.axes[:-1])))
+
+
+def sweeps(rows: list[Row]) -> list[Sweep]:
     families: dict[tuple, list[Row]] = {}
     for row in rows:
         if row.runs:
             families.setdefault(row.family, []).append(row)
+    out = []
     for family, members in families.items():
         axes = varying_keys(members)
         if len(members) < 2 or not axes:
@@ -443,22 +574,35 @@ def sweep_grids(rows: list[Row]) -> list[str]:
         dataset, model, method, teacher = family
         title = f"{model} {method}" + (f" (teacher {teacher})" if teacher else "") + f" on {dataset}"
         values = {key: _sorted_values({m.settings.get(key) for m in members}) for key in axes}
-        cell_of = {tuple(m.settings.get(key) for key in axes): m for m in members}
-        if len(axes) == 1:
-            lines = [[fmt_value(value), _grid_cell(cell_of.get((value,)), "last_acc1"),
-                      _grid_cell(cell_of.get((value,)), "best_acc1")] for value in values[axes[0]]]
-            table = markdown_table([axes[0], "last-epoch top-1", "best-epoch top-1"], lines)
-            grids.append(f"#### {title}: top-1 (%)\n\n{table}")
+        cells = {tuple(m.settings.get(key) for key in axes): m for m in members}
+        out.append(Sweep(family, title, axes, values, cells))
+    return out
+
+
+def sweep_grids(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
+    """A table per sweep. One varying key: its values down, last- and best-epoch across. More: a grid per
+    number shown, the last varying key across and the others down."""
+    grids = []
+    for sweep in sweeps(rows):
+        shown = (ACC1, *metrics)
+        if len(sweep.axes) == 1:
+            columns = [(sweep.axes[0], None), *((f"{which}-epoch {metric.header}", metric.better)
+                                                 for metric in shown for which in ("last", "best"))]
+            lines = [[fmt_value(value), *(_grid_cell(sweep.cells.get((value,)), which, metric)
+                                          for metric in shown for which in ("last", "best"))]
+                     for value in sweep.values[sweep.axes[0]]]
+            title = f"{sweep.title}: " + ", ".join(metric.title for metric in shown)
+            grids.append(Table([header for header, _ in columns], lines, [better for _, better in columns], title))
             continue
-        down, across = axes[:-1], axes[-1]
-        for metric, label in (("last_acc1", "last-epoch"), ("best_acc1", "best-epoch")):
-            header = [" / ".join(down), *(f"{across}={fmt_value(v)}" for v in values[across])]
-            lines = []
-            for combo in itertools.product(*(values[key] for key in down)):
-                line = [", ".join(fmt_value(v) for v in combo)]
-                line += [_grid_cell(cell_of.get((*combo, value)), metric) for value in values[across]]
-                lines.append(line)
-            grids.append(f"#### {title}: {label} top-1 (%)\n\n{markdown_table(header, lines)}")
+        down, across = sweep.axes[:-1], sweep.axes[-1]
+        for metric in shown:
+            for which in ("last", "best"):
+                header = [" / ".join(down), *(f"{across}={fmt_value(v)}" for v in sweep.values[across])]
+                lines = [[", ".join(fmt_value(v) for v in combo),
+                          *(_grid_cell(sweep.cells.get((*combo, value)), which, metric)
+                            for value in sweep.values[across])] for combo in sweep.down()]
+                grids.append(Table(header, lines, [None] + [metric.better] * (len(header) - 1),
+                                   f"{sweep.title}: {which}-epoch {metric.title}"))
     return grids
 
 
@@ -468,76 +612,293 @@ def _sorted_values(values: set) -> list:
     return sorted(values, key=str)
 
 
-def _grid_cell(row: Row | None, metric: str) -> str:
+def _grid_cell(row: Row | None, which: str, metric: Metric) -> Stat | str:
     if row is None:
         return "–"
-    mean, std = row.stats(metric)
     done = sum(run.finished for run in row.runs)
-    if mean is None:
+    if not done:
         return f"unfinished (0/{len(row.runs)})"
-    return fmt_stats(mean, std) + (f" ({done}/{len(row.runs)} finished)" if done < len(row.runs) else "")
+    stat = row.stat(which, metric)
+    if done < len(row.runs) and stat.mean is not None:
+        stat = replace(stat, note=f" ({done}/{len(row.runs)} finished)")
+    return stat
 
 
-def write_csv(path: Path, rows: list[Row]) -> None:
+def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
+    """Every row (of both tables and the sweeps) as one CSV table; the numbers unrounded, none left empty."""
+    extra = [f"{which}_{metric.key}_{part}" for metric in metrics for which in ("last", "best")
+             for part in ("mean", "std")]
     columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "batch_size", "lr", "epochs", "settings",
-               "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", "paper",
+               "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra, "paper",
                "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            (last, last_std), (best, best_std) = row.stats("last_acc1"), row.stats("best_acc1")
-            writer.writerow({
-                "dataset": row.dataset, "model": row.model, "method": row.method, "teacher": row.teacher or "",
-                "teacher_acc1": row.teacher_acc1(), "batch_size": row.settings.get("train.batch_size"),
-                "lr": row.settings.get("train.lr"), "epochs": row.settings.get("train.epochs"),
-                "settings": describe(varying_settings(rows, row)),
-                "seeds": " ".join(str(run.seed) for run in row.runs), "finished": sum(r.finished for r in row.runs),
-                "runs": len(row.runs), "last_mean": last, "last_std": last_std, "best_mean": best,
-                "best_std": best_std, "paper": row.paper, "diff_last": difference(last, row.paper),
-                "diff_best": difference(best, row.paper), "status": row.status(),
-                "run_dirs": " ".join(str(run.run_dir) for run in row.runs), "paper_source": row.paper_source,
-            })
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        (last, last_std), (best, best_std) = row.stats("last_acc1"), row.stats("best_acc1")
+        numbers = {}
+        for metric in metrics:
+            for which in ("last", "best"):
+                stat = row.stat(which, metric)
+                numbers[f"{which}_{metric.key}_mean"], numbers[f"{which}_{metric.key}_std"] = stat.mean, stat.std
+        writer.writerow({
+            "dataset": row.dataset, "model": row.model, "method": row.method, "teacher": row.teacher or "",
+            "teacher_acc1": row.teacher_acc1(), "batch_size": row.settings.get("train.batch_size"),
+            "lr": row.settings.get("train.lr"), "epochs": row.settings.get("train.epochs"),
+            "settings": describe(varying_settings(rows, row)),
+            "seeds": " ".join(str(run.seed) for run in row.runs), "finished": sum(r.finished for r in row.runs),
+            "runs": len(row.runs), "last_mean": last, "last_std": last_std, "best_mean": best,
+            "best_std": best_std, **numbers, "paper": row.paper, "diff_last": difference(last, row.paper),
+            "diff_best": difference(best, row.paper), "status": row.status(),
+            "run_dirs": " ".join(str(run.run_dir) for run in row.runs), "paper_source": row.paper_source,
+        })
+    return out.getvalue()
 
 
-def report(rows: list[Row]) -> str:
+def metric_notes(metrics: tuple[Metric, ...]) -> str:
+    if not metrics:
+        return ""
+    return (" " + "; ".join(f"{metric.name}: {metric.definition}" for metric in metrics) + "; lower is better. "
+            "Their best-epoch numbers are those of the best-top-1 epoch; – where a run did not record them "
+            "(runs from before they were recorded).")
+
+
+def report(rows: list[Row], metrics: tuple[Metric, ...] = ()) -> list[Section]:
+    """The tables as sections (a heading, paragraphs and tables) that render() writes in any format."""
     paper_rows = [row for row in rows if row.selfkd is None]
     selfkd_rows = [row for row in rows if row.selfkd is not None]
-    parts = []
+    sections = []
     if paper_rows:
         datasets = sorted({row.dataset for row in paper_rows})
-        parts += [
-            f"{' / '.join(datasets)} test top-1 accuracy (%), mean ± sample std over the finished seeds. "
-            "last-epoch: after the final epoch; best-epoch: the best of all epochs (chosen on the test split). "
-            "Δ: ours minus the paper's number (the paper does not say which of the two it reports).",
-            "",
-            results_table(paper_rows),
-        ]
+        caption = (f"{' / '.join(datasets)} test top-1 accuracy (%), mean ± sample std over the finished seeds. "
+                   "last-epoch: after the final epoch; best-epoch: the best of all epochs (chosen on the test split). "
+                   "Δ: ours minus the paper's number (the paper does not say which of the two it reports).")
+        sections.append(Section("", [caption + metric_notes(metrics)], [results_table(paper_rows, metrics)]))
     if selfkd_rows:
-        parts += ([""] if parts else []) + [
-            "### Self-distillation: method × {alone, + Tf-FD}",
-            "",
+        intro = (
             "Test top-1 accuracy (%), mean ± sample std over the finished seeds (unfinished seeds are counted in "
             "the runs columns, never averaged). last-epoch: after the final epoch; best-epoch: the best of all "
             "epochs (chosen on the test split). The CE row's + Tf-FD cells are Tf-FD alone. Published numbers "
             "are for the method alone (no source reports a method + Tf-FD), each with a note naming its source, "
             "backbone and protocol; † marks a number that is not like-for-like with the runs. Self-KD-Lib's "
             "table is for PreAct ResNet-18: like-for-like only beside preact_resnet18 runs under its protocol "
-            "(scripts/reproduce_selfkd.sh --model preact_resnet18), another backbone beside cifar_resnet18 runs.",
-            "",
-            "\n\n".join(selfkd_tables(selfkd_rows)),
-        ]
-    grids = sweep_grids(rows)
+            "(scripts/reproduce_selfkd.sh --model preact_resnet18), another backbone beside cifar_resnet18 runs.")
+        sections.append(Section("Self-distillation: method × {alone, + Tf-FD}", [intro + metric_notes(metrics)],
+                                selfkd_tables(selfkd_rows, metrics)))
+    grids = sweep_grids(rows, metrics)
     if grids:
-        parts += ["", "### Sweeps", "", "\n\n".join(grids)]
-    return "\n".join(parts)
+        sections.append(Section("Sweeps", [], grids))
+    return sections
+
+
+# ---------------------------------------------------------------- rendering: text, Markdown, LaTeX
+LATEX_TEXT = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+              "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "<": r"$<$",
+              ">": r"$>$", "±": r"$\pm$", "–": "--", "−": "$-$", "Δ": r"$\Delta$", "×": r"$\times$",
+              "†": r"\textsuperscript{\dag}", "³": r"\textsuperscript{3}", "λ": r"$\lambda$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_TEXT.get(char, char) for char in text)
+
+
+def _begin_tabular(widths: list[int], aligns: list[str]) -> str:
+    return "\\begin{tabular}{" + "".join("r" if align == "right" else "l" for align in aligns) + "}\n\\toprule"
+
+
+# tabulate's latex_booktabs, less its escaping: the cells come escaped, with their math.
+LATEX_BOOKTABS = TableFormat(lineabove=_begin_tabular, linebelowheader=Line("\\midrule", "", "", ""),
+                             linebetweenrows=None, linebelow=Line("\\bottomrule\n\\end{tabular}", "", "", ""),
+                             headerrow=DataRow("", "&", "\\\\"), datarow=DataRow("", "&", "\\\\"), padding=1,
+                             with_header_hide=None)
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    """The text format's table: Markdown pipes, unpadded."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _cell_text(cell) -> str:
+    return cell.text() if isinstance(cell, Stat) else cell
+
+
+def table_text(table: Table, fmt: str) -> str:
+    lines = [[_cell_text(cell) for cell in line] for line in table.lines]
+    if fmt == "text":
+        return markdown_table(table.header, lines)
+    aligns = ["right" if table.numeric(column) else "left" for column in range(len(table.header))]
+    escaped = [[cell.replace("|", "\\|") for cell in line] for line in lines]
+    return tabulate(escaped, table.header, tablefmt="pipe", disable_numparse=True, colalign=aligns)
+
+
+def _latex_cell(cell, bold: bool) -> str:
+    if not isinstance(cell, Stat):
+        return latex_escape(cell)
+    if cell.mean is None:
+        return "--"
+    number = cell.number(r" \pm ")
+    return "$" + (rf"\mathbf{{{number}}}" if bold else number) + "$" + latex_escape(cell.note)
+
+
+def latex_table(table: Table, caption: str) -> str:
+    best = table.best_cells()
+    lines = [[_latex_cell(cell, (index, column) in best) for column, cell in enumerate(line)]
+             for index, line in enumerate(table.lines)]
+    aligns = ["right" if table.numeric(column) else "left" for column in range(len(table.header))]
+    body = tabulate(lines, [latex_escape(header) for header in table.header], tablefmt=LATEX_BOOKTABS,
+                    disable_numparse=True, colalign=aligns)
+    out = ["\\begin{table}[htbp]", "\\centering", f"\\caption{{{latex_escape(caption)}}}", body]
+    if table.after:
+        out.append("\\par\\smallskip{\\footnotesize " + "\\par\n".join(map(latex_escape, table.after)) + "\\par}")
+    return "\n".join([*out, "\\end{table}"])
+
+
+def render(sections: list[Section], fmt: str) -> str:
+    """The sections as text or Markdown (### and #### headings, paragraphs, pipe tables), or as LaTeX (a table
+    environment per table, captioned with its title and paragraphs; the sections' own text as comments)."""
+    if fmt == "latex":
+        out = ["% Written by scripts/collect_results.py --format latex; needs \\usepackage{booktabs}."]
+        for section in sections:
+            out.append("\n".join(f"% {line}" for line in filter(None, [section.heading, *section.intro])))
+            out += [latex_table(table, ". ".join([table.title, *table.before]) if table.title
+                                else " ".join(section.intro)) for table in section.tables]
+        return "\n\n".join(filter(None, out))
+    blocks = []
+    for section in sections:
+        tables = ["\n\n".join([*([f"#### {table.title}"] if table.title else []), *table.before,
+                               table_text(table, fmt), *(["\n".join(table.after)] if table.after else [])])
+                  for table in section.tables]
+        blocks.append("\n\n".join([*([f"### {section.heading}"] if section.heading else []), *section.intro,
+                                   *tables]))
+    return "\n\n".join(blocks)
+
+
+# ---------------------------------------------------------------- figures (scripts/plots.py draws them)
+def row_label(rows: list[Row], row: Row) -> str:
+    settings = describe(varying_settings(rows, row))
+    return row.method + (f" ({settings})" if settings else "")
+
+
+def curve_figures(rows: list[Row]) -> list[plots.Curves]:
+    """Per dataset and model, each row's test top-1 over epochs (from metrics.json's history)."""
+    models: dict[tuple, list[plots.Curve]] = {}
+    for row in rows:
+        histories = [run.metrics["history"] for run in row.runs if run.metrics and run.metrics.get("history")]
+        curve = plots.seed_band(row_label(rows, row), histories)
+        if curve is not None:
+            models.setdefault((row.dataset, row.model), []).append(curve)
+    return [plots.Curves(f"curves_{dataset}_{model}", f"{model} on {dataset}: test top-1 over epochs", curves)
+            for (dataset, model), curves in models.items()]
+
+
+def sweep_heatmaps(rows: list[Row]) -> list[plots.Heatmap]:
+    """Each sweep's last- and best-epoch top-1, the last axis across, the others down."""
+    heatmaps = []
+    for sweep in sweeps(rows):
+        down, across = sweep.axes[:-1], sweep.axes[-1]
+        cells = {which: [[_heatmap_cell(sweep.cells.get((*combo, value)), which) for value in sweep.values[across]]
+                          for combo in sweep.down()] for which in ("last", "best")}
+        if all(stat.mean is None for grid in cells.values() for line in grid for stat in line):
+            continue
+        yticks = [", ".join(fmt_value(v) for v in combo) for combo in sweep.down()] if down else [sweep.family[2]]
+        heatmaps.append(plots.Heatmap(
+            "sweep_" + "_".join(filter(None, sweep.family)), f"{sweep.title}: test top-1 (%) per setting", across,
+            " / ".join(down) or "method", [fmt_value(value) for value in sweep.values[across]], yticks, cells))
+    return heatmaps
+
+
+def _heatmap_cell(row: Row | None, which: str) -> Stat:
+    cell = _grid_cell(row, which, ACC1)  # with its note on unfinished seeds
+    return cell if isinstance(cell, Stat) else Stat(None)
+
+
+def bar_figures(rows: list[Row]) -> tuple[list[plots.Bars], list[str]]:
+    """Our best-epoch top-1 beside the published numbers: the Tf-FD paper's table (model x method) and each
+    self-KD table (method x {alone, + Tf-FD}); and the rows left out (a sweep's, which has no one row)."""
+    figures = []
+    paper_rows = [row for row in rows if row.selfkd is None and row.paper is not None]
+    family_size = {family: sum(1 for row in paper_rows if row.family == family and row.runs)
+                   for family in {row.family for row in paper_rows}}
+    left_out = list(dict.fromkeys(f"{row.model} {row.method}" for row in paper_rows if family_size[row.family] > 1))
+    bars: dict[tuple, plots.Bar] = {}
+    for row in paper_rows:
+        if family_size[row.family] == 1 and row.stat("best", ACC1).mean is not None:
+            bars[(row.model, row.method)] = plots.Bar(row.stat("best", ACC1), row.paper)
+    if bars:  # the paper's numbers are CIFAR-100's
+        models = list(dict.fromkeys(model for model, _ in bars))
+        figures.append(plots.Bars("paper_bars_cifar100", "cifar100: best-epoch test top-1 beside the Tf-FD paper's "
+                                  "table", "model", models, list(METHODS), bars, "Tf-FD paper"))
+    contexts = selfkd_contexts([row for row in rows if row.selfkd is not None])
+    for context in contexts:
+        bars, groups = {}, []
+        for name, settings, alone, with_tffd in selfkd_pairs(context.rows):
+            group = name + (f"\n{settings}" if settings else "")
+            groups.append(group)
+            like = like_for_like(alone) if alone else None
+            others = [number.top1 for number in selfkd_published(name) if number is not like]
+            bars[(group, "alone")] = plots.Bar(stat_of(alone, "best"), like.top1 if like else None, others)
+            bars[(group, "+ Tf-FD")] = plots.Bar(stat_of(with_tffd, "best"))
+        if any(bar.paper is not None or bar.others for bar in bars.values()):
+            same = [c for c in contexts if (c.dataset, c.model) == (context.dataset, context.model)]
+            suffix = f"_{same.index(context) + 1}" if len(same) > 1 else ""
+            figures.append(plots.Bars(f"selfkd_bars_{context.dataset}_{context.model}{suffix}",
+                                      f"{context.title}: best-epoch test top-1 beside the published numbers",
+                                      "method", groups, ["alone", "+ Tf-FD"], bars, "published, like-for-like"))
+    return figures, left_out
+
+
+# ---------------------------------------------------------------- the command line
+def parse_metrics(text: str) -> tuple[Metric, ...]:
+    """--metrics acc1,ece,nll: the numbers shown besides top-1 (always shown), in the order given."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ConfigError(f"--metrics takes a list of {', '.join(METRICS)}, got {text!r}")
+    return tuple(METRICS[name] for name in dict.fromkeys(names) if name != ACC1.key)
+
+
+def check_out_file(path: Path, flag: str) -> None:
+    """``path`` can be written as a file: not a directory, in a directory that exists and is writable."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise RunDirError(f"{flag} {path} is a directory; name a file")
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise RunDirError(f"{flag} {path}: its directory {parent} {problem}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"{flag} {path}: its directory {parent} is not writable")
+
+
+def write_file(path: Path, text: str, flag: str) -> None:
+    try:
+        atomic_write(path, lambda out: out.write(text.encode()))
+    except OSError as error:
+        raise RunDirError(f"cannot write {flag} {path}: {error.strerror or error}") from None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="*", default=["runs/cifar100"], help="directories to search for runs")
-    parser.add_argument("--csv", type=Path, help="also write the table as CSV to this file")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text (default: Markdown-style pipe tables), markdown (aligned), csv (every row, "
+                             "unrounded) or latex (booktabs; the best entry of each column in bold)")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the table to FILE instead of stdout")
+    parser.add_argument("--metrics", default=ACC1.key, metavar="LIST",
+                        help=f"numbers shown besides top-1, last- and best-epoch each: a list of {', '.join(METRICS)} "
+                             "(default acc1: top-1 only)")
+    parser.add_argument("--plots", type=Path, metavar="DIR",
+                        help="also draw the figures (PNG and PDF) into DIR: curves, sweep heatmaps, bars beside "
+                             "the published numbers")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write --format csv to FILE (older spelling)")
     args = parser.parse_args(argv)
+    metrics = parse_metrics(args.metrics)
+    for flag, path in (("--out", args.out), ("--csv", args.csv)):
+        if path is not None:
+            check_out_file(path, flag)
+    if args.plots is not None:
+        plots.check_out_dir(args.plots, "--plots")
     roots = [Path(root) for root in args.roots]
     absent = [root for root in roots if not root.is_dir()]
     if absent:
@@ -548,10 +909,22 @@ def main(argv=None) -> int:
         print(f"error: no run directories (with a {CONFIG_FILE}) under {', '.join(map(str, roots))}", file=sys.stderr)
         return 2
     rows = table_order(add_missing_paper_cells(group_rows(found)))
-    print(report(rows))
-    if args.csv:
-        write_csv(args.csv, rows)
-        print(f"\nCSV: {args.csv}")
+    text = csv_text(rows, metrics) if args.format == "csv" else render(report(rows, metrics), args.format) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_file(args.out, text, "--out")
+        print(f"{args.format}: {args.out}", file=sys.stderr)
+    if args.csv is not None:
+        write_file(args.csv, csv_text(rows, metrics), "--csv")
+        print(f"CSV: {args.csv}", file=sys.stderr)
+    if args.plots is not None:
+        bars, left_out = bar_figures(rows)
+        written = plots.write_figures(args.plots, curve_figures(rows), sweep_heatmaps(rows), bars)
+        names = ", ".join(written) or "none (no run has the data for any)"
+        print(f"figures ({', '.join(plots.FORMATS)}) in {args.plots}: {names}", file=sys.stderr)
+        if left_out:
+            print(f"not in the bars (several configs, see the sweep heatmaps): {', '.join(left_out)}", file=sys.stderr)
     return 0
 
 

@@ -96,21 +96,21 @@ def positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def check_out_dir(out: Path) -> None:
-    """--out must be a writable directory, or a path where one can be made."""
+def check_out_dir(out: Path, flag: str = "--out") -> None:
+    """The directory of option ``flag`` must be a writable directory, or a path where one can be made."""
     if out.exists():
         if not out.is_dir():
-            raise RunDirError(f"--out {out} is a file, not a directory; name a directory for the figures")
+            raise RunDirError(f"{flag} {out} is a file, not a directory; name a directory for the figures")
         if not os.access(out, os.W_OK | os.X_OK):
-            raise RunDirError(f"--out {out} is not writable")
+            raise RunDirError(f"{flag} {out} is not writable")
         return
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise RunDirError(f"cannot make --out {out}: {parent} is a file, not a directory")
+        raise RunDirError(f"cannot make {flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot make --out {out}: {parent} is not writable")
+        raise RunDirError(f"cannot make {flag} {out}: {parent} is not writable")
 
 
 def default_label(path: Path) -> str:

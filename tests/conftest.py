@@ -46,6 +46,22 @@ def run_train(*args: str, config: str = "configs/quickstart.yaml", timeout: floa
     return result
 
 
+def fake_run(run_dir: Path, config: str, overrides: list[str], last: float | None, best: float | None,
+             epochs_done: int = 240, **metrics) -> None:
+    """A run directory as the trainer leaves it (resolved config.yaml, metrics.json), without training;
+    ``metrics`` adds keys to metrics.json (a history, calibration numbers)."""
+    import yaml
+    from core.typed_config import to_dict
+    from engine.config import load_config
+
+    run_dir.mkdir(parents=True)
+    resolved = to_dict(load_config(REPO / config, overrides))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    metrics = {"best_acc1": best, "last_acc1": last, "best_epoch": 200, "epochs_done": epochs_done,
+               "epochs_total": 240, "finished": epochs_done == 240, "teacher_acc1": None, **metrics}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

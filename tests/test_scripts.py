@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+from conftest import REPO, SMOKE, fake_run, read_metrics, run_train, train_env
 from engine.cli import status_of
 from engine.config import load_config
 from core.typed_config import to_dict
@@ -103,24 +103,13 @@ def test_collect_results_tabulates_the_runs(distilled, tmp_path, capfd):
     assert float(rows["Baseline"]["best_mean"]) == pytest.approx(t["best_acc1"])
 
 
-def _fake_run(run_dir: Path, config: str, overrides: list[str], last: float | None, best: float | None,
-              epochs_done: int = 240) -> None:
-    """A run directory as the trainer leaves it (resolved config.yaml, metrics.json), without training."""
-    run_dir.mkdir(parents=True)
-    resolved = to_dict(load_config(REPO / config, overrides))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    metrics = {"best_acc1": best, "last_acc1": last, "best_epoch": 200, "epochs_done": epochs_done,
-               "epochs_total": 240, "finished": epochs_done == 240, "teacher_acc1": None}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-
-
 @pytest.mark.parametrize("damage, problem", [
     (b"[1, 2]", "a JSON list, not an object"), (b"\xff\xfe", "not UTF-8 text"), (b'{"best', "not JSON"),
 ])
 def test_collect_results_warns_about_and_skips_a_damaged_metrics_file(tmp_path, capfd, damage, problem):
     good, bad = tmp_path / "resnet20_ce" / "seed0", tmp_path / "resnet20_ce" / "seed1"
     for seed, run_dir in enumerate((good, bad)):
-        _fake_run(run_dir, "configs/cifar100/resnet20_ce.yaml", [f"seed={seed}"], 69.0, 69.5)
+        fake_run(run_dir, "configs/cifar100/resnet20_ce.yaml", [f"seed={seed}"], 69.0, 69.5)
     (bad / "metrics.json").write_bytes(damage)
     out, err = call(collect_results.main, capfd, str(tmp_path))
     assert len(err.splitlines()) == 1
@@ -132,10 +121,10 @@ def test_collect_results_on_a_partial_cifar100_table(tmp_path, capfd):
     kd_protocol = ["train.batch_size=64", "train.lr=0.05"]
     lasts, bests = [69.0, 69.4, 68.8], [69.3, 69.5, 69.1]
     for seed, (last, best) in enumerate(zip(lasts, bests)):
-        _fake_run(tmp_path / "resnet20_ce" / f"seed{seed}", "configs/cifar100/resnet20_ce.yaml",
+        fake_run(tmp_path / "resnet20_ce" / f"seed{seed}", "configs/cifar100/resnet20_ce.yaml",
                   [f"seed={seed}", *kd_protocol], last, best)
-    _fake_run(tmp_path / "resnet20_kd" / "seed0", "configs/cifar100/resnet20_kd.yaml", ["seed=0"], 70.9, 71.0)
-    _fake_run(tmp_path / "resnet20_kd" / "seed1", "configs/cifar100/resnet20_kd.yaml", ["seed=1"], 50.0, 55.0,
+    fake_run(tmp_path / "resnet20_kd" / "seed0", "configs/cifar100/resnet20_kd.yaml", ["seed=0"], 70.9, 71.0)
+    fake_run(tmp_path / "resnet20_kd" / "seed1", "configs/cifar100/resnet20_kd.yaml", ["seed=1"], 50.0, 55.0,
               epochs_done=17)
     out, _ = call(collect_results.main, capfd, str(tmp_path))
     lines = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in out.splitlines()
@@ -422,14 +411,14 @@ def test_collect_results_shows_the_tiny_selfkd_pass_as_method_by_alone_and_tffd(
 def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs(tmp_path, capfd):
     bests = {0: 76.0, 1: 76.6}
     for seed, best in bests.items():
-        _fake_run(tmp_path / "preact_resnet18_ce" / f"seed{seed}", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml",
+        fake_run(tmp_path / "preact_resnet18_ce" / f"seed{seed}", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml",
                   [f"seed={seed}", "model.name=preact_resnet18"], best - 0.5, best)
     for variant in ("mixup", "mixup_tffd"):
-        _fake_run(tmp_path / f"preact_resnet18_{variant}" / "seed0",
+        fake_run(tmp_path / f"preact_resnet18_{variant}" / "seed0",
                   f"configs/cifar100/selfkd/cifar_resnet18_{variant}.yaml", ["model.name=preact_resnet18"], 78.0, 78.5)
-    _fake_run(tmp_path / "cifar_resnet18_ce" / "seed0", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml", [],
+    fake_run(tmp_path / "cifar_resnet18_ce" / "seed0", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml", [],
               75.0, 75.5)
-    _fake_run(tmp_path / "resnet20_cutout" / "seed0", "configs/cifar100/resnet20_ce.yaml",
+    fake_run(tmp_path / "resnet20_cutout" / "seed0", "configs/cifar100/resnet20_ce.yaml",
               ["batch.transforms=[cutout]"], 69.0, 69.5)  # a self-KD method on a Tf-FD paper backbone
     csv_path = tmp_path / "table.csv"
     out, _ = call(collect_results.main, capfd, str(tmp_path), "--csv", str(csv_path))
