@@ -2,6 +2,7 @@
 command, and every repository path a README command names existing."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -16,15 +17,22 @@ def bash_blocks(text: str) -> list[list[str]]:
     return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
 
 
+def make_plan(target: str) -> str:
+    """What ``make TARGET`` would run from scratch; run under ``make test`` itself (CI), so without the
+    outer make's variables and directory messages."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_the_first_commands_are_the_two_make_targets_and_ci_runs_the_second():
     assert bash_blocks(README)[0] == ["make quickstart", "make test"]
     ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == "make test"
-    plan = subprocess.run(["make", "-n", "-B", "test"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    plan = make_plan("test")
     assert plan.splitlines()[-1] == ".venv/bin/python -m pytest -q tests"
     assert "pip install --quiet -r requirements-dev.txt" in plan
-    quickstart = subprocess.run(["make", "-n", "-B", "quickstart"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout
+    quickstart = make_plan("quickstart")
     assert quickstart.splitlines()[-1] == ".venv/bin/python train.py --config configs/quickstart.yaml"
 
 
