@@ -154,5 +154,5 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     scheduler = build_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(network, plain.model, list(plain.terms), teacher, loaders, optimizer, scheduler, scaler, autocast_dtype, profile, lr,
-                      batch_transforms, memory_format)
+    return Experiment(network, plain.model, list(plain.terms), teacher, loaders, optimizer, scheduler, scaler,
+                      autocast_dtype, profile, lr, batch_transforms, memory_format)

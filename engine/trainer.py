@@ -15,7 +15,7 @@ from core.errors import CheckpointError
 from core.typed_config import flatten, to_dict
 
 from .builder import Experiment
-from .calibration import ECE_BINS, aurc, calibration_sums, confidences_and_hits, expected_calibration_error
+from .calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
@@ -41,8 +41,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device)  # loss, hits@1, hits@5, count
-    bins = torch.zeros(3, ECE_BINS, device=device, dtype=torch.float64)
-    confidences, hits = [], []
+    confidences, hits = [torch.zeros(0, device=device)], [torch.zeros(0, dtype=torch.bool, device=device)]
     try:
         for images, targets in loader:
             output = model(images.contiguous(memory_format=memory_format))
@@ -50,16 +49,14 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
             sums += torch.cat([loss.view(1), correct_topk(logits, targets), sums.new_full((1,), targets.shape[0])])
             confidence, hit = confidences_and_hits(logits, targets)
-            bins += calibration_sums(confidence, hit)
             confidences.append(confidence)
             hits.append(hit)
     finally:
         model.train(was_training)
     loss, hits1, hits5, count = all_reduce_sum(sums).tolist()
-    ece = expected_calibration_error(all_reduce_sum(bins))
-    if not confidences:  # an empty shard
-        confidences, hits = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
-    gathered = gather_objects((torch.cat(confidences).cpu(), torch.cat(hits).cpu()))  # ~1e4 floats, once
+    confidence, hit = torch.cat(confidences), torch.cat(hits)  # this rank's shard (possibly empty)
+    ece = expected_calibration_error(all_reduce_sum(calibration_sums(confidence, hit)))
+    gathered = gather_objects((confidence.cpu(), hit.cpu()))  # ~1e4 floats, once per evaluation
     area = aurc(torch.cat([c for c, _ in gathered]), torch.cat([h for _, h in gathered]))
     count = max(count, 1)
     return {"loss": loss / count, "nll": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count,
