@@ -12,11 +12,12 @@ What differs from a fresh interpreter: the modules in ``PRELOAD`` were imported 
 environment was set, so environment variables read at import time (``OMP_NUM_THREADS``,
 ``PYTHONUNBUFFERED``, ...) are those the server started with. Commands are therefore forked only when
 their environment is the server's (``PYTEST_CURRENT_TEST`` aside); any other command, one that is not
-``python SCRIPT`` or ``python -c CODE``, and every command when ``TESTS_FORKSERVER=0``, runs as a
-plain ``subprocess.Popen``.
+``python SCRIPT|-c CODE|-m MODULE ...``, and every command when ``TESTS_FORKSERVER=0``, runs as a
+plain ``subprocess.Popen`` (tests/test_forkserver.py checks that the two agree).
 
-    popen(args, cwd=..., env=..., stdout=PIPE, ...)  ->  a subprocess.Popen-like object
-    run(args, cwd=..., env=..., capture_output=True, text=True, timeout=...)  ->  CompletedProcess
+    popen(args, cwd=..., env=..., stdout=PIPE, start_new_session=..., ...)  ->  a Popen-like object
+    run(args, cwd=..., env=..., input=..., capture_output=True, text=True, timeout=...)  ->  CompletedProcess
+    fork(args, ...): as popen, but always forked (or ValueError)
 
 The server runs as ``python tests/forkserver.py ADDRESS`` and lives as long as the test session.
 """
@@ -128,6 +129,8 @@ def run_child(request: dict, fds: list[int]) -> None:
         os.close(fd)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if request["new_session"]:
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -142,6 +145,9 @@ def run_child(request: dict, fds: list[int]) -> None:
             main.__builtins__ = __builtins__
             sys.modules["__main__"] = main
             exec(compile(args[1], "<string>", "exec"), main.__dict__)
+        elif args[0] == "-m":
+            sys.argv, sys.path[0] = ["-m", *args[2:]], os.getcwd()
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv, sys.path[0] = list(args), os.path.dirname(os.path.abspath(args[0]))
             runpy.run_path(args[0], run_name="__main__")
@@ -185,7 +191,8 @@ class ForkServer:
 class ForkedProcess:
     """The part of subprocess.Popen the tests use, for a child of the fork server."""
 
-    def __init__(self, server: ForkServer, args: list[str], cwd, env: dict, stdin, stdout, stderr, text: bool):
+    def __init__(self, server: ForkServer, args: list[str], cwd, env: dict, stdin, stdout, stderr, text: bool,
+                 start_new_session: bool = False):
         self.args, self.returncode = args, None
         self.stdin = self.stdout = self.stderr = None
         opened: list[int] = []  # this process's copies of the child's ends, closed once it has them
@@ -194,24 +201,22 @@ class ForkedProcess:
             if spec is None:
                 return inherited
             if spec == PIPE:
-                read_end, write_end = os.pipe()
-                opened.append(write_end)
-                if text:  # as subprocess.Popen(text=True) decodes
-                    encoding = "utf-8" if sys.flags.utf8_mode else locale.getencoding()
-                    setattr(self, name, io.open(read_end, "r", encoding=encoding))
-                else:
-                    setattr(self, name, io.open(read_end, "rb"))
-                return write_end
+                ours, theirs = os.pipe()[::-1] if name == "stdin" else os.pipe()
+                opened.append(theirs)
+                mode = ("w" if name == "stdin" else "r") + ("" if text else "b")
+                # as subprocess.Popen(text=True) encodes and decodes
+                encoding = ("utf-8" if sys.flags.utf8_mode else locale.getencoding()) if text else None
+                setattr(self, name, io.open(ours, mode, encoding=encoding))
+                return theirs
             if spec == DEVNULL:
                 opened.append(os.open(os.devnull, os.O_RDWR))
                 return opened[-1]
             return spec if isinstance(spec, int) else spec.fileno()
 
-        if stdin == PIPE:
-            raise ValueError("stdin=PIPE is not supported; use subprocess")
         fds = [child_end(stdin, 0, "stdin"), child_end(stdout, 1, "stdout")]
         fds.append(fds[1] if stderr == STDOUT else child_end(stderr, 2, "stderr"))
-        request = {"args": list(args[1:]), "cwd": os.fspath(cwd or os.getcwd()), "env": dict(env)}
+        request = {"args": list(args[1:]), "cwd": os.fspath(cwd or os.getcwd()), "env": dict(env),
+                   "new_session": start_new_session}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._conn.connect(server.address)
@@ -255,15 +260,22 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, input=None, timeout: float | None = None):
-        if input is not None:
-            raise ValueError("input is not supported; use subprocess")
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._readers is None:
             def read(name, stream):
                 with stream:
                     self._output[name] = stream.read()
+
+            def write(stream):
+                with stream:
+                    try:
+                        stream.write(input)
+                    except BrokenPipeError:  # the child stopped reading: as subprocess does, not an error
+                        pass
             self._readers = [threading.Thread(target=read, args=(name, getattr(self, name)), daemon=True)
                              for name in ("stdout", "stderr") if getattr(self, name) is not None]
+            if self.stdin is not None:
+                self._readers.append(threading.Thread(target=write, args=(self.stdin,), daemon=True))
             for reader in self._readers:
                 reader.start()
         for reader in self._readers:
@@ -282,12 +294,14 @@ def _stable(env: dict) -> dict:
     return {key: value for key, value in env.items() if key not in VOLATILE}
 
 
-def _forkable(args, env: dict | None) -> bool:
-    if os.environ.get("TESTS_FORKSERVER", "1") == "0" or not args or args[0] != sys.executable or len(args) < 2:
+def forkable(args, env: dict) -> bool:
+    """Whether the server can run ``args`` in ``env``: ``python SCRIPT|-c CODE|-m MODULE ...`` in the
+    server's environment (or any, before the server has started)."""
+    if not args or args[0] != sys.executable or len(args) < 2 or args[1] in ("-c", "-m") and len(args) < 3:
         return False
-    if args[1].startswith("-") and args[1] != "-c":
+    if args[1].startswith("-") and args[1] not in ("-c", "-m"):
         return False
-    return _server is None or _stable(env if env is not None else os.environ) == _server.env
+    return _server is None or _stable(env) == _server.env
 
 
 def _get_server(env: dict) -> ForkServer:
@@ -299,23 +313,36 @@ def _get_server(env: dict) -> ForkServer:
         return _server
 
 
-def popen(args: list[str], *, cwd=None, env: dict | None = None, stdin=None, stdout=None, stderr=None,
-          text: bool = False):
-    """``subprocess.Popen(args, ...)``; forked from the server when ``args`` is ``python SCRIPT|-c ...``."""
+def fork(args: list[str], *, cwd=None, env: dict | None = None, stdin=None, stdout=None, stderr=None,
+         text: bool = False, start_new_session: bool = False) -> ForkedProcess:
+    """``args`` forked from the server, whatever ``TESTS_FORKSERVER`` says (ValueError if it cannot be)."""
     env = dict(os.environ if env is None else env)
-    if not _forkable(args, env):
-        return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
-    return ForkedProcess(_get_server(env), args, cwd, env, stdin, stdout, stderr, text)
+    if not forkable(args, env):
+        raise ValueError(f"the fork server cannot run {args[:3]} in this environment")
+    return ForkedProcess(_get_server(env), args, cwd, env, stdin, stdout, stderr, text, start_new_session)
 
 
-def run(args: list[str], *, cwd=None, env: dict | None = None, capture_output: bool = False, text: bool = False,
-        timeout: float | None = None, check: bool = False, stdout=None, stderr=None) -> CompletedProcess:
+def popen(args: list[str], *, cwd=None, env: dict | None = None, stdin=None, stdout=None, stderr=None,
+          text: bool = False, start_new_session: bool = False):
+    """``subprocess.Popen(args, ...)``; forked from the server where it can be, unless TESTS_FORKSERVER=0."""
+    env = dict(os.environ if env is None else env)
+    if os.environ.get("TESTS_FORKSERVER", "1") != "0" and forkable(args, env):
+        return fork(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                    start_new_session=start_new_session)
+    return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                            start_new_session=start_new_session)
+
+
+def run(args: list[str], *, cwd=None, env: dict | None = None, input=None, capture_output: bool = False,
+        text: bool = False, timeout: float | None = None, check: bool = False, stdout=None,
+        stderr=None) -> CompletedProcess:
     """``subprocess.run(args, ...)``, through ``popen``."""
     if capture_output:
         stdout = stderr = PIPE
-    process = popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
+    process = popen(args, cwd=cwd, env=env, stdin=None if input is None else PIPE, stdout=stdout, stderr=stderr,
+                    text=text)
     try:
-        out, err = process.communicate(timeout=timeout)
+        out, err = process.communicate(input, timeout=timeout)
     except TimeoutExpired:
         process.kill()
         process.communicate()

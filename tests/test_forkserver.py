@@ -23,12 +23,12 @@ print("to stderr", file=sys.stderr)
 """
 
 
-def both(args: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+def both(args: list[str], input: str | None = None, **kwargs):
     """The command forked from the server, and the same command in a fresh interpreter."""
-    forked = forkserver.popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    assert isinstance(forked, forkserver.ForkedProcess)
-    out, err = forked.communicate(timeout=60)
-    fresh = subprocess.run(args, capture_output=True, text=True, timeout=60, **kwargs)
+    forked = forkserver.fork(args, stdin=None if input is None else subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **kwargs)
+    out, err = forked.communicate(input, timeout=60)
+    fresh = subprocess.run(args, input=input, capture_output=True, text=True, timeout=60, **kwargs)
     return subprocess.CompletedProcess(args, forked.returncode, out, err), fresh
 
 
@@ -38,12 +38,12 @@ def report(result: subprocess.CompletedProcess) -> dict:
     return json.loads(lines[0])
 
 
-@pytest.mark.parametrize("code", ["-c", "script"])
+@pytest.mark.parametrize("code", ["-c", "script", "-m"])
 def test_argv_path_cwd_environment_and_main_are_a_fresh_interpreters(code, tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(REPORT)
-    args = [sys.executable, *(["-c", REPORT] if code == "-c" else [str(script)]), "a", "--b"]
-    forked, fresh = both(args, cwd=tmp_path, env=train_env())
+    command = {"-c": ["-c", REPORT], "script": [str(script)], "-m": ["-m", "probe"]}[code]
+    forked, fresh = both([sys.executable, *command, "a", "--b"], cwd=tmp_path, env=train_env())
     assert forked.returncode == fresh.returncode == 0
     ours, theirs = report(forked), report(fresh)
     assert ours.pop("pid") != theirs.pop("pid")
@@ -57,15 +57,18 @@ def test_argv_path_cwd_environment_and_main_are_a_fresh_interpreters(code, tmp_p
     "import sys; print('bye', file=sys.stderr); raise SystemExit('message')",
     "raise KeyboardInterrupt",
     "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+    "import os, sys; print(sys.stdin.read().upper(), os.getsid(0) == os.getpid())",
 ])
-def test_status_output_and_traceback_are_a_fresh_interpreters(code, tmp_path):
-    forked, fresh = both([sys.executable, "-c", code], cwd=tmp_path, env=train_env())
+@pytest.mark.parametrize("new_session", [False, True])
+def test_status_output_and_traceback_are_a_fresh_interpreters(code, new_session, tmp_path):
+    forked, fresh = both([sys.executable, "-c", code], input="standard input", cwd=tmp_path, env=train_env(),
+                         start_new_session=new_session)
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
 
 
 def test_the_pid_takes_signals_and_stays_reserved_until_the_status_is_read():
-    process = forkserver.popen([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
-                               env=train_env(), stdout=subprocess.PIPE, text=True)
+    process = forkserver.fork([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
+                              env=train_env(), stdout=subprocess.PIPE, text=True)
     assert int(process.stdout.readline()) == process.pid and process.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
         process.wait(timeout=0.1)
@@ -79,8 +82,8 @@ def test_the_pid_takes_signals_and_stays_reserved_until_the_status_is_read():
 
 def test_stderr_on_a_terminal_is_a_terminal():
     master, slave = pty.openpty()
-    process = forkserver.popen([sys.executable, "-c", "import sys; print(sys.stderr.isatty(), sys.stdout.isatty())"],
-                               env=train_env(), stdout=subprocess.PIPE, stderr=slave, text=True)
+    process = forkserver.fork([sys.executable, "-c", "import sys; print(sys.stderr.isatty(), sys.stdout.isatty())"],
+                              env=train_env(), stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     out, err = process.communicate(timeout=60)
     os.close(master)
@@ -88,8 +91,10 @@ def test_stderr_on_a_terminal_is_a_terminal():
 
 
 def test_other_environments_and_interpreter_options_get_a_fresh_interpreter():
-    forkserver.run([sys.executable, "-c", "pass"], env=train_env(), check=True)  # the server runs, with train_env()
+    forkserver.fork([sys.executable, "-c", "pass"], env=train_env()).wait(60)  # the server runs, with train_env()
     env = dict(train_env(), OMP_NUM_THREADS="2")  # read when torch is imported: the server's is 1
-    for args, environment in (([sys.executable, "-c", "pass"], env), ([sys.executable, "-m", "this"], train_env())):
+    for args, environment in (([sys.executable, "-c", "pass"], env), ([sys.executable, "-I", "-c", "pass"], train_env())):
         process = forkserver.popen(args, env=environment, stdout=subprocess.DEVNULL)
         assert isinstance(process, subprocess.Popen) and process.wait(timeout=60) == 0
+        with pytest.raises(ValueError, match="cannot run"):
+            forkserver.fork(args, env=environment)
