@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# One intra-op thread in the tests' own process too, as in their training subprocesses (train_env): the
+# tensors are tiny, and two OpenMP threads that wait for each other at every op make the in-process
+# tests 3-4 times slower whenever another process holds one of a 2-core machine's cores.
+torch.set_num_threads(1)
 
 # A fast, learnable training setup on the synthetic dataset (seconds on a 2-core CPU).
 SMOKE = [

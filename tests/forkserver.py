@@ -204,8 +204,7 @@ class ForkedProcess:
                 ours, theirs = os.pipe()[::-1] if name == "stdin" else os.pipe()
                 opened.append(theirs)
                 mode = ("w" if name == "stdin" else "r") + ("" if text else "b")
-                # as subprocess.Popen(text=True) encodes and decodes
-                encoding = ("utf-8" if sys.flags.utf8_mode else locale.getencoding()) if text else None
+                encoding = _text_encoding() if text else None
                 setattr(self, name, io.open(ours, mode, encoding=encoding))
                 return theirs
             if spec == DEVNULL:
@@ -233,7 +232,7 @@ class ForkedProcess:
             self._conn.settimeout(timeout)
             try:
                 message = self._conn.recv(MAX_MESSAGE)
-            except (BlockingIOError, TimeoutError):
+            except (BlockingIOError, socket.timeout):
                 return None
             if not message:
                 raise RuntimeError(f"the fork server went away before pid {self.pid} ended")
@@ -290,6 +289,27 @@ _server: ForkServer | None = None
 _server_lock = threading.Lock()
 
 
+def _text_encoding() -> str:
+    """The encoding of subprocess.Popen(text=True)."""
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    return locale.getencoding() if hasattr(locale, "getencoding") else locale.getpreferredencoding(False)
+
+
+def _supported() -> bool:
+    """Linux with pidfds (5.3) and descriptor passing (Python 3.9): what the server needs."""
+    if not (hasattr(os, "pidfd_open") and hasattr(socket, "send_fds") and hasattr(os, "fork")):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+SUPPORTED = _supported()
+
+
 def _stable(env: dict) -> dict:
     return {key: value for key, value in env.items() if key not in VOLATILE}
 
@@ -297,16 +317,22 @@ def _stable(env: dict) -> dict:
 def forkable(args, env: dict) -> bool:
     """Whether the server can run ``args`` in ``env``: ``python SCRIPT|-c CODE|-m MODULE ...`` in the
     server's environment (or any, before the server has started)."""
-    if not args or args[0] != sys.executable or len(args) < 2 or args[1] in ("-c", "-m") and len(args) < 3:
+    if not SUPPORTED or not args or args[0] != sys.executable or len(args) < 2:
+        return False
+    if args[1] in ("-c", "-m") and len(args) < 3:
         return False
     if args[1].startswith("-") and args[1] not in ("-c", "-m"):
         return False
-    return _server is None or _stable(env) == _server.env
+    return _server is None or _server.process.poll() is not None or _stable(env) == _server.env
 
 
 def _get_server(env: dict) -> ForkServer:
     global _server
     with _server_lock:
+        if _server is not None and _server.process.poll() is not None:  # it died: start another
+            atexit.unregister(_server.close)
+            _server.close()
+            _server = None
         if _server is None:
             _server = ForkServer(env)
             atexit.register(_server.close)

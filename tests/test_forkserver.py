@@ -48,7 +48,7 @@ def test_argv_path_cwd_environment_and_main_are_a_fresh_interpreters(code, tmp_p
     ours, theirs = report(forked), report(fresh)
     assert ours.pop("pid") != theirs.pop("pid")
     assert ours == theirs and ours["name"] == "__main__"
-    assert "test_argv_path_cwd" in ours["env"], "the command's environment, not the server's (pytest sets this per test)"
+    assert "test_argv_path_cwd" in ours["env"], "the command's environment, not the server's (set per test)"
 
 
 @pytest.mark.parametrize("code", [
@@ -93,7 +93,7 @@ def test_stderr_on_a_terminal_is_a_terminal():
 def test_other_environments_and_interpreter_options_get_a_fresh_interpreter():
     forkserver.fork([sys.executable, "-c", "pass"], env=train_env()).wait(60)  # the server runs, with train_env()
     env = dict(train_env(), OMP_NUM_THREADS="2")  # read when torch is imported: the server's is 1
-    for args, environment in (([sys.executable, "-c", "pass"], env), ([sys.executable, "-I", "-c", "pass"], train_env())):
+    for args, environment in ([sys.executable, "-c", "pass"], env), ([sys.executable, "-I", "-c", "pass"], train_env()):
         process = forkserver.popen(args, env=environment, stdout=subprocess.DEVNULL)
         assert isinstance(process, subprocess.Popen) and process.wait(timeout=60) == 0
         with pytest.raises(ValueError, match="cannot run"):
