@@ -266,10 +266,14 @@ class ForkedProcess:
                     self._output[name] = stream.read()
 
             def write(stream):
-                with stream:
-                    try:
+                try:
+                    if input:
                         stream.write(input)
-                    except BrokenPipeError:  # the child stopped reading: as subprocess does, not an error
+                    stream.close()
+                except BrokenPipeError:  # the child stopped reading: as subprocess does, not an error
+                    try:
+                        stream.close()
+                    except BrokenPipeError:
                         pass
             self._readers = [threading.Thread(target=read, args=(name, getattr(self, name)), daemon=True)
                              for name in ("stdout", "stderr") if getattr(self, name) is not None]
