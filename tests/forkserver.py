@@ -8,6 +8,9 @@ the interpreter's state), that then runs the script as ``python SCRIPT ARGS...``
 the command gives them, and a normal interpreter exit (atexit handlers, flushed streams, a traceback
 and status 1 for an uncaught exception, death by SIGINT for an uncaught KeyboardInterrupt).
 
+The modules of this repository that the command's ``sys.path`` would not find are dropped again,
+so a script that cannot import them fails as it would in a fresh interpreter.
+
 What differs from a fresh interpreter: the modules in ``PRELOAD`` were imported before the
 environment was set, so environment variables read at import time (``OMP_NUM_THREADS``,
 ``PYTHONUNBUFFERED``, ...) are those the server started with. Commands are therefore forked only when
@@ -141,15 +144,18 @@ def run_child(request: dict, fds: list[int]) -> None:
     try:
         if args[0] == "-c":
             sys.argv, sys.path[0] = ["-c", *args[2:]], ""
+            forget_unreachable_project_modules()
             main = types.ModuleType("__main__")
             main.__builtins__ = __builtins__
             sys.modules["__main__"] = main
             exec(compile(args[1], "<string>", "exec"), main.__dict__)
         elif args[0] == "-m":
             sys.argv, sys.path[0] = ["-m", *args[2:]], os.getcwd()
+            forget_unreachable_project_modules()
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv, sys.path[0] = list(args), os.path.dirname(os.path.abspath(args[0]))
+            forget_unreachable_project_modules()
             runpy.run_path(args[0], run_name="__main__")
     except SystemExit:
         raise
@@ -165,6 +171,21 @@ def run_child(request: dict, fds: list[int]) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         raise SystemExit(1) from None
     raise SystemExit(0)
+
+
+def forget_unreachable_project_modules() -> None:
+    """Drop the preloaded modules of this repository (train, engine, data, ...) that the child's
+    sys.path would not find, so that importing them fails as in a fresh interpreter."""
+    from importlib.machinery import PathFinder
+
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if "." in name or not origin.startswith(str(REPO) + os.sep):
+            continue
+        spec = PathFinder.find_spec(name, sys.path)
+        if spec is None or os.path.realpath(spec.origin or "") != os.path.realpath(origin):
+            for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
+                del sys.modules[loaded]
 
 
 # ============================================================================ the client

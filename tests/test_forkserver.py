@@ -58,6 +58,7 @@ def test_argv_path_cwd_environment_and_main_are_a_fresh_interpreters(code, tmp_p
     "raise KeyboardInterrupt",
     "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
     "import os, sys; print(sys.stdin.read().upper(), os.getsid(0) == os.getpid())",
+    "import engine.config",  # preloaded by the server, but not on this command's sys.path
 ])
 @pytest.mark.parametrize("new_session", [False, True])
 def test_status_output_and_traceback_are_a_fresh_interpreters(code, new_session, tmp_path):
