@@ -1,4 +1,7 @@
-"""Shared test helpers: run train.py in a subprocess, read run directories."""
+"""Shared test helpers: run train.py in a subprocess, read run directories.
+
+The subprocesses are forked from tests/forkserver.py, which has imported train.py once, instead of
+starting a fresh interpreter each (``TESTS_FORKSERVER=0`` starts fresh ones)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# One intra-op thread in the tests' own process too, as in their training subprocesses (train_env): the
+# tensors are tiny, and two OpenMP threads that wait for each other at every op make the in-process
+# tests 3-4 times slower whenever another process holds one of a 2-core machine's cores.
+torch.set_num_threads(1)
 
 # A fast, learnable training setup on the synthetic dataset (seconds on a 2-core CPU).
 SMOKE = [
@@ -32,7 +43,7 @@ def train_command(*args: str, config: str = "configs/quickstart.yaml") -> list[s
 
 def start_train(*args: str, config: str = "configs/quickstart.yaml") -> subprocess.Popen:
     """Start train.py without waiting (to signal it mid-run); stdout and stderr are text pipes."""
-    return subprocess.Popen(train_command(*args, config=config), cwd=REPO, env=train_env(),
+    return forkserver.popen(train_command(*args, config=config), cwd=REPO, env=train_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -40,7 +51,7 @@ def run_train(*args: str, config: str = "configs/quickstart.yaml", timeout: floa
               check: bool = False) -> subprocess.CompletedProcess:
     """``python train.py --config CONFIG ARGS...`` from the repository root."""
     command = train_command(*args, config=config)
-    result = subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=timeout)
+    result = forkserver.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, read_metrics, run_train
+import forkserver
+from conftest import REPO, SMOKE, read_metrics, run_train, train_env
 from models import build_model
 
 BASE = f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
@@ -222,7 +223,8 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"model": build_model("resnet20", 10).state_dict(), "extra": WritesMarker(marker)}, path)
     # The file really is malicious: an unsafe load writes the marker.
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"], check=True)
+    forkserver.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"],
+                   env=train_env(), check=True)
     assert marker.read_text() == "pwned"
     marker.unlink()
 

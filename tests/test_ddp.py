@@ -18,6 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import forkserver
 from conftest import REPO, read_metrics, run_train, train_env
 from data.device_loader import DeviceTrainLoader
 from engine.builder import build_experiment
@@ -45,8 +46,9 @@ CURVE_TOLERANCE = 0.04  # mean over all 16 steps: measured 0.7-2.0%; another see
 
 def launch(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``command`` in its own process group; on timeout kill the whole group (torchrun and its
-    workers) and fail, so a hang can never outlive the test."""
-    process = subprocess.Popen(command, cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
+    workers) and fail, so a hang can never outlive the test. ``python -m torch.distributed.run`` is
+    forked from tests/forkserver.py; its workers are fresh interpreters, as torchrun starts them."""
+    process = forkserver.popen(command, cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=TIMEOUT)

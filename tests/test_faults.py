@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import forkserver
 from conftest import REPO, SMOKE, read_metrics, run_train, start_train, train_command, train_env
 from core.errors import RunDirError
 from engine.checkpoint import load_checkpoint, remove_unfinished_writes
@@ -71,7 +72,7 @@ def start_with_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     """Start train.py with stderr on a pseudo-terminal, so tqdm draws its progress bar there."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm draws nothing 0 wide
-    process = subprocess.Popen(train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+    process = forkserver.popen(train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
                                stderr=slave, text=True)
     os.close(slave)
     return process, master
@@ -202,7 +203,7 @@ def test_kill_during_atomic_write_keeps_previous_file(tmp_path):
         "    print('writing', flush=True); time.sleep(600)\n"
         f"atomic_write({str(target)!r}, write)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+    process = forkserver.popen([sys.executable, "-c", writer], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     with watchdog(process):
         wait_for_line(process, "^writing")
@@ -251,7 +252,7 @@ def run_with_nan(*args: str) -> subprocess.CompletedProcess:
     """train.py through tests/ddp_probe.py, in one process, with a NaN loss at step 6."""
     command = [sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "nan", "--step", "6",
                *train_command(*NAN_IN_EPOCH_2, *args)[2:]]
-    return subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    return forkserver.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_nonfinite_loss_stops_with_epoch_step_and_term(tmp_path):

@@ -3,7 +3,6 @@ hand-computed tensors, then trained alone and with Tf-FD, and resumed exactly.""
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import data.batch_transforms as bt
+import forkserver
 from conftest import REPO, SMOKE, read_metrics, run_train, train_command, train_env
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
@@ -140,14 +140,29 @@ METHODS = {
 }
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``trained(*overrides)``: the run directory of a finished RUN with ``overrides``, trained once for
+    all the tests that read it."""
+    runs = {}
+
+    def train(*overrides: str):
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("run") / "run"
+            run_train(*RUN, *overrides, "--run-dir", str(run_dir), check=True)
+            runs[overrides] = run_dir
+        return runs[overrides]
+
+    return train
+
+
 @pytest.mark.parametrize("with_tffd", [False, True], ids=["alone", "with_tffd"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
+def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, trained):
     terms = {"tf_kd_reg": ["ce", "tf_kd_reg"], "cs_kd": ["ce", "cs_kd"], "ps_kd": ["ps_kd"]}.get(method, ["ce"])
     terms += ["tffd"] if with_tffd else []
     overrides = [o for o in METHODS[method] if not o.startswith("loss.terms=")] + [f"loss.terms=[{','.join(terms)}]"]
-    run_dir = tmp_path / "run"
-    run_train(*RUN, *overrides, "--run-dir", str(run_dir), check=True)
+    run_dir = trained(*overrides)
     metrics = read_metrics(run_dir)
     assert metrics["finished"] and metrics["best_acc1"] > 100 / 10 + 15, metrics["best_acc1"]  # chance: 10%
     names = set(metrics["history"][-1])
@@ -159,11 +174,11 @@ def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, tmp_path):
 def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path, terms):
     """The transforms draw from the generators the checkpoint saves, and PS-KD's past predictions are
     in it: stopped in epoch 2 and resumed, a deterministic CPU run ends as the uninterrupted one."""
-    args = [*RUN, "train.epochs=3", "train.deterministic=true", "batch.transforms=[mixup,cutmix,cutout]",
-            "batch.cutmix.prob=0.5", f"loss.terms=[{terms}]"]
+    args = [*RUN, "data.num_train=256", "train.epochs=3", "train.deterministic=true",  # 8 steps per epoch
+            "batch.transforms=[mixup,cutmix,cutout]", "batch.cutmix.prob=0.5", f"loss.terms=[{terms}]"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
-    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "21",
+    stopped = forkserver.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "13",
                               *train_command(*args, "--run-dir", str(resumed))[2:]],
                              cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
@@ -296,11 +311,10 @@ def test_ps_kd_first_epoch_is_ce_then_distils_last_epochs_predictions():
     assert term.past[[0, 2, 4]].abs().sum() == 0
 
 
-def test_ps_kd_state_is_in_the_checkpoint(tmp_path):
+def test_ps_kd_state_is_in_the_checkpoint(trained):
     from engine.checkpoint import load_checkpoint
 
-    run_dir = tmp_path / "run"
-    run_train(*RUN, "loss.terms=[ps_kd]", "--run-dir", str(run_dir), check=True)
+    run_dir = trained("loss.terms=[ps_kd]")  # the run test_two_epochs_learn_alone_and_with_tffd[ps_kd-alone] reads
     (past_state,) = [state for state in load_checkpoint(run_dir / "last.pt")["terms"] if "past" in state]
     assert past_state["past"].shape == (512, 10) and bool(past_state["seen"].all())
     torch.testing.assert_close(past_state["past"].sum(1), torch.ones(512))
