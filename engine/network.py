@@ -27,9 +27,10 @@ class TrainingNetwork(nn.Module):
                 indices: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None,
                 target_probs: Optional[torch.Tensor] = None, extras: Optional[dict[str, Any]] = None):
         """The model's logits and every term's named, weighted losses for one training batch."""
-        logits, feats = self.model(images)
+        feats, head_map = self.model.forward_maps(images)  # the model's forward, in its two parts
+        logits = self.model.classify_map(head_map)
         step = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras or {}, self.model,
-                          indices)
+                          indices, head_map)
         losses: dict[str, torch.Tensor] = {}
         for term in self.terms:
             losses.update(term(step))

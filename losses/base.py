@@ -38,6 +38,14 @@ class StepOutput:
     model: Optional[Callable] = None
     # The dataset indices of the samples trained on (training steps), for terms with per-sample state
     indices: Optional[torch.Tensor] = None
+    # The N x D x H x W map the model's classifier pools into ``logits`` (models/layers.py ``Backbone``):
+    # the last stage's output after any head block; ``model.classify_map`` classifies such a map
+    head_map: Optional[torch.Tensor] = None
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The N x D vector the classifier reads: the pooled ``head_map``."""
+        return self.head_map.mean(dim=(2, 3))
 
 
 class LossTerm(nn.Module):

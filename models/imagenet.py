@@ -13,11 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import models as tv
 
-from .layers import StagedNet, conv_bn, init_weights
+from .layers import Backbone, StagedNet, conv_bn, init_weights
 from .registry import register_model
 
 
-class _Adopted(nn.Module):
+class _Adopted(Backbone):
     """Takes over a torchvision model's child modules under their own names."""
 
     def __init__(self, net: nn.Module):
@@ -29,14 +29,13 @@ class _Adopted(nn.Module):
 class ResNetStages(_Adopted):
     """torchvision's ResNet; stage features are the outputs of layer1..layer4 (post-ReLU)."""
 
-    def forward(self, x: torch.Tensor):
+    def forward_maps(self, x: torch.Tensor):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
             feats.append(x)
-        logits = self.fc(torch.flatten(self.avgpool(x), 1))
-        return logits, feats
+        return feats, x
 
 
 class MobileNetV2Stages(_Adopted):
@@ -47,14 +46,16 @@ class MobileNetV2Stages(_Adopted):
 
     STAGE_ENDS = (6, 13, 17)  # indices into torchvision's ``features``
 
-    def forward(self, x: torch.Tensor):
+    def forward_maps(self, x: torch.Tensor):
         feats = []
         for index, block in enumerate(self.features):
             x = block(x)
             if index in self.STAGE_ENDS:
                 feats.append(x)
-        logits = self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
+        return feats, x
+
+    def classify_map(self, head_map: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1))  # dropout, then the linear layer
 
 
 for _name in ("resnet18", "resnet34", "resnet50"):

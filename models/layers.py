@@ -37,19 +37,38 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class StagedNet(nn.Module):
-    """stem -> stages -> classifier. Subclasses set ``stem``, ``stages`` (a ModuleList) and ``fc``;
-    every stage's output is a stage feature. Returns ``(logits, stage_features)``."""
+class Backbone(nn.Module):
+    """What every model is: ``forward_maps(x)`` gives the stage features and the map the classifier
+    pools (the last stage's output after any head block: a final BN-ReLU, a 1x1 conv to the head width);
+    ``classify_map`` pools that map and classifies it. ``forward(x)`` is the two, ``(logits, stage_features)``.
+    The trainer calls the two parts itself, so a loss term can read the pooled map (``StepOutput.head_map``,
+    e.g. the embedding BAKE compares) and classify other maps with the same classifier (Zipf's LS's
+    per-pixel votes)."""
 
     def forward(self, x: torch.Tensor):
+        feats, head_map = self.forward_maps(x)
+        return self.classify_map(head_map), feats
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def classify_map(self, head_map: torch.Tensor) -> torch.Tensor:
+        """Global average pooling and the linear classifier: N x D x H x W -> N x K."""
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1))
+
+
+class StagedNet(Backbone):
+    """stem -> stages -> classifier. Subclasses set ``stem``, ``stages`` (a ModuleList) and ``fc``;
+    every stage's output is a stage feature."""
+
+    def forward_maps(self, x: torch.Tensor):
         x = self.stem(x)
         feats = []
         for stage in self.stages:
             x = stage(x)
             feats.append(x)
-        return self.classify(x), feats
+        return feats, self.pre_pool(x)
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Global average pooling and the linear classifier; overridden where a head block comes first."""
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
+    def pre_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output as the classifier pools it; overridden where a head block comes first."""
+        return x

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import conv_bn, init_weights
+from .layers import Backbone, conv_bn, init_weights
 from .registry import register_model
 
 # (expansion, output channels at width 1, blocks, stride of the first block); None = the model's expansion
@@ -43,7 +42,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class CifarMobileNetV2(nn.Module):
+class CifarMobileNetV2(Backbone):
     def __init__(self, num_classes: int, width: float = 0.5, expansion: int = 6):
         super().__init__()
         in_channels = int(32 * width)
@@ -62,16 +61,14 @@ class CifarMobileNetV2(nn.Module):
         self.fc = nn.Linear(_HEAD_CHANNELS, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
+    def forward_maps(self, x: torch.Tensor):
         x = self.stem(x)
         feats = []
         for index, group in enumerate(self.groups):
             x = group(x)
             if index in _STAGE_ENDS:
                 feats.append(x)
-        x = self.head(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
+        return feats, self.head(x)
 
 
 @register_model("mobilenetv2")

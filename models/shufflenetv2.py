@@ -67,8 +67,8 @@ class CifarShuffleNetV2(StagedNet):
         self.fc = nn.Linear(head_channels, num_classes)
         init_weights(self)
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return super().classify(self.head(x))  # the 1x1 conv to the head width
+    def pre_pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)  # the 1x1 conv to the head width
 
 
 @register_model("shufflenetv2")

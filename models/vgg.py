@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import init_weights
+from .layers import Backbone, init_weights
 from .registry import register_model
 
 # Output channels of the convolutions of each of the five blocks.
@@ -29,7 +29,7 @@ def conv_block(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(Backbone):
     def __init__(self, widths: tuple[tuple[int, ...], ...], num_classes: int):
         super().__init__()
         blocks, in_channels = [], 3
@@ -42,15 +42,14 @@ class VGG(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor):
+    def forward_maps(self, x: torch.Tensor):
         feats = []
         for index, stage in enumerate(self.stages):
             if index > 0:
                 x = F.max_pool2d(x, 2)
             x = stage(x)
             feats.append(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, feats
+        return feats, x
 
 
 for _name, _widths in _CONFIGS.items():

@@ -63,8 +63,8 @@ class WideResNet(StagedNet):
         self.fc = nn.Linear(in_planes, num_classes)
         init_weights(self)
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return super().classify(F.relu(self.final_bn(x)))  # pre-activation: the last BN + ReLU
+    def pre_pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.final_bn(x))  # pre-activation: the last BN + ReLU
 
 
 for _depth, _width in ((16, 2), (40, 1), (40, 2)):

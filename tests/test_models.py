@@ -71,6 +71,29 @@ def test_parameters_and_stage_shapes_match_the_published_sizes(name):
     assert [tuple(f.shape) for f in feats] == [(1, c, s, s) for c, s in stages]
 
 
+HEAD_BLOCK = {"wrn_16_2", "wrn_40_1", "wrn_40_2", "mobilenetv2", "shufflenetv2", "mobilenetv2_imagenet"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_forward_is_the_head_map_classified_and_the_head_map_feeds_the_classifier(name):
+    """The trainer calls ``forward_maps`` and ``classify_map`` (engine/network.py); evaluation calls
+    ``forward``: they must be the same function. The head map is the last stage's output unless a
+    head block (a final BN-ReLU, a 1x1 conv) comes before pooling."""
+    (num_classes, side), _, _ = EXPECTED[name]
+    torch.manual_seed(0)
+    model = build_model(name, num_classes).eval()
+    images = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        logits, feats = model(images)
+        split_feats, head_map = model.forward_maps(images)
+        split_logits = model.classify_map(head_map)
+    torch.testing.assert_close(split_logits, logits, rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(split_feats, feats))
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert head_map.shape[1] == linear.in_features
+    assert torch.equal(head_map, feats[-1]) == (name not in HEAD_BLOCK)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_tffd_training_step_is_finite_and_reaches_the_parameters(name):
     (num_classes, _), _, stages = EXPECTED[name]
