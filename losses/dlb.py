@@ -73,8 +73,8 @@ class LastMiniBatchKD(LossTerm):
         teacher = step.extras.get("dlb_teacher_logits")
         fresh = step.logits.shape[0] - (teacher.shape[0] if teacher is not None else 0)
         self.memory = {**self.pending, "logits": step.logits[:fresh].detach().float()}
-        if teacher is None:  # the run's first step: nothing to distil from yet
-            return {"dlb": step.logits.new_zeros(())}
+        if teacher is None:  # the run's first step: nothing to distil from yet (a zero in the graph, so that
+            return {"dlb": step.logits[:0].sum()}  # a step of dlb alone still has a gradient, of zeros)
         return {"dlb": self.config.weight * kd_loss(step.logits[fresh:], teacher, self.config.temperature)}
 
     def get_extra_state(self):

@@ -1,0 +1,132 @@
+"""Every registered loss term and batch transform, walked from the registries, so that no method can be
+added without being trained: on every backbone family in-process (two steps, the term's own batch
+composition, the gradient reaching the first convolution, or a clean refusal by ``check_features``),
+and as a real one-epoch run of train.py, alone and with Tf-FD."""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import pytest
+import torch
+
+from conftest import SMOKE, read_metrics, run_train
+from core.errors import ConfigError
+from data.batch_transforms import BATCH_TRANSFORMS
+from data.samplers import SAMPLERS
+from engine.network import TrainingNetwork
+from losses import LOSSES, TrainingSetup
+from models import build_model
+
+TERMS = sorted(LOSSES)
+# Models of each stage layout: 3 and 4 stages, head blocks (a final BN-ReLU; a 1x1 conv, with odd
+# widths and a 2 x 2 last stage), torchvision's ImageNet ResNet (at 64 x 64 here, for speed).
+BACKBONES = {"resnet20": 16, "cifar_resnet18": 16, "wrn_16_2": 16, "mobilenetv2": 32, "resnet18": 64}
+MUST_FIT = {"resnet20", "cifar_resnet18"}  # the quickstart's and the self-KD table's backbones
+NUM_CLASSES, ANCHORS = 5, 6
+
+
+def _batch(term, side: int):
+    """What the loaders give a step: anchors, then each anchor's partners if the term names a sampler."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4 * ANCHORS) % NUM_CLASSES  # the "dataset": 24 samples, every class present
+    indices = torch.arange(ANCHORS)
+    if term.sampler is not None:
+        partners = SAMPLERS.lookup(term.sampler)(labels, 0, 1, 0, 1)[:ANCHORS]  # count x M
+        indices = torch.cat([indices, partners.T.reshape(-1)])
+    images = torch.randn(len(indices), 3, side, side, generator=generator)
+    return images, labels[indices], indices, len(labels)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str):
+    """One initialised model per name and its stage shapes; each test trains a copy."""
+    torch.manual_seed(0)
+    side = BACKBONES[name]
+    model = build_model(name, NUM_CLASSES).train()
+    with torch.no_grad():
+        shapes = tuple(tuple(f.shape[1:]) for f in model(torch.zeros(2, 3, side, side))[1])
+    return model, shapes
+
+
+def _step(network, term, images, targets, indices, epoch):
+    images, targets, indices, extras = term.compose_batch(images, targets, indices)
+    teacher_logits = torch.randn(len(targets), NUM_CLASSES) if term.requires_teacher else None
+    _, losses = network(images, targets, epoch, indices, teacher_logits, None, extras)
+    return losses
+
+
+@pytest.mark.parametrize("model_name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", TERMS)
+def test_every_term_trains_on_every_backbone_family_or_refuses_it_cleanly(name, model_name):
+    side = BACKBONES[model_name]
+    model, shapes = _model(model_name)
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    registered = LOSSES.lookup(name)
+    term = registered.term(registered.config())
+    try:
+        term.check_features(shapes)
+    except ConfigError as error:
+        assert model_name not in MUST_FIT, f"{name} refuses {model_name}: {error}"
+        assert "\n" not in str(error) and f"loss.{name}" in str(error), str(error)
+        return
+    images, targets, indices, num_samples = _batch(term, side)
+    term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
+    network = TrainingNetwork(model, [term])
+    first_conv = next(p for p in model.parameters() if p.dim() == 4)
+    for epoch in (1, 2):  # a second step: terms with memory (DLB, PS-KD) distil from the first
+        losses = _step(network, term, images, targets, indices, epoch)
+        assert losses and all(torch.isfinite(value) for value in losses.values()), losses
+        total = sum(losses.values())
+        network.zero_grad(set_to_none=True)
+        total.backward()
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0, f"{name} trains nothing on {model_name}"
+    for param_name, param in network.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), param_name
+
+
+# ---------------------------------------------------------------- real runs of train.py
+WALK = [*SMOKE, "data.num_train=192", "data.num_test=64", "train.batch_size=32", "train.epochs=1",
+        "train.log_interval=100", "loss.tffd.warmup_epochs=0"]
+STANDARD = {"train_loss", "train_acc1", "train_time", "train_lr", "train_images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory) -> str:
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    run_train(*WALK, "loss.terms=[ce]", "--run-dir", str(run_dir), check=True)
+    return str(run_dir / "best.pt")
+
+
+def _walk_run(tmp_path, terms: list[str], *overrides: str, teacher: str | None = None) -> dict:
+    extra = [f"teacher.model=resnet20", f"teacher.checkpoint={teacher}"] if teacher else []
+    run_dir = tmp_path / "run"
+    run_train(*WALK, f"loss.terms=[{','.join(terms)}]", *extra, *overrides, "--run-dir", str(run_dir), check=True)
+    metrics = read_metrics(run_dir)
+    assert metrics["finished"] and metrics["epochs_done"] == 1
+    (epoch,) = metrics["history"]
+    assert math.isfinite(epoch["train_loss"]) and math.isfinite(epoch["test_acc1"])
+    return epoch
+
+
+@pytest.mark.parametrize("with_tffd", [False, True], ids=["alone", "with_tffd"])
+@pytest.mark.parametrize("name", TERMS)
+def test_every_registered_term_trains_an_epoch_alone_and_with_tffd(name, with_tffd, tmp_path, request):
+    if name == "tffd" and with_tffd:
+        pytest.skip("tffd with tffd is tffd alone")
+    terms = [name, "tffd"] if with_tffd else [name]
+    teacher = request.getfixturevalue("teacher_checkpoint") if LOSSES.lookup(name).term.requires_teacher else None
+    epoch = _walk_run(tmp_path, terms, teacher=teacher)
+    logged = {key for key in epoch if key.startswith("train_")} - STANDARD
+    own = {key for key in logged if not key.startswith("train_tffd_")}
+    assert own or name == "tffd", f"{name} logged no loss of its own: {sorted(epoch)}"
+    assert all(math.isfinite(epoch[key]) for key in logged)
+    assert ({"train_tffd_intra", "train_tffd_inter"} <= logged) == (with_tffd or name == "tffd")
+
+
+@pytest.mark.parametrize("transform", sorted(BATCH_TRANSFORMS))
+def test_every_batch_transform_trains_an_epoch_with_tffd(transform, tmp_path):
+    _walk_run(tmp_path, ["ce", "tffd"], f"batch.transforms=[{transform}]")
