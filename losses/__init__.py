@@ -1,5 +1,19 @@
 """Loss terms composed from the config (``loss.terms``); see ``losses/base.py``."""
-from . import byot, ce, cs_kd, dlb, focal, kd, max_entropy, ps_kd, sad, tf_kd_reg, tffd, zipf_ls  # noqa: F401  (registers terms)
+from . import (  # noqa: F401  (each module registers its terms; one per line)
+    byot,
+    ce,
+    cs_kd,
+    dlb,
+    focal,
+    kd,
+    max_entropy,
+    ps_kd,
+    sad,
+    tf_kd_reg,
+    tffd,
+    zipf_ls,
+)
+from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import LOSSES, build_loss_terms, register_loss
 from .tffd import inter_fd, intra_fd
 

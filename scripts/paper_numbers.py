@@ -52,8 +52,10 @@ def paper_top1(dataset: str, model: str, method: str, teacher: str | None) -> fl
 # ---------------------------------------------------------------- the self-distillation table
 # A run's row name, from its loss terms (other than ce and tffd) and batch transforms; also the row order.
 SELFKD_NAMES: dict[str, str] = {
-    "ce": "CE", "tf_kd_reg": "Tf-KD-reg", "cs_kd": "CS-KD", "ps_kd": "PS-KD", "byot": "BYOT", "dlb": "DLB",
-    "mixup": "Mixup", "cutmix": "CutMix", "cutout": "Cutout",
+    "ce": "CE", "ddgsd": "DDGSD", "dks": "DKS", "sad": "SAD", "byot": "BYOT", "tf_kd_reg": "Tf-KD-reg",
+    "cs_kd": "CS-KD", "frskd": "FRSKD", "ps_kd": "PS-KD", "bake": "BAKE", "mixskd": "MixSKD", "dlb": "DLB",
+    "uskd": "USKD", "zipf_ls": "Zipf-LS", "focal": "Focal", "max_entropy": "MaxEnt",
+    "cutout": "Cutout", "random_erase": "RandErase", "mixup": "Mixup", "cutmix": "CutMix", "autoaugment": "AutoAug",
 }
 
 
@@ -83,6 +85,11 @@ CUTMIX_PAPER = ("CutMix (Yun et al., ICCV 2019; clovaai/CutMix-PyTorch): Pyramid
                 "top-1 = 100 - the error it reports (16.45 -> 14.23)")
 BYOT_PAPER = ("BYOT paper (Zhang et al., ICCV 2019) as quoted by the luanyunteng/pytorch-be-your-own-teacher "
               "README: ResNet18, the deepest classifier (4/4)")
+SELFKD_LIB_FRSKD = SELFKD_LIB + "; 77.71 before its commit cdb5c8d"
+BAKE_PAPER = ("BAKE (Ge et al., 2021; yxgeee/BAKE small_scale): PreAct ResNet-18, its own protocol: batch 32 anchors "
+              "x 4 same-class images, wd 1e-4, /10 at 50% and 75%; top-1 = 100 - the error it reports (21.28)")
+ZIPF_REPO = ("Zipf's LS README (megvii-research/zipfls): PreAct ResNet-18, its own protocol: 200 epochs, wd 1e-4, "
+             "/10 at 100/150; mean of its runs (77.38 +- 0.32)")
 BYOT_REPO = ("luanyunteng/pytorch-be-your-own-teacher README, its own run: ResNet18 (post-activation), the "
              "deepest classifier (4/4), its own protocol: 200 epochs, /10 at 75/130/180")
 
@@ -106,7 +113,19 @@ SELFKD_PUBLISHED: dict[str, tuple[Published, ...]] = {
     "Cutout": (Published(76.66, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
                Published(round(100 - 21.96, 2), CUTOUT_PAPER, "ResNet-18", None, False,
                          baseline=round(100 - 22.46, 2))),
-}  # none for Tf-FD or DLB on these backbones; none for any method + Tf-FD
+    "DDGSD": (Published(76.61, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "DKS": (Published(78.64, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "SAD": (Published(76.40, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "FRSKD": (Published(76.60, SELFKD_LIB_FRSKD, PREACT_18, "preact_resnet18", True),),
+    "BAKE": (Published(76.93, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+             Published(round(100 - 21.28, 2), BAKE_PAPER, PREACT_18, "preact_resnet18", False)),
+    "MixSKD": (Published(80.32, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "Zipf-LS": (Published(77.38, ZIPF_REPO, PREACT_18, "preact_resnet18", False, baseline=75.51),),
+    "Focal": (Published(76.19, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "MaxEnt": (Published(76.50, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "RandErase": (Published(76.75, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "AutoAug": (Published(77.97, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+}  # none for Tf-FD, DLB or USKD on CIFAR-100 at these backbones; none for any method + Tf-FD
 
 
 def selfkd_published(method: str) -> tuple[Published, ...]:
