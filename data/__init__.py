@@ -9,6 +9,7 @@ import torch
 from core.errors import ConfigError
 
 from . import cifar, digits, folder, synthetic  # noqa: F401  (registers datasets)
+from .augmentations import build_augmentations
 from .device_loader import DeviceEvalLoader, DeviceTrainLoader
 from .registry import DATASETS, FolderData, InMemoryData, build_dataset, register_dataset
 from .torch_loader import TensorImageDataset, TorchEvalLoader, TorchTrainLoader, small_image_transforms
@@ -30,17 +31,18 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
     ``sampler`` (data/samplers.py) adds partners to each batch)."""
     workers = data_config.num_workers
     if isinstance(data, InMemoryData):
+        augment = build_augmentations(data_config)  # FolderData's transforms hold theirs (data/folder.py)
         num_train, num_test = len(data.train_labels), len(data.test_labels)
         if data_config.loader in ("auto", "device"):
             train = DeviceTrainLoader(data.train_images, data.train_labels, data.mean, data.std, batch_size, device,
                                       seed, rank, world_size, data_config.padding, data_config.pad_mode, data_config.hflip,
-                                      sampler)
+                                      sampler, augment)
             test = DeviceEvalLoader(data.test_images, data.test_labels, data.mean, data.std, eval_batch_size,
                                     device, rank, world_size)
         else:
             def dataset(images, labels, train):
                 transform = small_image_transforms(data.image_size, data.mean, data.std, data_config.padding,
-                                                   data_config.pad_mode, data_config.hflip, train)
+                                                   data_config.pad_mode, data_config.hflip, train, augment)
                 return TensorImageDataset(images, labels, transform)
 
             train = TorchTrainLoader(dataset(data.train_images, data.train_labels, True), batch_size, device, seed,

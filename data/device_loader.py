@@ -4,13 +4,16 @@ No worker processes, no host-to-device copies per step, no host synchronisation.
 
 The augmentation is the torchvision pipeline's (RandomCrop(size, padding, padding_mode) then
 RandomHorizontalFlip(0.5) then Normalize): crop offsets are uniform on [0, 2*padding] in each
-direction and flips happen with probability 1/2, drawn independently per image.
+direction and flips happen with probability 1/2, drawn independently per image. The augmentations
+of ``data.augment`` (data/augmentations.py: torchvision transforms, per image, seeded per image) run
+after the crop and flip, on the uint8 images or on the normalised ones as each requires.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .augmentations import AUGMENT_STREAM, apply_per_image, draw_seeds
 from .sharding import epoch_generator, eval_indices, num_batches, rank_positions, train_indices
 
 
@@ -54,7 +57,7 @@ class DeviceTrainLoader:
 
     def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, rank: int = 0,
                  world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True,
-                 sampler=None):
+                 sampler=None, augment=()):
         self.device = torch.device(device)
         self.size = images.shape[-1]
         self.padding, self.hflip = padding, hflip
@@ -63,6 +66,7 @@ class DeviceTrainLoader:
         self.normalize = Normalizer(mean, std, self.device)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.sampler, self.cpu_labels = sampler, labels.cpu()  # data/samplers.py: partners for each anchor
+        self.augment = list(augment)  # data/augmentations.py, in order (uint8 ones first)
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -84,16 +88,35 @@ class DeviceTrainLoader:
         if self.sampler is not None:  # each partner gets crops and flips of its own (stream 2)
             partners = self.sampler(self.cpu_labels, self.seed, self.epoch, self.rank, self.world_size).to(self.device)
             partner_top, partner_left, partner_flip = self._augmentation(stream=2, copies=partners.shape[1])
+        # data.augment: one seed per augmentation and image (len(augment) x copies x count, on the CPU)
+        seeds = self._seeds(AUGMENT_STREAM, 1)
+        partner_seeds = self._seeds(AUGMENT_STREAM + 1, partners.shape[1]) if partners is not None else None
         for start in range(0, count, self.batch_size):
             batch = slice(start, start + self.batch_size)
             index = order[batch]
             images = crop_flip(self.padded, index, top[batch], left[batch], flip[batch], self.size)
+            image_seeds = seeds[:, 0, batch]
             if partners is not None:  # the batch's anchors, then all their partners
                 partner_index = partners[batch].T.reshape(-1)
                 augment = [values[:, batch].reshape(-1) for values in (partner_top, partner_left, partner_flip)]
                 images = torch.cat([images, crop_flip(self.padded, partner_index, *augment, self.size)])
                 index = torch.cat([index, partner_index])
-            yield self.normalize(images), self.labels[index], index
+                image_seeds = torch.cat([image_seeds, partner_seeds[:, :, batch].flatten(1)], 1)
+            yield self._augment_and_normalize(images, image_seeds), self.labels[index], index
+
+    def _seeds(self, stream: int, copies: int) -> torch.Tensor:
+        return draw_seeds((len(self.augment), copies), len(self.labels), self.seed, self.epoch, stream, self.rank,
+                          self.world_size)
+
+    def _augment_and_normalize(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """The uint8-stage augmentations, normalisation, then the normalised-stage ones; ``seeds`` holds
+        one row per augmentation, one seed per image."""
+        normalized = False
+        for augmentation, row in zip(self.augment, seeds.tolist()):
+            if augmentation.stage == "normalised" and not normalized:
+                images, normalized = self.normalize(images), True
+            images = apply_per_image(augmentation.transform, images, row)
+        return images if normalized else self.normalize(images)
 
     def _augmentation(self, stream: int, copies: int) -> list[torch.Tensor]:
         """Crop offsets and flips, each ``copies`` x count, for this rank's positions; drawn for every

@@ -23,8 +23,9 @@ from torchvision.transforms import v2
 
 from core.errors import DataError
 
+from .augmentations import build_augmentations
 from .registry import BadImage, FolderData, normalisation, register_dataset
-from .torch_loader import small_image_transforms
+from .torch_loader import normalising_steps, small_image_transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,22 +33,24 @@ IMAGENET_SIZE = 224
 EVAL_CROP_FRACTION = 0.875  # evaluation: resize to side / 0.875 (256 for 224), then center-crop the side
 
 
-def resized_crop_transforms(size: int, mean, std, hflip: bool, train: bool) -> v2.Compose:
-    """ImageNet-style pipeline on PIL images: random-resized crop (+ flip) for training, resize +
-    center crop for evaluation; then a normalised float tensor."""
+def resized_crop_transforms(size: int, mean, std, hflip: bool, train: bool, augment=()) -> v2.Compose:
+    """ImageNet-style pipeline on PIL images: random-resized crop (+ flip, + ``augment``:
+    data/augmentations.py) for training, resize + center crop for evaluation; then a normalised float
+    tensor."""
     if train:
         steps = [v2.RandomResizedCrop(size, antialias=True)] + ([v2.RandomHorizontalFlip()] if hflip else [])
     else:
         steps = [v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    return v2.Compose([*steps, v2.ToImage(), *normalising_steps(mean, std, augment if train else ())])
 
 
 def padded_crop_transforms(size: int, mean, std, data_config, train: bool) -> v2.Compose:
     """CIFAR-style pipeline on PIL images: bring the image to size x size, then the in-memory datasets'
-    pad + random crop (+ flip) and normalisation."""
+    pad + random crop (+ flip, + ``data.augment``) and normalisation."""
     return v2.Compose([
         v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
-        small_image_transforms(size, mean, std, data_config.padding, data_config.pad_mode, data_config.hflip, train),
+        small_image_transforms(size, mean, std, data_config.padding, data_config.pad_mode, data_config.hflip, train,
+                               build_augmentations(data_config)),
     ])
 
 
@@ -107,7 +110,8 @@ def imagenet(data_config) -> FolderData:
     mean, std = normalisation(data_config, IMAGENET_MEAN, IMAGENET_STD)
     return _folder_data(
         data_config, "imagenet", ("val",), IMAGENET_SIZE,
-        lambda train: resized_crop_transforms(IMAGENET_SIZE, mean, std, data_config.hflip, train),
+        lambda train: resized_crop_transforms(IMAGENET_SIZE, mean, std, data_config.hflip, train,
+                                              build_augmentations(data_config)),
         hint="ImageNet is never downloaded: put ILSVRC-2012's train/ and val/ under data.root, one folder per "
              "class (wnid) in each, validation images sorted into theirs",
     )
@@ -119,7 +123,7 @@ def imagefolder(data_config) -> FolderData:
     size = data_config.image_size
     if data_config.crop == "resized":
         def transforms(train):
-            return resized_crop_transforms(size, mean, std, data_config.hflip, train)
+            return resized_crop_transforms(size, mean, std, data_config.hflip, train, build_augmentations(data_config))
     else:
         def transforms(train):
             return padded_crop_transforms(size, mean, std, data_config, train)

@@ -19,7 +19,8 @@ SAMPLERS = Registry("sampler")  # name -> partners(labels, seed, epoch, rank, wo
 register_sampler = SAMPLERS.register
 
 # epoch_generator streams: 0 the order; 1 and 2 the device loader's augmentation, 1 + rank the
-# torchvision loader's worker seeds; the partners' stream lies beyond any rank.
+# torchvision loader's worker seeds; the partners' stream lies beyond any rank, and the device loader's
+# per-image seeds of data.augment (data/augmentations.py AUGMENT_STREAM, + 1) beyond it.
 PARTNER_STREAM = 2**20
 
 

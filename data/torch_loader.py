@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 
 from core.errors import DataError
 
+from .augmentations import stage_transforms
 from .registry import BadImage
 from .sharding import epoch_generator, eval_indices, num_batches, train_indices
 
@@ -26,15 +27,22 @@ class TensorImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hflip: bool, train: bool):
-    """CIFAR-style pipeline on uint8 tensors: pad + random crop, flip, scale to [0, 1], normalise."""
+def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hflip: bool, train: bool,
+                           augment=()):
+    """CIFAR-style pipeline on uint8 tensors: pad + random crop, flip, the uint8 ``augment``ations
+    (data/augmentations.py), scale to [0, 1], normalise, the normalised ones; only the last three for test."""
     steps = []
     if train and padding:
         steps.append(v2.RandomCrop(size, padding=padding, padding_mode=pad_mode))
     if train and hflip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return v2.Compose(steps + normalising_steps(mean, std, augment if train else ()))
+
+
+def normalising_steps(mean, std, augment=()) -> list:
+    """uint8 image -> normalised float image, with the ``augment``ations of each stage on either side."""
+    return [*stage_transforms(augment, "uint8"), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)), *stage_transforms(augment, "normalised")]
 
 
 class _BatchSampler(Sampler):

@@ -12,6 +12,7 @@ from typing import Optional
 
 from core.errors import ConfigError
 from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option
+from data.augmentations import AUGMENTATIONS, check_augment_names
 from data.batch_transforms import BATCH_TRANSFORMS
 from losses.registry import LOSSES
 
@@ -24,7 +25,7 @@ class ModelConfig(Options):
 
 
 @dataclass
-class DataConfig(Options):
+class _DataOptions(Options):
     name: str = option("cifar100", "dataset (see data.DATASETS)")
     root: str = option("data", "directory holding (or receiving) the dataset")
     download: bool = option(False, "download through torchvision if missing (needs a network)")
@@ -50,6 +51,23 @@ class DataConfig(Options):
     mean: Optional[list[float]] = option(None, "normalisation mean per channel, in [0, 1] pixel units; null = the "
                                                 "dataset's own", min=0, max=1)
     std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own", above=0)
+    augment: list[str] = option([], "per-image training augmentations after crop and flip, in order (those on uint8 "
+                                "pixels, as autoaugment, before those on normalised ones, as random_erase), each "
+                                "with its options in data.<name>: " + ", ".join(sorted(AUGMENTATIONS)))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_augment_names(self.augment)
+
+
+def _data_schema() -> type:
+    """The data section: its own options, and one section ``data.<name>`` per augmentation (data/augmentations.py)."""
+    fields = [(name, config, dataclasses.field(default_factory=config))
+              for name, (_, config, _) in sorted(AUGMENTATIONS.items())]
+    return dataclasses.make_dataclass("DataConfig", fields, bases=(_DataOptions,))
+
+
+DataConfig = _data_schema()
 
 
 @dataclass
