@@ -56,6 +56,7 @@ from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
 from core.typed_config import all_keys, load_yaml_tree  # noqa: E402
+from data.augmentations import AUGMENTATIONS  # noqa: E402
 from data.batch_transforms import BATCH_TRANSFORMS  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
@@ -69,6 +70,8 @@ SCHEMA_ORDER = {key: index for index, key in enumerate(all_keys(ExperimentConfig
 # The self-KD literature's backbones: their CE and Tf-FD runs belong to the self-distillation table too.
 SELFKD_BACKBONES = ("cifar_resnet18", "preact_resnet18")
 SELFKD_SCHEDULE = REPO / "configs" / "_base_" / "schedules" / "selfkd_200e.yaml"  # Self-KD-Lib's protocol
+# The keys that make a self-KD method: its loss terms, augmentations and batch transforms, and their options.
+METHOD_KEYS = ("loss.", "batch.", "data.augment", *(f"data.{name}." for name in AUGMENTATIONS))
 FORMATS = ("text", "markdown", "csv", "latex")
 MAX, MIN = "max", "min"  # which entry of a column is the best one
 
@@ -285,12 +288,12 @@ def selfkd_of(config, settings: dict) -> SelfKD | None:
     """A teacher-free run's place in the self-distillation table, or None for a row of the Tf-FD paper's
     table (CE or Tf-FD, without batch transforms, on a backbone other than the self-KD ones)."""
     terms = [term for term in config.loss.terms if term != "tffd"]
-    parts = tuple(term for term in terms if term != "ce") + tuple(config.batch.transforms)
+    parts = tuple(term for term in terms if term != "ce") + tuple(config.data.augment) + tuple(config.batch.transforms)
     if not parts and config.model.name not in SELFKD_BACKBONES:
         return None
     name = " + ".join(SELFKD_NAMES.get(part, part) for part in parts) or SELFKD_NAMES["ce"]
     method = {key: value for key, value in settings.items()
-              if key.startswith(("loss.", "batch.")) and key != "loss.terms" and not key.startswith("loss.tffd.")}
+              if key.startswith(METHOD_KEYS) and key != "loss.terms" and not key.startswith("loss.tffd.")}
     method["loss.terms"] = str(sorted(terms))
     tffd = {key: value for key, value in settings.items() if key.startswith("loss.tffd.")}
     return SelfKD(name, parts, "tffd" in config.loss.terms, method, tffd)
@@ -298,10 +301,12 @@ def selfkd_of(config, settings: dict) -> SelfKD | None:
 
 def identity(config) -> tuple[dict, bool]:
     """The flat config keys that decide what a run computes, and whether it uses a teacher. The options
-    of inactive loss terms and batch transforms, and of an unused teacher, are left out: they change nothing."""
+    of inactive loss terms, augmentations and batch transforms, and of an unused teacher, are left out: they
+    change nothing."""
     uses_teacher = any(LOSSES[name].term.requires_teacher for name in config.loss.terms if name in LOSSES)
     unused = tuple(f"loss.{name}." for name in LOSSES if name not in config.loss.terms)
     unused += tuple(f"batch.{name}." for name in BATCH_TRANSFORMS if name not in config.batch.transforms)
+    unused += tuple(f"data.{name}." for name in AUGMENTATIONS if name not in config.data.augment)
     unused += () if uses_teacher else ("teacher.",)
     settings = {key: value for key, value in hparams_of(config).items()
                 if key not in NOT_IDENTITY and not key.startswith(unused)}
@@ -389,14 +394,13 @@ def like_for_like(row: Row) -> Published | None:
 
 
 def _context(row: Row) -> tuple:
-    """What the rows of one self-KD table share: every identity key outside ``loss.`` and ``batch.``."""
-    return tuple(sorted((key, value) for key, value in row.settings.items()
-                        if not key.startswith(("loss.", "batch."))))
+    """What the rows of one self-KD table share: every identity key outside the method's (METHOD_KEYS)."""
+    return tuple(sorted((key, value) for key, value in row.settings.items() if not key.startswith(METHOD_KEYS)))
 
 
 @dataclass
 class SelfKDContext:
-    """The rows of one self-KD table: one dataset, model and protocol (the keys outside loss and batch)."""
+    """The rows of one self-KD table: one dataset, model and protocol (the keys outside METHOD_KEYS)."""
     dataset: str
     model: str
     title: str               # "cifar_resnet18 on cifar100: batch 128, lr 0.1, 200 ep"

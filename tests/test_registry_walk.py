@@ -1,4 +1,4 @@
-"""Every registered loss term and batch transform, walked from the registries, so that no method can be
+"""Every registered loss term, batch transform and augmentation, walked from the registries, so that no method can be
 added without being trained: on every backbone family in-process (two steps, the term's own batch
 composition, the gradient reaching the first convolution, or a clean refusal by ``check_features``),
 and as a real one-epoch run of train.py, alone and with Tf-FD."""
@@ -13,6 +13,7 @@ import torch
 
 from conftest import SMOKE, read_metrics, run_train
 from core.errors import ConfigError
+from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
 from data.samplers import SAMPLERS
 from engine.network import TrainingNetwork
@@ -102,7 +103,7 @@ def teacher_checkpoint(tmp_path_factory) -> str:
 
 
 def _walk_run(tmp_path, terms: list[str], *overrides: str, teacher: str | None = None) -> dict:
-    extra = [f"teacher.model=resnet20", f"teacher.checkpoint={teacher}"] if teacher else []
+    extra = ["teacher.model=resnet20", f"teacher.checkpoint={teacher}"] if teacher else []
     run_dir = tmp_path / "run"
     run_train(*WALK, f"loss.terms=[{','.join(terms)}]", *extra, *overrides, "--run-dir", str(run_dir), check=True)
     metrics = read_metrics(run_dir)
@@ -130,3 +131,10 @@ def test_every_registered_term_trains_an_epoch_alone_and_with_tffd(name, with_tf
 @pytest.mark.parametrize("transform", sorted(BATCH_TRANSFORMS))
 def test_every_batch_transform_trains_an_epoch_with_tffd(transform, tmp_path):
     _walk_run(tmp_path, ["ce", "tffd"], f"batch.transforms=[{transform}]")
+
+
+@pytest.mark.parametrize("loader", ["device", "torchvision"])
+@pytest.mark.parametrize("augmentation", sorted(AUGMENTATIONS))
+def test_every_augmentation_trains_an_epoch_with_tffd_on_both_loaders(augmentation, loader, tmp_path):
+    _walk_run(tmp_path, ["ce", "tffd"], f"data.augment=[{augmentation}]", f"data.loader={loader}",
+              "data.num_workers=0")

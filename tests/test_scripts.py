@@ -416,6 +416,8 @@ def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs
     for variant in ("mixup", "mixup_tffd"):
         fake_run(tmp_path / f"preact_resnet18_{variant}" / "seed0",
                   f"configs/cifar100/selfkd/cifar_resnet18_{variant}.yaml", ["model.name=preact_resnet18"], 78.0, 78.5)
+    fake_run(tmp_path / "preact_resnet18_random_erase" / "seed0",  # a method of data.augment: a row of its own
+             "configs/cifar100/selfkd/cifar_resnet18_random_erase.yaml", ["model.name=preact_resnet18"], 76.5, 77.0)
     fake_run(tmp_path / "cifar_resnet18_ce" / "seed0", "configs/cifar100/selfkd/cifar_resnet18_ce.yaml", [],
               75.0, 75.5)
     fake_run(tmp_path / "resnet20_cutout" / "seed0", "configs/cifar100/resnet20_ce.yaml",
@@ -430,6 +432,7 @@ def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs
         in preact  # like-for-like: no †, and the difference from it
     assert "| Mixup | 78.00 | 78.50 | 78.00 | 78.50 | +0.00 | 78.68 [1] | -0.18 | 1/1 finished | 1/1 finished |" \
         in preact
+    assert "| RandErase | 76.50 | 77.00 | – | – | – | 76.75 [1] | +0.25 |" in preact
     assert "[1] Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch" in preact
     assert "Like-for-like with these runs: same backbone and protocol." in preact
     assert "| CE | 75.00 | 75.50 | – | – | – | 76.24 [1]† | – |" in cifar_resnet18
