@@ -68,8 +68,11 @@ METHOD_OF_TERMS = {
 NOT_IDENTITY = {"seed"} | set(RESUME_MAY_CHANGE)
 SCHEMA_ORDER = {key: index for index, key in enumerate(all_keys(ExperimentConfig))}
 # The self-KD literature's backbones: their CE and Tf-FD runs belong to the self-distillation table too.
-SELFKD_BACKBONES = ("cifar_resnet18", "preact_resnet18")
-SELFKD_SCHEDULE = REPO / "configs" / "_base_" / "schedules" / "selfkd_200e.yaml"  # Self-KD-Lib's protocol
+SELFKD_BACKBONES = ("cifar_resnet18", "preact_resnet18", "resnet18")
+SCHEDULES = REPO / "configs" / "_base_" / "schedules"
+# dataset -> (the schedule our self-KD configs follow there, its name): what "like-for-like" means
+PROTOCOLS = {"cifar100": (SCHEDULES / "selfkd_200e.yaml", "Self-KD-Lib's CIFAR-100 protocol"),
+             "imagenet": (SCHEDULES / "imagenet_100e.yaml", "the standard ImageNet 100-epoch recipe")}
 # The keys that make a self-KD method: its loss terms, augmentations and batch transforms, and their options.
 METHOD_KEYS = ("loss.", "batch.", "data.augment", *(f"data.{name}." for name in AUGMENTATIONS))
 FORMATS = ("text", "markdown", "csv", "latex")
@@ -223,7 +226,7 @@ class Row:
     @property
     def paper(self) -> float | None:
         """The published number this row is compared with: the Tf-FD paper's cell, or for a self-KD row the
-        like-for-like published number of its method alone (None if there is none)."""
+        like-for-like published number of its method, alone or + Tf-FD as the row is (None if there is none)."""
         if self.selfkd is not None:
             like = like_for_like(self)
             return like.top1 if like else None
@@ -371,25 +374,37 @@ def varying_settings(all_rows: list[Row], row: Row) -> dict:
 
 # ---------------------------------------------------------------- the self-distillation table
 @lru_cache(maxsize=1)
-def selfkd_protocol() -> dict:
-    """The flat keys Self-KD-Lib's schedule file sets, with their typed values as rows hold them."""
-    keys = [f"train.{key}" for key in load_yaml_tree(SELFKD_SCHEDULE)["train"]]
-    flat = hparams_of(load_config(SELFKD_SCHEDULE))
+def protocol_of(dataset: str) -> tuple[Path, str]:
+    """The protocol a self-KD table on ``dataset`` is held to: its own, else Self-KD-Lib's CIFAR-100 one."""
+    return PROTOCOLS.get(dataset, PROTOCOLS["cifar100"])
+
+
+@lru_cache(maxsize=None)
+def selfkd_protocol(schedule: Path) -> dict:
+    """The flat keys a schedule file sets, with their typed values as rows hold them."""
+    keys = [f"train.{key}" for key in load_yaml_tree(schedule)["train"]]
+    flat = hparams_of(load_config(schedule))
     return {key: flat[key] for key in keys}
 
 
+def published_for(name: str, dataset: str, with_tffd: bool = False) -> tuple[Published, ...]:
+    """The published numbers shown in a self-KD table on ``dataset``: the dataset's own, or CIFAR-100's for
+    a dataset without a protocol here (as a reference, never like-for-like)."""
+    return selfkd_published(name, dataset if dataset in PROTOCOLS else "cifar100", with_tffd)
+
+
 def protocol_deviations(dataset: str, settings: dict) -> list[str]:
-    """How runs of these settings depart from Self-KD-Lib's CIFAR-100 protocol (empty: they follow it)."""
-    out = [] if dataset == "cifar100" else [f"dataset {dataset}, not cifar100"]
+    """How runs of these settings depart from the dataset's protocol (empty: they follow it)."""
+    out = [] if dataset in PROTOCOLS else [f"dataset {dataset}, not cifar100"]
     return out + [f"{key}={fmt_value(settings.get(key))}, not {fmt_value(value)}"
-                  for key, value in selfkd_protocol().items() if settings.get(key) != value]
+                  for key, value in selfkd_protocol(protocol_of(dataset)[0]).items() if settings.get(key) != value]
 
 
 def like_for_like(row: Row) -> Published | None:
-    """The published number of the same method alone, backbone and protocol (CIFAR-100) as ``row``."""
-    if row.selfkd is None or row.selfkd.with_tffd or protocol_deviations(row.dataset, row.settings):
+    """The published number of the same method (alone or + Tf-FD), dataset, backbone and protocol as ``row``."""
+    if row.selfkd is None or protocol_deviations(row.dataset, row.settings):
         return None
-    return next((published for published in selfkd_published(row.selfkd.name)
+    return next((published for published in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd)
                  if published.selfkd_protocol and published.model == row.model), None)
 
 
@@ -426,12 +441,12 @@ def selfkd_tables(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
     """One method x {alone, + Tf-FD} table per dataset, model and protocol."""
     tables = []
     for context in selfkd_contexts(rows):
+        schedule, name = protocol_of(context.dataset)
         if context.deviations:
-            protocol = ("Not Self-KD-Lib's CIFAR-100 protocol (" + "; ".join(context.deviations) + "): no published "
-                        "number is like-for-like.")
+            protocol = (f"Not {name} (" + "; ".join(context.deviations) + "): no published number is like-for-like.")
         else:
-            protocol = f"Self-KD-Lib's CIFAR-100 protocol ({SELFKD_SCHEDULE.relative_to(REPO)})."
-        table = selfkd_table(context.model, context.rows, not context.deviations, metrics)
+            protocol = f"{name[0].upper()}{name[1:]} ({schedule.relative_to(REPO)})."
+        table = selfkd_table(context.dataset, context.model, context.rows, not context.deviations, metrics)
         table.title, table.before = context.title, [protocol]
         tables.append(table)
     return tables
@@ -466,19 +481,22 @@ def selfkd_pairs(rows: list[Row]) -> list[tuple[str, str, Row | None, Row | None
     return pairs
 
 
-def selfkd_table(model: str, rows: list[Row], like_protocol: bool, metrics: tuple[Metric, ...]) -> Table:
+def selfkd_table(dataset: str, model: str, rows: list[Row], like_protocol: bool, metrics: tuple[Metric, ...]) -> Table:
     """The table of one context, with its notes on the published numbers below it."""
     notes: dict[tuple, int] = {}
-    lines = [_selfkd_line(name, settings, alone, with_tffd, model, like_protocol, notes, metrics)
+    lines = [_selfkd_line(name, settings, alone, with_tffd, dataset, model, like_protocol, notes, metrics)
              for name, settings, alone, with_tffd in selfkd_pairs(rows)]
     columns = [("method", None), ("settings", None), ("alone: last-epoch top-1", MAX),
                ("alone: best-epoch top-1", MAX), ("+ Tf-FD: last-epoch top-1", MAX),
                ("+ Tf-FD: best-epoch top-1", MAX), ("Δ best, + Tf-FD − alone", None),
                ("published top-1, alone [note]", None), ("Δ best, alone − like-for-like published", None),
+               ("published top-1, + Tf-FD [note]", None), ("Δ best, + Tf-FD − like-for-like published", None),
                *((f"{side}: {which}-epoch {metric.header}", metric.better) for metric in metrics
                  for side in ("alone", "+ Tf-FD") for which in ("last", "best")),
                ("runs alone", None), ("runs + Tf-FD", None)]
     table = Table([header for header, _ in columns], lines, [better for _, better in columns])
+    if all(line[9] == "–" for line in lines):  # a published method + Tf-FD is rare (ImageNet's Tf-FD only)
+        table.drop(10), table.drop(9)
     if not any(line[1] for line in lines):
         table.drop(1)
     for (source, backbone, published_model, own_protocol), index in notes.items():
@@ -496,20 +514,30 @@ def selfkd_table(model: str, rows: list[Row], like_protocol: bool, metrics: tupl
     return table
 
 
-def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | None, model: str,
-                 like_protocol: bool, notes: dict, metrics: tuple[Metric, ...]) -> list:
-    published = []
-    for number in selfkd_published(name):
+def _published_cell(numbers: tuple[Published, ...], model: str, like_protocol: bool, notes: dict) -> str:
+    """Published numbers with their note indices (``notes``: source -> index, filled in order); † where
+    not like-for-like."""
+    cells = []
+    for number in numbers:
         key = (number.source, number.backbone, number.model, number.selfkd_protocol)
         index = notes.setdefault(key, len(notes) + 1)
         like = number.model == model and number.selfkd_protocol and like_protocol
         baseline = f" (CE {number.baseline:.2f})" if number.baseline is not None else ""
-        published.append(f"{number.top1:.2f}{baseline} [{index}]" + ("" if like else "†"))
+        cells.append(f"{number.top1:.2f}{baseline} [{index}]" + ("" if like else "†"))
+    return "; ".join(cells) or "–"
+
+
+def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | None, dataset: str, model: str,
+                 like_protocol: bool, notes: dict, metrics: tuple[Metric, ...]) -> list:
+    published = [_published_cell(published_for(name, dataset, plus), model, like_protocol, notes)
+                 for plus in (False, True)]
     like = like_for_like(alone) if alone else None
+    like_tffd = like_for_like(with_tffd) if with_tffd else None
     alone_best, tffd_best = stat_of(alone, "best").mean, stat_of(with_tffd, "best").mean
     return [name, settings, *(stat_of(row, which) for row in (alone, with_tffd) for which in ("last", "best")),
-            Stat(difference(tffd_best, alone_best), signed=True), "; ".join(published) or "–",
-            Stat(difference(alone_best, like.top1 if like else None), signed=True),
+            Stat(difference(tffd_best, alone_best), signed=True), published[0],
+            Stat(difference(alone_best, like.top1 if like else None), signed=True), published[1],
+            Stat(difference(tffd_best, like_tffd.top1 if like_tffd else None), signed=True),
             *(stat_of(row, which, metric) for metric in metrics for row in (alone, with_tffd)
               for which in ("last", "best")),
             alone.status() if alone else "–", with_tffd.status() if with_tffd else "–"]
@@ -683,8 +711,9 @@ def report(rows: list[Row], metrics: tuple[Metric, ...] = ()) -> list[Section]:
             "Test top-1 accuracy (%), mean ± sample std over the finished seeds (unfinished seeds are counted in "
             "the runs columns, never averaged). last-epoch: after the final epoch; best-epoch: the best of all "
             "epochs (chosen on the test split). The CE row's + Tf-FD cells are Tf-FD alone. Published numbers "
-            "are for the method alone (no source reports a method + Tf-FD), each with a note naming its source, "
-            "backbone and protocol; † marks a number that is not like-for-like with the runs. Self-KD-Lib's "
+            "are for the method alone (no source reports another method + Tf-FD; Tf-FD itself is published on "
+            "ImageNet ResNet-18 only), each with a note naming its source, backbone and protocol; † marks a "
+            "number that is not like-for-like with the runs. Self-KD-Lib's "
             "table is for PreAct ResNet-18: like-for-like only beside preact_resnet18 runs under its protocol "
             "(scripts/reproduce_selfkd.sh --model preact_resnet18), another backbone beside cifar_resnet18 runs.")
         sections.append(Section("Self-distillation: method × {alone, + Tf-FD}", [intro + metric_notes(metrics)],
@@ -841,7 +870,7 @@ def bar_figures(rows: list[Row]) -> tuple[list[plots.Bars], list[str]]:
             group = name + (f"\n{settings}" if settings else "")
             groups.append(group)
             like = like_for_like(alone) if alone else None
-            others = [number.top1 for number in selfkd_published(name) if number is not like]
+            others = [number.top1 for number in published_for(name, context.dataset) if number is not like]
             bars[(group, "alone")] = plots.Bar(stat_of(alone, "best"), like.top1 if like else None, others)
             bars[(group, "+ Tf-FD")] = plots.Bar(stat_of(with_tffd, "best"))
         if any(bar.paper is not None or bar.others for bar in bars.values()):

@@ -61,13 +61,15 @@ SELFKD_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Published:
-    """One published top-1 of a method used alone (no source reports a method + Tf-FD)."""
+    """One published top-1 of a method, alone (SELFKD_PUBLISHED) or + Tf-FD (SELFKD_PUBLISHED_TFFD)."""
     top1: float
     source: str               # where it is printed, with the backbone, the protocol and which accuracy
     backbone: str             # as the source names it
     model: str | None         # our model of the same architecture, if we have one
-    selfkd_protocol: bool     # trained with Self-KD-Lib's protocol (configs/_base_/schedules/selfkd_200e.yaml)
+    selfkd_protocol: bool     # trained with our configs' protocol for its dataset (collect_results.PROTOCOLS):
+                              # Self-KD-Lib's on CIFAR-100, the standard 100-epoch recipe on ImageNet
     baseline: float | None = None  # the same source's CE number under the same protocol, if it gives one
+    dataset: str = "cifar100"
 
 
 SELFKD_LIB = ("Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch, "
@@ -128,6 +130,27 @@ SELFKD_PUBLISHED: dict[str, tuple[Published, ...]] = {
 }  # none for Tf-FD, DLB or USKD on CIFAR-100 at these backbones; none for any method + Tf-FD
 
 
-def selfkd_published(method: str) -> tuple[Published, ...]:
-    """The published numbers of a self-KD row (its name, as SELFKD_NAMES gives it), or ()."""
-    return SELFKD_PUBLISHED.get(method, ())
+# ---------------------------------------------------------------- ImageNet (configs/imagenet/resnet18_*.yaml)
+IMAGENET_RECIPE = "the standard 100-epoch recipe (batch 256, lr 0.1, /10 at 30/60/90, wd 1e-4)"
+TFFD_IJCNN = ("Tf-FD, IJCNN version (docs/METHOD.md): ImageNet ResNet-18, " + IMAGENET_RECIPE + "; the ECCV paper "
+              "reports +0.91 over its own baseline, without the absolute numbers")
+USKD_REPO = ("USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet ResNet-18 in mmcls, " + IMAGENET_RECIPE +
+             " (res18_sd_img.py)")
+IMAGENET_PUBLISHED: dict[str, tuple[Published, ...]] = {
+    "CE": (Published(69.75, TFFD_IJCNN, "ResNet-18", "resnet18", True, dataset="imagenet"),
+           Published(69.90, USKD_REPO, "ResNet-18", "resnet18", True, dataset="imagenet")),
+    "USKD": (Published(70.79, USKD_REPO, "ResNet-18", "resnet18", True, baseline=69.90, dataset="imagenet"),),
+}  # none for CS-KD or PS-KD with ResNet-18 (PS-KD's ImageNet number is ResNet-152's)
+SELFKD_PUBLISHED_TFFD: dict[str, tuple[Published, ...]] = {  # a method + Tf-FD: only CE + Tf-FD, i.e. Tf-FD
+    "CE": (Published(70.55, TFFD_IJCNN, "ResNet-18", "resnet18", True, baseline=69.75, dataset="imagenet"),),
+}
+
+
+def selfkd_published(method: str, dataset: str = "cifar100", with_tffd: bool = False) -> tuple[Published, ...]:
+    """The published numbers on ``dataset`` of a self-KD row (its name, as SELFKD_NAMES gives it), alone or
+    + Tf-FD, or ()."""
+    if with_tffd:
+        numbers = SELFKD_PUBLISHED_TFFD.get(method, ())
+    else:
+        numbers = SELFKD_PUBLISHED.get(method, ()) + IMAGENET_PUBLISHED.get(method, ())
+    return tuple(number for number in numbers if number.dataset == dataset)
