@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (each module registers its terms; one per line)
     cs_kd,
     dlb,
     focal,
+    frskd,
     kd,
     max_entropy,
     ps_kd,
