@@ -1,6 +1,7 @@
 """Samplers: which other samples join each training sample in its batch, for methods that distil
-between samples (CS-KD's same-class pairs). A loss term names the sampler it needs (``LossTerm.sampler``);
-both loaders then append, to every batch of anchors, the partners the sampler chose for them.
+between samples (CS-KD's same-class pairs, BAKE's same-class groups, DLB's and DDGSD's second views). A
+loss term names the sampler it needs (``LossTerm.sampler``); both loaders then append, to every batch of
+anchors, the partners the sampler chose for them.
 
 A sampler maps the epoch to a count x M tensor: the M partners of each of this rank's anchors, in the
 order of ``train_indices``. Partners are drawn for every position of the epoch's global order from
@@ -49,3 +50,49 @@ def second_view(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_si
     augmented view of each of its images."""
     order = train_indices(len(labels), seed, epoch, rank=0, world_size=1)
     return order[rank_positions(len(labels), rank, world_size)].unsqueeze(1)
+
+
+def other_same_class(labels: torch.Tensor, anchors: torch.Tensor, count: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """For each anchor, ``count`` other samples of its class (len(anchors) x count): drawn uniformly
+    without replacement from the class less the anchor; with replacement where the class has fewer than
+    ``count`` other samples; the anchor itself where it is alone in its class."""
+    by_class = torch.argsort(labels, stable=True)
+    sizes = torch.bincount(labels)
+    starts = torch.cumsum(sizes, 0) - sizes
+    place = torch.empty_like(labels)  # each sample's position among the samples of its class
+    place[by_class] = torch.arange(len(labels)) - starts[labels[by_class]]
+    classes, own = labels[anchors], place[anchors]
+    others = sizes[classes] - 1
+    replace = others < count
+    draws = torch.rand(len(anchors), count, generator=generator, dtype=torch.float64)
+    taken = own.unsqueeze(1)  # positions in the class no later draw may take (without replacement)
+    for column in range(count):
+        pool = torch.where(replace, others, others - column).clamp_min(1)
+        pick = (draws[:, column] * pool).long().clamp_max(pool - 1)  # the pick-th position still free:
+        with_replacement = pick + (pick >= own)  # skip the anchor only
+        for skipped in torch.sort(taken, dim=1).values.T:  # skip every taken position, in ascending order
+            pick = pick + (pick >= skipped)
+        pick = torch.where(replace, with_replacement, pick)
+        taken = torch.cat([taken, pick.unsqueeze(1)], dim=1)
+    positions = torch.where((others > 0).unsqueeze(1), taken[:, 1:], own.unsqueeze(1))
+    return by_class[starts[classes].unsqueeze(1) + positions]
+
+
+MAX_CLASS_PARTNERS = 8  # the largest M a ``same_class_<M>`` sampler is registered for
+
+
+def _other_same_class_sampler(count: int):
+    def partners(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
+        total = len(labels)
+        order = train_indices(total, seed, epoch, rank=0, world_size=1)  # the anchor at every position
+        drawn = other_same_class(labels, order, count, epoch_generator(seed, epoch, stream=PARTNER_STREAM))
+        return drawn[rank_positions(total, rank, world_size)]
+
+    partners.__doc__ = (f"BAKE's batches (yxgeee/BAKE ``IdentityBatchSampler``) with M = {count}: {count} other "
+                        f"sample(s) of the anchor's class, see ``other_same_class``.")
+    return partners
+
+
+for _count in range(1, MAX_CLASS_PARTNERS + 1):  # one sampler per M: a term names the one it needs
+    register_sampler(f"same_class_{_count}")(_other_same_class_sampler(_count))

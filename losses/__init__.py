@@ -1,8 +1,10 @@
 """Loss terms composed from the config (``loss.terms``); see ``losses/base.py``."""
 from . import (  # noqa: F401  (each module registers its terms; one per line)
+    bake,
     byot,
     ce,
     cs_kd,
+    ddgsd,
     dlb,
     focal,
     frskd,
