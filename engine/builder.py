@@ -82,11 +82,16 @@ def profile_model(model: nn.Module, image_size: int) -> ModelProfile:
     )
 
 
-def sampler_of(terms: list[LossTerm]):
-    """The data/samplers.py sampler the terms need (at most one), or None."""
-    wanted = sorted({term.sampler for term in terms if term.sampler is not None})
-    if len(wanted) > 1:
-        raise ConfigError(f"loss.terms need different samplers ({', '.join(wanted)}); combine at most one such term")
+def sampler_of(terms: list[LossTerm], names: list[str]):
+    """The data/samplers.py sampler the terms need, or None. At most one term may name a sampler or compose
+    the batch in its own way: each expects the loader's batch as its sampler made it (DLB's and DDGSD's
+    second views, CS-KD's partners), so two would take each other's images apart."""
+    composing = [name for name, term in zip(names, terms)
+                 if term.sampler is not None or type(term).compose_batch is not LossTerm.compose_batch]
+    if len(composing) > 1:
+        raise ConfigError(f"loss.terms: {' and '.join(composing)} each compose the training batch in their own way "
+                          "(partners, second views, mixed copies); combine at most one of them")
+    wanted = [term.sampler for term in terms if term.sampler is not None]
     return SAMPLERS.lookup(wanted[0]) if wanted else None
 
 
@@ -109,7 +114,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size,
-                            sampler_of(terms))
+                            sampler_of(terms, config.loss.terms))
 
     model = build_model(config.model.name, loaders.num_classes)
     if config.model.weights:

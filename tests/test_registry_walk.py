@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
-from conftest import SMOKE, read_metrics, run_train
+from conftest import REPO, SMOKE, read_metrics, run_train
 from core.errors import ConfigError
 from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
 from data.samplers import SAMPLERS
 from engine.network import TrainingNetwork
-from losses import LOSSES, TrainingSetup
+from losses import LOSSES, LossTerm, TrainingSetup
 from models import build_model
 
 TERMS = sorted(LOSSES)
@@ -138,3 +138,22 @@ def test_every_batch_transform_trains_an_epoch_with_tffd(transform, tmp_path):
 def test_every_augmentation_trains_an_epoch_with_tffd_on_both_loaders(augmentation, loader, tmp_path):
     _walk_run(tmp_path, ["ce", "tffd"], f"data.augment=[{augmentation}]", f"data.loader={loader}",
               "data.num_workers=0")
+
+
+def test_two_terms_that_compose_the_batch_are_refused_before_anything_runs():
+    from engine.builder import sampler_of
+    from engine.config import load_config
+    from losses import build_loss_terms
+
+    config = load_config(REPO / "configs/quickstart.yaml", ["loss.terms=[ce,dlb,ddgsd]"])
+    terms = build_loss_terms(config.loss.terms, config.loss)
+    with pytest.raises(ConfigError, match="dlb and ddgsd each compose the training batch"):
+        sampler_of(terms, config.loss.terms)
+    defaults = {name: LOSSES.lookup(name).term(LOSSES.lookup(name).config()) for name in TERMS}
+    composing = [name for name, term in defaults.items()
+                 if term.sampler or type(term).compose_batch is not LossTerm.compose_batch]
+    assert {"cs_kd", "dlb", "ddgsd", "bake"} <= set(composing)
+    for name in TERMS:  # any one of them alone, or beside terms that take the batch as it comes, is fine
+        config = load_config(REPO / "configs/quickstart.yaml", [f"loss.terms=[ce,{name},tffd]"] if name not in
+                             ("ce", "tffd") else [])
+        sampler_of(build_loss_terms(config.loss.terms, config.loss), config.loss.terms)
