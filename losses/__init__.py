@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (each module registers its terms; one per line)
     sad,
     tf_kd_reg,
     tffd,
+    uskd,
     zipf_ls,
 )
 from .base import LossTerm, StepOutput, TrainingSetup
