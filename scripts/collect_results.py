@@ -381,8 +381,9 @@ def protocol_of(dataset: str) -> tuple[Path, str]:
 
 @lru_cache(maxsize=None)
 def selfkd_protocol(schedule: Path) -> dict:
-    """The flat keys a schedule file sets, with their typed values as rows hold them."""
-    keys = [f"train.{key}" for key in load_yaml_tree(schedule)["train"]]
+    """The flat keys a schedule file sets, with their typed values as rows hold them (those that change what
+    a run computes: the evaluation batch size, say, does not)."""
+    keys = [f"train.{key}" for key in load_yaml_tree(schedule)["train"] if f"train.{key}" not in NOT_IDENTITY]
     flat = hparams_of(load_config(schedule))
     return {key: flat[key] for key in keys}
 

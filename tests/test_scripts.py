@@ -444,3 +444,20 @@ def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs
     assert float(rows[("preact_resnet18", "CE")]["paper"]) == 76.24
     assert rows[("preact_resnet18", "CE")]["paper_source"].startswith("Self-KD-Lib README")
     assert rows[("preact_resnet18", "Mixup+Tf-FD")]["paper"] == "" and rows[("cifar_resnet18", "CE")]["paper"] == ""
+
+
+def test_collect_results_puts_the_imagenet_selfkd_runs_beside_imagenet_numbers(tmp_path, capfd):
+    for variant, (last, best) in {"ce": (69.5, 69.8), "tffd": (70.2, 70.4), "uskd": (70.5, 70.9),
+                                  "uskd_tffd": (70.8, 71.0)}.items():
+        fake_run(tmp_path / f"resnet18_{variant}" / "seed0", f"configs/imagenet/resnet18_{variant}.yaml", [],
+                 last, best)
+    out, _ = call(collect_results.main, capfd, str(tmp_path))
+    table = out.split("#### resnet18 on imagenet")[1]
+    assert "The standard ImageNet 100-epoch recipe (configs/_base_/schedules/imagenet_100e.yaml)." in table
+    assert "| published top-1, + Tf-FD [note] | Δ best, + Tf-FD − like-for-like published |" in table
+    # CE: the IJCNN Tf-FD paper's and USKD's baselines, like-for-like; its + Tf-FD cell is Tf-FD, published once
+    assert "| CE | 69.50 | 69.80 | 70.20 | 70.40 | +0.60 | 69.75 [1]; 69.90 [2] | +0.05 | 70.55 (CE 69.75) [1] | " \
+           "-0.15 |" in table, table
+    assert "| USKD | 70.50 | 70.90 | 70.80 | 71.00 | +0.10 | 70.79 (CE 69.90) [2] | +0.11 | – | – |" in table
+    assert "[2] USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet ResNet-18" in table
+    assert "76.24" not in table and "Self-KD-Lib" not in table  # CIFAR-100's numbers stay in CIFAR-100's tables
