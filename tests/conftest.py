@@ -73,6 +73,15 @@ def fake_run(run_dir: Path, config: str, overrides: list[str], last: float | Non
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
+def method_config(tmp_path: Path, method: str):
+    """The quickstart experiment with ``configs/_base_/methods/<method>.yaml`` on top, loaded."""
+    from engine.config import load_config
+
+    path = tmp_path / "experiment.yaml"
+    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / f'configs/_base_/methods/{method}.yaml'}]\n")
+    return load_config(path)
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

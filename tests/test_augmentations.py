@@ -4,13 +4,13 @@ right stage (uint8 before normalisation, float after), reproducible per (seed, e
 so that a 2-process run augments each image as the 1-process run does."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from data import InMemoryData, build_loaders
 from data.augmentations import Augmentation, RandomEraseConfig, apply_per_image, build_augmentations, draw_seeds
@@ -20,7 +20,6 @@ from data.samplers import second_view
 from data.torch_loader import small_image_transforms
 from engine.config import DataConfig, load_config
 
-REPO = Path(__file__).resolve().parent.parent
 FILL = [7.0, 8.0, 9.0]  # out of reach of images normalised by IDENTITY (which lie in [0, 1])
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 SIZE = 16
@@ -90,9 +89,7 @@ def test_autoaugment_settings_reach_torchvision():
     ("autoaugment", {"policy": "cifar10", "interpolation": "nearest", "fill": [0]}),
 ])
 def test_method_configs_hold_the_original_settings(method, expected, tmp_path):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / f'configs/_base_/methods/{method}.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, method)
     assert (config.loss.terms, config.data.augment, config.batch.transforms) == (["ce"], [method], [])
     assert vars(getattr(config.data, method)) == expected
     for name in (method, f"{method}_tffd"):  # the self-KD table's configs keep them

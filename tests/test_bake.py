@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.samplers import MAX_CLASS_PARTNERS, SAMPLERS, other_same_class
 from data.sharding import train_indices
@@ -156,9 +156,7 @@ def test_the_step_trains_on_the_anchors_and_all_their_partners(partners, loader)
 
 
 def test_the_method_config_holds_the_authors_settings(tmp_path):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/bake.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "bake")
     assert config.loss.terms == ["ce", "bake"] and config.loss.ce.weight == 1.0
     bake = config.loss.bake
     assert (bake.weight, bake.temperature, bake.omega, bake.partners) == (1.0, 4.0, 0.5, 3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from engine.builder import build_experiment
 from engine.config import load_config
@@ -82,9 +82,7 @@ def test_the_step_trains_on_both_views_of_each_sample():
 
 
 def test_the_method_config_holds_self_kd_libs_settings(tmp_path):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/ddgsd.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "ddgsd")
     assert config.loss.terms == ["ce", "ddgsd"]
     assert (config.loss.ddgsd.weight, config.loss.ddgsd.temperature, config.loss.ddgsd.mean_weight) == (1.0, 4.0, 5e-4)
     # their CE: cross_entropy over the 2B images / 2, which the ce term at weight 0.5 gives

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from losses import StepOutput, TrainingSetup
 from losses.frskd import (BiFPNSelfTeacher, FeatureRefinementSelfKD, FRSKDConfig, attention, attention_loss, fuse,
@@ -192,9 +192,7 @@ def test_every_cifar_and_imagenet_backbone_shape_fits():
 def test_method_configs_hold_the_original_settings(tmp_path):
     from engine.config import load_config
 
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/frskd.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "frskd")
     assert config.loss.terms == ["frskd"]  # the whole loss: both CEs are in it
     cfg = config.loss.frskd
     assert (cfg.alpha, cfg.beta, cfg.temperature, cfg.width, cfg.depth) == (2.0, 100.0, 4.0, 2, 2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from losses import LOSSES, StepOutput
 from losses.focal import FocalConfig, FocalLoss, focal_loss
@@ -27,11 +27,7 @@ def probs_by_hand(rows):
 
 
 def load_method(method, tmp_path):
-    from engine.config import load_config
-
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / f'configs/_base_/methods/{method}.yaml'}]\n")
-    return load_config(path)
+    return method_config(tmp_path, method)
 
 
 def load_selfkd(method):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from losses import LOSSES, StepOutput
 from losses.sad import SADConfig, SelfAttentionDistillation, attention_map, sad_loss
@@ -102,9 +102,7 @@ def test_the_term_weights_the_loss_and_refuses_a_model_with_one_stage():
 def test_sad_configs_hold_self_kd_libs_settings(tmp_path):
     from engine.config import load_config
 
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/sad.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "sad")
     assert (config.loss.terms, config.loss.sad.weight, config.loss.ce.weight) == (["ce", "sad"], 1000.0, 1.0)
     assert SADConfig().weight == 1000.0
     selfkd = REPO / "configs/cifar100/selfkd"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import data.batch_transforms as bt
 import forkserver
-from conftest import REPO, SMOKE, read_metrics, run_train, train_command, train_env
+from conftest import REPO, SMOKE, method_config, read_metrics, run_train, train_command, train_env
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
 from losses import StepOutput, TrainingSetup
@@ -195,11 +195,8 @@ def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path
     ("cutout", ["ce"], ["cutout"]), ("cs_kd", ["ce", "cs_kd"], []), ("ps_kd", ["ps_kd"], []),
 ])
 def test_method_configs_hold_the_original_settings(method, terms, transforms, tmp_path):
-    from engine.config import load_config
 
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / f'configs/_base_/methods/{method}.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, method)
     assert (config.loss.terms, config.batch.transforms) == (terms, transforms)
     assert (config.batch.mixup.alpha, config.batch.cutmix.alpha, config.batch.cutmix.prob) == (1.0, 1.0, 0.5)
     assert config.batch.cutout.length == 8

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from losses import StepOutput, TrainingSetup
 from losses.uskd import (USKDConfig, UniversalSelfKD, label_classes, non_target_columns, non_target_loss,
@@ -213,9 +213,7 @@ def test_the_term_passes_the_mixed_labels_on():
 def test_method_config_holds_the_cifar_100_settings(tmp_path):
     from engine.config import load_config
 
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/uskd.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "uskd")
     assert config.loss.terms == ["ce", "uskd"]
     assert USKDConfig() == config.loss.uskd == USKDConfig(alpha=0.1, beta=0.1, mu=0.1, stage=-2, rank_from="code")
     for name, terms in (("cifar_resnet18_uskd", ["ce", "uskd"]), ("cifar_resnet18_uskd_tffd", ["ce", "uskd", "tffd"])):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from engine.config import load_config
 from losses import StepOutput
@@ -165,9 +165,7 @@ def test_a_step_without_a_head_map_or_a_classifier_fails_clearly():
 
 # ---------------------------------------------------------------- configs
 def test_method_config_holds_the_authors_cifar_settings(tmp_path):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/zipf_ls.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "zipf_ls")
     assert config.loss.terms == ["ce", "zipf_ls"] and config.loss.ce.weight == 1.0
     zipf = config.loss.zipf_ls
     assert (zipf.weight, zipf.power, zipf.upsample, zipf.upsample_mode) == (0.1, 1.0, 2, "bilinear")
