@@ -82,6 +82,24 @@ def method_config(tmp_path: Path, method: str):
     return load_config(path)
 
 
+def attached(term, shapes, num_classes: int = 5, num_samples: int = 8):
+    """``term`` checked against and attached to a model whose stages have these C x H x W shapes, as the
+    builder does it."""
+    from losses import TrainingSetup
+
+    term.check_features(shapes)
+    term.attach(TrainingSetup(num_samples=num_samples, num_classes=num_classes, epochs=2, feature_shapes=tuple(shapes)))
+    return term
+
+
+def leaf_tensors(shapes, num_classes: int = 5, batch: int = 4):
+    """Stage features and logits of a batch as leaves that require gradients, and its labels 0, 1, 2, ..."""
+    import torch
+
+    feats = [torch.randn(batch, *shape, requires_grad=True) for shape in shapes]
+    return feats, torch.randn(batch, num_classes, requires_grad=True), torch.arange(batch) % num_classes
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, method_config
+from conftest import REPO, SMOKE, attached, leaf_tensors, method_config
 from core.errors import ConfigError
-from losses import StepOutput, TrainingSetup
+from losses import StepOutput
 from losses.frskd import (BiFPNSelfTeacher, FeatureRefinementSelfKD, FRSKDConfig, attention, attention_loss, fuse,
                           fusion_weights, frskd_losses)
 from losses.kd import kd_loss
@@ -107,18 +107,13 @@ def test_width_and_depth_size_the_self_teacher():
 
 # ---------------------------------------------------------------- the term
 def frskd(shapes=SMALL, classes=5, **options):
-    term = FeatureRefinementSelfKD(FRSKDConfig(**options))
-    term.check_features(shapes)
-    term.attach(TrainingSetup(num_samples=8, num_classes=classes, epochs=2, feature_shapes=shapes))
-    return term
+    return attached(FeatureRefinementSelfKD(FRSKDConfig(**options)), shapes, classes)
 
 
 def test_the_loss_is_the_weighted_sum_of_its_parts_with_the_self_teacher_detached():
     torch.manual_seed(0)
     term = frskd(alpha=0.7, beta=3.0, temperature=2.0)
-    feats = [torch.randn(4, *shape, requires_grad=True) for shape in SMALL]
-    logits = torch.randn(4, 5, requires_grad=True)
-    targets = torch.tensor([0, 1, 2, 3])
+    feats, logits, targets = leaf_tensors(SMALL)
     losses = term(StepOutput(logits, feats, targets, epoch=1))
     assert set(losses) == {"frskd_ce", "frskd_ce_bifpn", "frskd_kd", "frskd_att"}
     refined, teacher_logits = term.teacher(feats)  # train-mode BatchNorm: the same batch, the same output

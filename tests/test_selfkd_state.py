@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, read_metrics, run_train, train_command, train_env
+from conftest import REPO, SMOKE, attached, leaf_tensors, read_metrics, run_train, train_command, train_env
 from core.errors import CheckpointError, ConfigError
 from engine.builder import build_experiment
 from engine.checkpoint import load_checkpoint, save_checkpoint
@@ -64,10 +64,7 @@ SHAPES = ((16, 16, 16), (32, 8, 8), (64, 4, 4))  # resnet20 on 16x16 images
 
 
 def byot(**options):
-    term = BeYourOwnTeacher(BYOTConfig(**options))
-    term.check_features(SHAPES)
-    term.attach(TrainingSetup(num_samples=8, num_classes=5, epochs=2, feature_shapes=SHAPES))
-    return term
+    return attached(BeYourOwnTeacher(BYOTConfig(**options)), SHAPES)
 
 
 def test_byot_heads_bring_every_shallow_stage_to_the_deepest_width_and_resolution():
@@ -84,9 +81,7 @@ def test_byot_heads_bring_every_shallow_stage_to_the_deepest_width_and_resolutio
 def test_byot_loss_is_the_weighted_sum_of_its_parts_with_the_deepest_exit_detached():
     torch.manual_seed(0)
     term = byot(alpha=0.3, temperature=2.0, beta=0.5)
-    feats = [torch.randn(4, *shape, requires_grad=True) for shape in SHAPES]
-    logits = torch.randn(4, 5, requires_grad=True)
-    targets = torch.tensor([0, 1, 2, 3])
+    feats, logits, targets = leaf_tensors(SHAPES)
     losses = term(StepOutput(logits, feats, targets, epoch=1))
     deepest = feats[-1].mean(dim=(2, 3))
     features = [head(feats[s - 1]) for s, head in zip(term.stages, term.heads)]

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
+from conftest import REPO, attached, method_config
 from core.errors import ConfigError
-from losses import StepOutput, TrainingSetup
+from losses import StepOutput
 from losses.uskd import (USKDConfig, UniversalSelfKD, label_classes, non_target_columns, non_target_loss,
                          rank_scores, target_loss, uskd_loss, weak_loss, zipf_weights)
 
@@ -150,16 +150,13 @@ def test_mixed_labels_drop_both_classes_from_the_non_target_part_and_smooth_the_
 SHAPES = ((8, 8, 8), (16, 4, 4), (32, 2, 2))  # three stages, shallow to deep
 
 
-def attached(shapes=SHAPES, num_classes=5, **options) -> UniversalSelfKD:
-    term = UniversalSelfKD(USKDConfig(**options))
-    term.check_features(shapes)
-    term.attach(TrainingSetup(num_samples=10, num_classes=num_classes, epochs=2, feature_shapes=shapes))
-    return term
+def uskd(shapes=SHAPES, num_classes=5, **options) -> UniversalSelfKD:
+    return attached(UniversalSelfKD(USKDConfig(**options)), shapes, num_classes, num_samples=10)
 
 
 def test_the_weak_head_is_a_trained_linear_layer_on_the_pooled_second_deepest_stage():
     torch.manual_seed(0)
-    term = attached(alpha=1.0, beta=0.5, mu=0.25)
+    term = uskd(alpha=1.0, beta=0.5, mu=0.25)
     assert (term.weak_head.in_features, term.weak_head.out_features) == (16, 5) and term.stage_index == 1
     assert sum(p.numel() for p in term.parameters()) == 16 * 5 + 5
     feats = [torch.randn(3, *shape, requires_grad=True) for shape in SHAPES]
@@ -177,7 +174,7 @@ def test_the_weak_head_is_a_trained_linear_layer_on_the_pooled_second_deepest_st
 
 
 def test_the_stage_option_counts_from_the_deepest():
-    assert attached(stage=-3).stage_index == 0 and attached(stage=-3).weak_head.in_features == 8
+    assert uskd(stage=-3).stage_index == 0 and uskd(stage=-3).weak_head.in_features == 8
 
 
 @pytest.mark.parametrize("shapes, stage, message", [
@@ -200,7 +197,7 @@ def test_bad_options_are_config_errors():
 
 def test_the_term_passes_the_mixed_labels_on():
     torch.manual_seed(0)
-    term = attached(rank_from="paper")
+    term = uskd(rank_from="paper")
     feats = [torch.randn(2, *shape) for shape in SHAPES]
     logits = torch.randn(2, 5)
     losses = term(StepOutput(logits, feats, torch.tensor([3, 2]), 1, target_probs=MIXED))
