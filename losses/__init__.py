@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (each module registers its terms; one per line)
     ce,
     cs_kd,
     ddgsd,
+    dks,
     dlb,
     focal,
     frskd,
