@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (each module registers its terms; one per line)
     frskd,
     kd,
     max_entropy,
+    mixskd,
     ps_kd,
     sad,
     tf_kd_reg,
