@@ -92,9 +92,14 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
 
 
 def term_parameters(experiment) -> str:
-    """The loss terms' own parameters (e.g. BYOT's heads), which train with the model but are not exported."""
-    count = sum(p.numel() for term in experiment.terms for p in term.parameters())
-    return f" (+{count / 1e6:.3f}M in loss terms, trained, not exported)" if count else ""
+    """The loss terms' own parameters (e.g. BYOT's heads), which train with the model but are not exported;
+    frozen ones (MixSKD's random discriminators) counted apart."""
+    params = [p for term in experiment.terms for p in term.parameters()]
+    trained = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    parts = [f"{trained / 1e6:.3f}M in loss terms, trained, not exported"] if trained else []
+    parts += [f"{frozen / 1e6:.3f}M frozen"] if frozen else []
+    return f" (+{', '.join(parts)})" if parts else ""
 
 
 def header(config, resolved: dict, experiment, dist, run_dir: Path, mode: str) -> str:
