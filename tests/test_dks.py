@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, method_config
 
-from conftest import REPO
 from core.errors import ConfigError
+from engine.config import load_config
 from losses import StepOutput, TrainingSetup
 from losses.branches import BasicBlock, Branch, check_branches, rebuilt_stages
 from losses.dks import DeeplySupervisedKnowledgeSynergy, DKSConfig, knowledge_synergy
@@ -179,11 +180,7 @@ def test_dks_option_ranges_are_checked(options):
 
 
 def test_dks_config_holds_the_original_settings(tmp_path):
-    from engine.config import load_config
-
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/dks.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "dks")
     cfg = config.loss.dks
     assert config.loss.terms == ["dks"] and config.batch.transforms == []
     assert (cfg.weight, cfg.temperature, cfg.smoothing) == (1.0, 1.0, 1e-8)  # sundw2014/DKS

@@ -7,14 +7,21 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import REPO, SMOKE, method_config
 
-from conftest import REPO, SMOKE
 from core.errors import ConfigError
 from data.batch_transforms import beta_sample
+from engine.config import load_config
 from losses import StepOutput, TrainingSetup
 from losses.kd import kd_loss
-from losses.mixskd import (MixSKDConfig, MixupSelfKD, discriminator_bce, feature_mse, interpolate,
-                           mixup_distillation)
+from losses.mixskd import (
+    MixSKDConfig,
+    MixupSelfKD,
+    discriminator_bce,
+    feature_mse,
+    interpolate,
+    mixup_distillation,
+)
 
 RESNET18 = ((64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4))  # cifar_resnet18 on 32x32 images
 RESNET20 = ((16, 16, 16), (32, 8, 8), (64, 4, 4))  # resnet20 on 16x16 images
@@ -223,11 +230,7 @@ def test_one_step_forwards_twice_the_batch_and_trains_the_branches_and_self_teac
 
 
 def test_mixskd_config_holds_the_original_settings(tmp_path):
-    from engine.config import load_config
-
-    path = tmp_path / "experiment.yaml"
-    path.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / 'configs/_base_/methods/mixskd.yaml'}]\n")
-    config = load_config(path)
+    config = method_config(tmp_path, "mixskd")
     cfg = config.loss.mixskd
     assert config.loss.terms == ["mixskd"] and config.batch.transforms == []
     assert (cfg.alpha, cfg.temperature) == (0.4, 3.0)
