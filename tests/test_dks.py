@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, method_config
 
+from conftest import REPO, method_config
 from core.errors import ConfigError
 from engine.config import load_config
 from losses import StepOutput, TrainingSetup

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import REPO, SMOKE, method_config
 
+from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.batch_transforms import beta_sample
 from engine.config import load_config
