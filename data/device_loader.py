@@ -110,7 +110,9 @@ class DeviceTrainLoader:
 
     def _augment_and_normalize(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """The uint8-stage augmentations, normalisation, then the normalised-stage ones; ``seeds`` holds
-        one row per augmentation, one seed per image."""
+        one row per augmentation, one seed per image (on the CPU: reading them is no device sync)."""
+        if not self.augment:
+            return self.normalize(images)
         normalized = False
         for augmentation, row in zip(self.augment, seeds.tolist()):
             if augmentation.stage == "normalised" and not normalized:
