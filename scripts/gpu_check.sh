@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What only a GPU shows, in one run of under ten minutes on one GPU: the CUDA-only tests, then the
+# What only a GPU shows, in one run of under ten minutes on one GPU: the CUDA-only tests (every loss
+# term among them), then the
 # training-step benchmark (ResNet-20, batch 128) in fp32 eager and in bf16 + channels_last + compile,
 # and the wide student resnet8x4 (batch 64) likewise. Prints every figure with the GPU's name and
 # writes the benchmark JSONs to OUT_DIR (default: gpu_check/), for docs/PERFORMANCE.md.
@@ -19,8 +20,8 @@ fi
 "$python" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
-echo "== CUDA-only tests"
-"$python" -m pytest -q tests/test_cuda.py
+echo "== CUDA-only tests (and every registered loss term: CUDA fp32 against the CPU, finite in bf16)"
+"$python" -m pytest -q tests/test_cuda.py tests/test_registry_walk.py -k "cuda"
 
 bench() {  # NAME ARGS...: one benchmark, its table printed, its JSON kept
     local name=$1

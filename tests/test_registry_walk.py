@@ -53,7 +53,10 @@ def _model(name: str):
 
 def _step(network, term, images, targets, indices, epoch):
     images, targets, indices, extras = term.compose_batch(images, targets, indices)
-    teacher_logits = torch.randn(len(targets), NUM_CLASSES) if term.requires_teacher else None
+    teacher_logits = None
+    if term.requires_teacher:
+        teacher_logits = torch.randn(len(targets), NUM_CLASSES, generator=torch.Generator().manual_seed(1))
+        teacher_logits = teacher_logits.to(images.device)
     _, losses = network(images, targets, epoch, indices, teacher_logits, None, extras)
     return losses
 
@@ -87,6 +90,38 @@ def test_every_term_trains_on_every_backbone_family_or_refuses_it_cleanly(name, 
     for param_name, param in network.named_parameters():
         if param.grad is not None:
             assert torch.isfinite(param.grad).all(), param_name
+
+
+# ---------------------------------------------------------------- on a GPU (scripts/gpu_check.sh)
+DRAWS_ON_THE_DEVICE = {"mixskd"}  # its mixup permutation: another stream on CUDA than on the CPU
+
+
+def _first_step_losses(name: str, device, autocast_dtype=None) -> dict:
+    """One step of the term with its defaults on cifar_resnet18, on ``device``: the same weights, batch
+    and term initialisation whatever the device."""
+    model, shapes = _model("cifar_resnet18")
+    registered = LOSSES.lookup(name)
+    torch.manual_seed(0)
+    term = registered.term(registered.config())
+    images, targets, indices, num_samples = _batch(term, BACKBONES["cifar_resnet18"])
+    term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
+    network = TrainingNetwork(copy.deepcopy(model), [term]).to(device)
+    with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+        losses = _step(network, term, images.to(device), targets.to(device), indices.to(device), 1)
+    return {key: value.detach().float().cpu() for key, value in losses.items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", TERMS)
+def test_every_term_on_cuda_matches_the_cpu_in_fp32_and_is_finite_in_bf16(name):
+    cpu, cuda = _first_step_losses(name, "cpu"), _first_step_losses(name, "cuda")
+    assert cuda.keys() == cpu.keys()
+    if name not in DRAWS_ON_THE_DEVICE:
+        for key in cpu:
+            torch.testing.assert_close(cuda[key], cpu[key], rtol=2e-3, atol=1e-4, msg=f"{name}: {key}")
+    bf16 = _first_step_losses(name, "cuda", torch.bfloat16)
+    assert bf16.keys() == cpu.keys() and all(torch.isfinite(value) for value in bf16.values()), bf16
 
 
 # ---------------------------------------------------------------- real runs of train.py
