@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # What only a GPU shows, in one run of under ten minutes on one GPU: the CUDA-only tests (every loss
 # term among them), then the training-step benchmark (ResNet-20, batch 128) in fp32 eager and in bf16 +
-# channels_last + compile,
-# and the wide student resnet8x4 (batch 64) likewise. Prints every figure with the GPU's name and
+# channels_last + compile, and the wide student resnet8x4 (batch 64) likewise. Prints every figure with the GPU's name and
 # writes the benchmark JSONs to OUT_DIR (default: gpu_check/), for docs/PERFORMANCE.md.
 #
 #   scripts/gpu_check.sh [OUT_DIR]
