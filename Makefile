@@ -12,7 +12,7 @@ quickstart: $(VENV)/.requirements
 	$(BIN)/python train.py --config configs/quickstart.yaml
 
 test: $(VENV)/.requirements-dev
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # A stamp per requirements file: reinstalled only when the file changes.
 $(VENV)/.requirements: requirements.txt | $(BIN)/python

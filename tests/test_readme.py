@@ -30,7 +30,7 @@ def test_the_first_commands_are_the_two_make_targets_and_ci_runs_the_second():
     ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == "make test"
     plan = make_plan("test")
-    assert plan.splitlines()[-1] == ".venv/bin/python -m pytest -q tests"
+    assert plan.splitlines()[-1] == ".venv/bin/python -m pytest -q -n 2 --dist loadfile tests"
     assert "pip install --quiet -r requirements-dev.txt" in plan
     quickstart = make_plan("quickstart")
     assert quickstart.splitlines()[-1] == ".venv/bin/python train.py --config configs/quickstart.yaml"
