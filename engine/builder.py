@@ -95,6 +95,14 @@ def sampler_of(terms: list[LossTerm], names: list[str]):
     return SAMPLERS.lookup(wanted[0]) if wanted else None
 
 
+def check_transforms_fit_terms(terms: list[LossTerm], names: list[str], transforms: list[str]) -> None:
+    for name, term in zip(names, terms):
+        clash = [transform for transform in transforms if transform in term.refuses_batch_transforms]
+        if clash:
+            raise ConfigError(f"loss.{name} mixes its own batch, and batch.transforms {clash} would mix across it "
+                              f"and break its pairs; remove {', '.join(clash)} from batch.transforms")
+
+
 def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
     if global_batch % world_size:
         raise ConfigError(f"{key}={global_batch} is not divisible by the {world_size} processes; "
@@ -112,6 +120,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
     terms = build_loss_terms(config.loss.terms, config.loss)
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
+    check_transforms_fit_terms(terms, config.loss.terms, config.batch.transforms)
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size,
                             sampler_of(terms, config.loss.terms))

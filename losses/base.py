@@ -58,6 +58,9 @@ class LossTerm(nn.Module):
     #: whether the term's state differs between DDP ranks (DLB's last batch): the checkpoint then keeps
     #: every rank's ``state_dict()``, and a resume needs the same number of processes
     per_rank_state: bool = False
+    #: batch transforms (data/batch_transforms.py) that would undo what the term's own batch composition
+    #: relies on (MixSKD's clean/mixed pairs): the builder refuses a config listing them with the term
+    refuses_batch_transforms: tuple[str, ...] = ()
 
     def attach(self, setup: TrainingSetup) -> None:
         """Called once by the builder, before the optimizer is made, for a term with state of its own:

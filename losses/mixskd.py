@@ -47,9 +47,10 @@ it without ``ce``.
 
 Mixed labels from a batch transform: the term composes its batch before the transforms run, so
 Cutout (labels unchanged) works as usual, x and x~ getting their own holes. Mixup and CutMix would
-mix across the composed [x; x~] batch and break the correspondence the term relies on: do not combine
-them. If they are set, the clean CE is taken against their label distributions of the clean half,
-and the mixup CE against those distributions interpolated with lam and perm.
+mix across the composed [x; x~] batch and break the correspondence the term relies on: the builder
+refuses them with this term (``refuses_batch_transforms``). Called with mixed labels all the same (on
+tensors, outside the trainer), the clean CE is taken against the label distributions of the clean
+half, and the mixup CE against those distributions interpolated with lam and perm.
 """
 from __future__ import annotations
 
@@ -123,6 +124,8 @@ class MixSKDConfig(Options):
 
 @register_loss("mixskd", MixSKDConfig)
 class MixupSelfKD(LossTerm):
+    refuses_batch_transforms = ("mixup", "cutmix")
+
     def __init__(self, config: MixSKDConfig):
         super().__init__()
         self.config = config

@@ -192,3 +192,14 @@ def test_two_terms_that_compose_the_batch_are_refused_before_anything_runs():
         config = load_config(REPO / "configs/quickstart.yaml", [f"loss.terms=[ce,{name},tffd]"] if name not in
                              ("ce", "tffd") else [])
         sampler_of(build_loss_terms(config.loss.terms, config.loss), config.loss.terms)
+
+
+@pytest.mark.parametrize("transform", ["mixup", "cutmix"])
+def test_a_transform_that_would_mix_across_a_terms_own_mixed_batch_is_refused_in_one_line(transform, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(*WALK, "loss.terms=[mixskd]", f"batch.transforms=[cutout,{transform}]", "--run-dir",
+                       str(run_dir))
+    assert result.returncode == 2 and not run_dir.exists(), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: loss.mixskd mixes its own batch, and batch.transforms ['{transform}'] would mix across it and break "
+        f"its pairs; remove {transform} from batch.transforms")
