@@ -16,7 +16,7 @@ from core.registry import Registry
 
 from .sharding import epoch_generator, rank_positions, train_indices
 
-SAMPLERS = Registry("sampler")  # name -> partners(labels, seed, epoch, rank, world_size) -> count x M
+SAMPLERS = Registry("sampler")  # name -> partners(labels, seed, epoch, rank, world_size, **options) -> count x M
 register_sampler = SAMPLERS.register
 
 # epoch_generator streams: 0 the order; 1 and 2 the device loader's augmentation, 1 + rank the
@@ -79,20 +79,12 @@ def other_same_class(labels: torch.Tensor, anchors: torch.Tensor, count: int,
     return by_class[starts[classes].unsqueeze(1) + positions]
 
 
-MAX_CLASS_PARTNERS = 8  # the largest M a ``same_class_<M>`` sampler is registered for
-
-
-def _other_same_class_sampler(count: int):
-    def partners(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
-        total = len(labels)
-        order = train_indices(total, seed, epoch, rank=0, world_size=1)  # the anchor at every position
-        drawn = other_same_class(labels, order, count, epoch_generator(seed, epoch, stream=PARTNER_STREAM))
-        return drawn[rank_positions(total, rank, world_size)]
-
-    partners.__doc__ = (f"BAKE's batches (yxgeee/BAKE ``IdentityBatchSampler``) with M = {count}: {count} other "
-                        f"sample(s) of the anchor's class, see ``other_same_class``.")
-    return partners
-
-
-for _count in range(1, MAX_CLASS_PARTNERS + 1):  # one sampler per M: a term names the one it needs
-    register_sampler(f"same_class_{_count}")(_other_same_class_sampler(_count))
+@register_sampler("same_class")
+def same_class(labels: torch.Tensor, seed: int, epoch: int, rank: int, world_size: int,
+               count: int = 1) -> torch.Tensor:
+    """BAKE's batches (yxgeee/BAKE ``IdentityBatchSampler``): ``count`` other samples of the anchor's class
+    (``other_same_class``); the term gives ``count`` (``LossTerm.sampler_options``)."""
+    total = len(labels)
+    order = train_indices(total, seed, epoch, rank=0, world_size=1)  # the anchor at every position
+    drawn = other_same_class(labels, order, count, epoch_generator(seed, epoch, stream=PARTNER_STREAM))
+    return drawn[rank_positions(total, rank, world_size)]

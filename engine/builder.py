@@ -2,6 +2,7 @@
 bad input fails early and leaves no trace."""
 from __future__ import annotations
 
+import functools
 import os
 import random
 from contextlib import nullcontext
@@ -91,8 +92,8 @@ def sampler_of(terms: list[LossTerm], names: list[str]):
     if len(composing) > 1:
         raise ConfigError(f"loss.terms: {' and '.join(composing)} each compose the training batch in their own way "
                           "(partners, second views, mixed copies); combine at most one of them")
-    wanted = [term.sampler for term in terms if term.sampler is not None]
-    return SAMPLERS.lookup(wanted[0]) if wanted else None
+    term = next((term for term in terms if term.sampler is not None), None)
+    return functools.partial(SAMPLERS.lookup(term.sampler), **term.sampler_options) if term else None
 
 
 def check_transforms_fit_terms(terms: list[LossTerm], names: list[str], transforms: list[str]) -> None:
@@ -121,9 +122,10 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     terms = build_loss_terms(config.loss.terms, config.loss)
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
     check_transforms_fit_terms(terms, config.loss.terms, config.batch.transforms)
+    sampler = sampler_of(terms, config.loss.terms)
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size,
-                            sampler_of(terms, config.loss.terms))
+                            sampler)
 
     model = build_model(config.model.name, loaders.num_classes)
     if config.model.weights:

@@ -7,7 +7,8 @@ adding a file with a registered term, never a branch in the training loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,12 @@ class StepOutput:
     head_map: Optional[torch.Tensor] = None
 
     @property
+    def labels(self) -> torch.Tensor:
+        """What a cross-entropy is taken against: the mixed label distributions where a batch transform
+        made them, else the hard labels."""
+        return self.targets if self.target_probs is None else self.target_probs
+
+    @property
     def embedding(self) -> torch.Tensor:
         """The N x D vector the classifier reads: the pooled ``head_map``."""
         return self.head_map.mean(dim=(2, 3))
@@ -55,6 +62,8 @@ class LossTerm(nn.Module):
     requires_teacher: bool = False
     #: the data/samplers.py sampler whose partners the loaders append to every batch, if the term needs one
     sampler: Optional[str] = None
+    #: keyword options the sampler is called with (BAKE's number of partners per anchor)
+    sampler_options: Mapping[str, Any] = MappingProxyType({})
     #: whether the term's state differs between DDP ranks (DLB's last batch): the checkpoint then keeps
     #: every rank's ``state_dict()``, and a resume needs the same number of processes
     per_rank_state: bool = False

@@ -113,7 +113,7 @@ class BeYourOwnTeacher(LossTerm):
 
     def forward(self, step: StepOutput):
         cfg = self.config
-        targets = step.targets if step.target_probs is None else step.target_probs
+        targets = step.labels
         deepest = step.feats[-1].mean(dim=(2, 3))
         features = [head(step.feats[stage - 1]) for stage, head in zip(self.stages, self.heads)]
         logits = [classifier(feature) for classifier, feature in zip(self.classifiers, features)]

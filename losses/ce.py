@@ -25,6 +25,6 @@ class CrossEntropy(LossTerm):
 
     def forward(self, step: StepOutput):
         # Against mixed labels where a batch transform made them: lam * CE(y_a) + (1 - lam) * CE(y_b).
-        targets = step.targets if step.target_probs is None else step.target_probs
+        targets = step.labels
         loss = F.cross_entropy(step.logits, targets, label_smoothing=self.config.label_smoothing)
         return {"ce": self.config.weight * loss}

@@ -120,7 +120,7 @@ class DeeplySupervisedKnowledgeSynergy(LossTerm):
 
     def forward(self, step: StepOutput):
         cfg = self.config
-        targets = step.targets if step.target_probs is None else step.target_probs
+        targets = step.labels
         exits = [branch(step.feats[stage - 1])[0] for stage, branch in zip(self.stages, self.branches)]
         exits.append(step.logits)
         ce = sum(F.cross_entropy(z.float(), targets) for z in exits)

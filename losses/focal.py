@@ -62,5 +62,5 @@ class FocalLoss(LossTerm):
         self.config = config
 
     def forward(self, step: StepOutput):
-        targets = step.targets if step.target_probs is None else step.target_probs
+        targets = step.labels
         return {"focal": focal_loss(step.logits, targets, self.config.gamma)}

@@ -221,7 +221,7 @@ class FeatureRefinementSelfKD(LossTerm):
         if self.teacher is None:
             raise RuntimeError("the frskd term is not attached: call attach() with the model's feature shapes")
         cfg = self.config
-        targets = step.targets if step.target_probs is None else step.target_probs
+        targets = step.labels
         refined, teacher_logits = self.teacher(step.feats)
         return frskd_losses(step.logits, step.feats, teacher_logits, refined, targets,
                             cfg.alpha, cfg.beta, cfg.temperature)

@@ -60,6 +60,7 @@ from core.typed_config import Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
+from .zipf_ls import non_target_columns
 
 EPS = 1e-6  # keeps the rank score's denominators away from zero, as in the authors' code
 
@@ -109,13 +110,6 @@ def zipf_weights(scores: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(scores, dim=1, descending=True, stable=True)  # the class at each rank
         ranks = torch.argsort(order, dim=1)  # the rank (from 0) of each class
         return 1.0 / (ranks + 1).to(torch.float32)
-
-
-def non_target_columns(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """The N x (K - m) columns of ``x`` other than ``classes`` (N x m, distinct per row), in class order."""
-    keep = torch.ones_like(x, dtype=torch.int8).scatter(1, classes, 0)
-    kept = torch.argsort(keep, dim=1, descending=True, stable=True)[:, : x.shape[1] - classes.shape[1]]
-    return x.gather(1, kept)
 
 
 def non_target_loss(logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

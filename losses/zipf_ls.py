@@ -83,18 +83,19 @@ def zipf_target(votes: torch.Tensor, targets: torch.Tensor, power: float = 1.0) 
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def non_target(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """N x K -> N x (K - 1): each row without its target's column, the other columns in order."""
-    n, k = values.shape
-    columns = torch.arange(k - 1, device=values.device).expand(n, k - 1)
-    return values.gather(1, columns + (columns >= targets[:, None]).long())
+def non_target_columns(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The N x (K - m) columns of ``x`` other than ``classes`` (N x m, distinct per row), in class order
+    (m = 1 here: the target; USKD leaves out a mixed label's two classes)."""
+    keep = torch.ones_like(x, dtype=torch.int8).scatter(1, classes, 0)
+    kept = torch.argsort(keep, dim=1, descending=True, stable=True)[:, : x.shape[1] - classes.shape[1]]
+    return x.gather(1, kept)
 
 
 def zipf_kl(logits: torch.Tensor, target_dist: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean_n sum_{c != y} q_c * (log q_c - log softmax(z_{-y})_c), the softmax over the K - 1 logits
     other than the target's; ``target_dist`` (q, N x K, 0 at y) carries no gradient, nor does z_y."""
-    log_probs = F.log_softmax(non_target(logits.float(), targets), dim=1)
-    return F.kl_div(log_probs, non_target(target_dist.detach(), targets), reduction="batchmean")
+    log_probs = F.log_softmax(non_target_columns(logits.float(), targets[:, None]), dim=1)
+    return F.kl_div(log_probs, non_target_columns(target_dist.detach(), targets[:, None]), reduction="batchmean")
 
 
 def final_linear(model: nn.Module, in_features: int, out_features: int) -> nn.Linear:

@@ -3,6 +3,7 @@ targets), the same-class sampler (same class, the anchor left out, reproducible,
 anchors), the step's batch of anchors and partners, and the shipped settings."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,14 +11,14 @@ import torch
 
 from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
-from data.samplers import MAX_CLASS_PARTNERS, SAMPLERS, other_same_class
+from data.samplers import SAMPLERS, other_same_class
 from data.sharding import train_indices
-from engine.builder import build_experiment
+from engine.builder import build_experiment, sampler_of
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import compute_losses
 from losses import StepOutput
-from losses.bake import BAKEConfig, BatchKnowledgeEnsembling, bake_loss, knowledge_ensemble
+from losses.bake import MAX_PARTNERS, BAKEConfig, BatchKnowledgeEnsembling, bake_loss, knowledge_ensemble
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
@@ -75,17 +76,17 @@ def test_bake_loss_by_hand_with_nothing_through_the_targets():
 
 def test_the_term_reads_the_pooled_head_map_and_names_the_sampler_for_its_m():
     term = BatchKnowledgeEnsembling(BAKEConfig(weight=0.5, temperature=3.0, omega=0.2, partners=2))
-    assert term.sampler == "same_class_2"
+    assert (term.sampler, term.sampler_options) == ("same_class", {"count": 2})
     head_map = torch.randn(6, 4, 2, 2)
     logits = torch.randn(6, 3)
     out = term(StepOutput(logits, [], torch.zeros(6, dtype=torch.long), 1, head_map=head_map))
     torch.testing.assert_close(out["bake"], 0.5 * bake_loss(logits, head_map.mean((2, 3)), 3.0, 0.2))
-    for m in range(1, MAX_CLASS_PARTNERS + 1):  # every M the option allows has its sampler
-        assert SAMPLERS.lookup(BatchKnowledgeEnsembling(BAKEConfig(partners=m)).sampler)
+    sampler = sampler_of([term], ["bake"])  # what the loaders call: the sampler with the term's M
+    assert sampler(LABELS, 0, 1, 0, 1).shape == (len(LABELS), 2)
 
 
 @pytest.mark.parametrize("options", [{"omega": 1.0}, {"omega": -0.1}, {"partners": 0},
-                                     {"partners": MAX_CLASS_PARTNERS + 1}, {"temperature": 0.0}, {"weight": -1.0}])
+                                     {"partners": MAX_PARTNERS + 1}, {"temperature": 0.0}, {"weight": -1.0}])
 def test_out_of_range_options_are_config_errors(options):
     with pytest.raises(ConfigError):
         BAKEConfig(**options)
@@ -125,7 +126,7 @@ def test_partners_are_drawn_uniformly_without_replacement():
 
 
 def test_the_sampler_is_reproducible_and_sharded_like_the_anchors():
-    sampler = SAMPLERS.lookup("same_class_3")
+    sampler = functools.partial(SAMPLERS.lookup("same_class"), count=3)
     partners = sampler(LABELS, 5, 2, 0, 1)
     anchors = train_indices(len(LABELS), 5, 2, 0, 1)
     assert partners.shape == (14, 3) and torch.equal(LABELS[partners], LABELS[anchors].unsqueeze(1).expand(14, 3))

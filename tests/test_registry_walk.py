@@ -15,7 +15,7 @@ from conftest import REPO, SMOKE, read_metrics, run_train
 from core.errors import ConfigError
 from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
-from data.samplers import SAMPLERS
+from engine.builder import sampler_of
 from engine.network import TrainingNetwork
 from losses import LOSSES, LossTerm, TrainingSetup
 from models import build_model
@@ -33,8 +33,9 @@ def _batch(term, side: int):
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(4 * ANCHORS) % NUM_CLASSES  # the "dataset": 24 samples, every class present
     indices = torch.arange(ANCHORS)
-    if term.sampler is not None:
-        partners = SAMPLERS.lookup(term.sampler)(labels, 0, 1, 0, 1)[:ANCHORS]  # count x M
+    sampler = sampler_of([term], ["term"])
+    if sampler is not None:
+        partners = sampler(labels, 0, 1, 0, 1)[:ANCHORS]  # count x M
         indices = torch.cat([indices, partners.T.reshape(-1)])
     images = torch.randn(len(indices), 3, side, side, generator=generator)
     return images, labels[indices], indices, len(labels)
@@ -176,7 +177,6 @@ def test_every_augmentation_trains_an_epoch_with_tffd_on_both_loaders(augmentati
 
 
 def test_two_terms_that_compose_the_batch_are_refused_before_anything_runs():
-    from engine.builder import sampler_of
     from engine.config import load_config
     from losses import build_loss_terms
 

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from conftest import REPO, attached, method_config
 from core.errors import ConfigError
 from losses import StepOutput
-from losses.uskd import (USKDConfig, UniversalSelfKD, label_classes, non_target_columns, non_target_loss,
-                         rank_scores, target_loss, uskd_loss, weak_loss, zipf_weights)
+from losses.uskd import (USKDConfig, UniversalSelfKD, label_classes, non_target_loss, rank_scores, target_loss,
+                         uskd_loss, weak_loss, zipf_weights)
+from losses.zipf_ls import non_target_columns
 
 
 # ---------------------------------------------------------------- the target part

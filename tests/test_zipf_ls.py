@@ -12,7 +12,7 @@ from conftest import REPO, method_config
 from core.errors import ConfigError
 from engine.config import load_config
 from losses import StepOutput
-from losses.zipf_ls import (ZipfLabelSmoothing, ZipfLSConfig, final_linear, non_target, pixel_votes, rank_min,
+from losses.zipf_ls import (ZipfLabelSmoothing, ZipfLSConfig, final_linear, non_target_columns, pixel_votes, rank_min,
                             zipf_kl, zipf_target)
 from models import MODELS, build_model
 
@@ -62,7 +62,7 @@ def test_zipf_target_is_one_over_the_rank_over_the_non_target_classes():
 
 def test_non_target_drops_the_target_column_and_keeps_the_order():
     values = torch.arange(8.0).view(2, 4)
-    assert non_target(values, torch.tensor([0, 2])).tolist() == [[1, 2, 3], [4, 5, 7]]
+    assert non_target_columns(values, torch.tensor([[0], [2]])).tolist() == [[1, 2, 3], [4, 5, 7]]
 
 
 def test_kl_to_the_softmax_of_the_non_target_logits_value_and_gradient():
