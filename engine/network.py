@@ -23,15 +23,28 @@ class TrainingNetwork(nn.Module):
         self.model = model
         self.terms = nn.ModuleList(terms)
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
+    def forward(self, parts: tuple[torch.Tensor, ...], targets: torch.Tensor, epoch: torch.Tensor,
                 indices: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None,
                 target_probs: Optional[torch.Tensor] = None, extras: Optional[dict[str, Any]] = None):
-        """The model's logits and every term's named, weighted losses for one training batch."""
-        feats, head_map = self.model.forward_maps(images)  # the model's forward, in its two parts
-        logits = self.model.classify_map(head_map)
+        """The model's logits and every term's named, weighted losses for one training batch.
+
+        The batch comes in ``parts``, each forwarded in a pass of its own (in train mode BatchNorm normalises
+        each part with its own batch statistics and updates its running statistics once per part), their
+        outputs concatenated in order: one part for most methods, two for DLB's step as its authors run it
+        (losses/dlb.py). ``epoch`` is a 0-d tensor, so that a compiled step is not specialised on its value."""
+        maps = [self.model.forward_maps(part) for part in parts]  # the model's forward, in its two parts
+        feats = [joined(stage) for stage in zip(*(part_feats for part_feats, _ in maps))]
+        head_map = joined([part_head for _, part_head in maps])
+        # Classified per part too: a head with batch statistics of its own sees each pass's batch alone.
+        logits = joined([self.model.classify_map(part_head) for _, part_head in maps])
         step = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, extras or {}, self.model,
                           indices, head_map)
         losses: dict[str, torch.Tensor] = {}
         for term in self.terms:
             losses.update(term(step))
         return logits, losses
+
+
+def joined(tensors) -> torch.Tensor:
+    """The tensors concatenated along the batch; a single one as it is (``torch.cat`` would copy it)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)

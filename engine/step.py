@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from data.batch_transforms import apply_batch_transforms
 
 from .builder import Experiment
+from .network import joined
 
 
 class Losses(NamedTuple):
@@ -21,23 +23,50 @@ class Losses(NamedTuple):
     targets: torch.Tensor  # the labels of the images trained on (the loader's, less what terms set aside)
 
 
-def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: int,
+def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: torch.Tensor | int,
                    indices: torch.Tensor | None = None) -> Losses:
     """The terms' batch composition, the batch transforms, the forward pass of the model (and of the
-    teacher, if a term needs one) and every loss term."""
+    teacher, if a term needs one) and every loss term. ``epoch`` (from 1) is best a 0-d tensor on the
+    device, made once per epoch (``epoch_tensor``); an int is made one here."""
     extras = {}
     for term in exp.terms:  # a method's own batch composition (e.g. CS-KD sets its partners aside)
         images, targets, indices, extra = term.compose_batch(images, targets, indices)
         extras.update(extra)
+    parts = images if isinstance(images, tuple) else (images,)  # forwarded in separate passes (DLB)
     target_probs = None
     if exp.batch_transforms:
-        images, target_probs = apply_batch_transforms(exp.batch_transforms, images, targets, exp.loaders.num_classes)
-    images = images.contiguous(memory_format=exp.memory_format)
-    with exp.autocast(images.device):
-        teacher_logits = exp.teacher(images) if exp.teacher is not None else None
-        logits, terms = exp.network(images, targets, epoch, indices, teacher_logits, target_probs, extras)
+        mixed, target_probs = apply_batch_transforms(exp.batch_transforms, joined(parts), targets,
+                                                     exp.loaders.num_classes)
+        parts = mixed.split([part.shape[0] for part in parts])
+    parts = tuple(part.contiguous(memory_format=exp.memory_format) for part in parts)
+    if not isinstance(epoch, torch.Tensor):
+        epoch = epoch_tensor(epoch, parts[0].device)
+    mark_batch_dynamic(parts, targets, indices, target_probs, extras)
+    with exp.autocast(parts[0].device):
+        teacher_logits = None
+        if exp.teacher is not None:
+            whole = joined(parts)
+            mark_batch_dynamic(whole)
+            teacher_logits = exp.teacher(whole)
+            mark_batch_dynamic(teacher_logits)
+        logits, terms = exp.network(parts, targets, epoch, indices, teacher_logits, target_probs, extras)
         total = sum(terms.values())
     return Losses(logits, terms, total, targets)
+
+
+def epoch_tensor(epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch as the step takes it: a 0-d float tensor on the device."""
+    return torch.tensor(float(epoch), device=device)
+
+
+def mark_batch_dynamic(*inputs) -> None:
+    """Mark the first dimension of every tensor in ``inputs`` (nested tuples, lists and dicts) as a batch
+    size that varies between calls: a compiled step then compiles once for all batch sizes (a partial
+    last batch, DLB's parts) instead of once more for each. Nothing changes for an eager step, and a
+    dimension that the graph fixes stays fixed."""
+    for tensor in tree_leaves(inputs):
+        if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
 
 def apply_gradients(exp: Experiment, total: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffer
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
 from .signals import StopRequest
-from .step import apply_gradients, compute_losses
+from .step import apply_gradients, compute_losses, epoch_tensor
 
 CHECKPOINT_FORMAT = 2  # 2: the lr schedule steps per batch (engine/schedule.py)
 
@@ -138,8 +138,9 @@ class Trainer:
         last_time, last_count = time.perf_counter(), 0
         bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=None if self.dist.is_main else True)
+        epoch_value = epoch_tensor(epoch, device)  # once per epoch: the compiled step takes it as an input
         for step, (images, targets, indices) in enumerate(bar, 1):
-            logits, losses, total, targets = compute_losses(exp, images, targets, epoch, indices)
+            logits, losses, total, targets = compute_losses(exp, images, targets, epoch_value, indices)
             skipped = cfg.nonfinite == "skip" and any_rank(not bool(torch.isfinite(total)), device)
             if skipped:
                 exp.optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,9 @@ class StepOutput:
     logits: torch.Tensor
     feats: list[torch.Tensor]
     targets: torch.Tensor
-    epoch: int  # counted from 1, as in docs/METHOD.md's warm-up weight
+    # Counted from 1, as in docs/METHOD.md's warm-up weight: a 0-d float tensor (an int is made one), so that
+    # a compiled step takes it as an input rather than compiling again for every epoch
+    epoch: torch.Tensor
     teacher_logits: Optional[torch.Tensor] = None
     # N x K label distributions where a batch transform (Mixup, CutMix) mixed the labels, else None:
     # ``targets`` stay the hard labels of the unmixed images (data/batch_transforms.py)
@@ -42,6 +44,10 @@ class StepOutput:
     # The N x D x H x W map the model's classifier pools into ``logits`` (models/layers.py ``Backbone``):
     # the last stage's output after any head block; ``model.classify_map`` classifies such a map
     head_map: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if not isinstance(self.epoch, torch.Tensor):
+            self.epoch = torch.tensor(float(self.epoch), device=self.logits.device)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -78,7 +84,10 @@ class LossTerm(nn.Module):
 
     def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices: Optional[torch.Tensor]):
         """What the step trains on, from the loader's batch: ``(images, targets, indices, extras)``. The
-        default trains on the whole batch; a term with a sampler splits off the partners into ``extras``."""
+        default trains on the whole batch; a term with a sampler splits off the partners into ``extras``.
+        ``images`` may be a tuple of parts, which the network forwards in separate passes (each with its own
+        BatchNorm statistics: DLB, as its authors run it); ``targets`` and ``indices`` then cover the parts
+        in order."""
         return images, targets, indices, {}
 
     def check_features(self, feature_shapes: Sequence[tuple[int, int, int]]) -> None:

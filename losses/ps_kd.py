@@ -48,7 +48,8 @@ from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
 
 
-def ps_kd_loss(logits: torch.Tensor, one_hot: torch.Tensor, past: torch.Tensor, alpha: float) -> torch.Tensor:
+def ps_kd_loss(logits: torch.Tensor, one_hot: torch.Tensor, past: torch.Tensor,
+               alpha: float | torch.Tensor) -> torch.Tensor:
     """Cross-entropy against (1 - alpha) * onehot + alpha * the past predictions, batch mean."""
     return F.cross_entropy(logits.float(), (1 - alpha) * one_hot + alpha * past)
 

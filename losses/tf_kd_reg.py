@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from core.typed_config import Options, option
 
-from .base import LossTerm, StepOutput
+from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
 
 
@@ -53,13 +53,14 @@ class TfKDRegularization(LossTerm):
     def __init__(self, config: TfKDRegConfig):
         super().__init__()
         self.config = config
-        self.teachers = None  # K x K, made on the first step on the logits' device
+        # K x K, made by attach(); a buffer, so that it moves with the network, but not saved (it follows
+        # from the config)
+        self.register_buffer("teachers", torch.zeros(0, 0), persistent=False)
+
+    def attach(self, setup: TrainingSetup) -> None:
+        self.teachers = virtual_teachers(setup.num_classes, self.config.correct_prob, self.config.temperature)
 
     def forward(self, step: StepOutput):
-        num_classes = step.logits.shape[1]
-        if self.teachers is None or self.teachers.shape[0] != num_classes or self.teachers.device != step.logits.device:
-            self.teachers = virtual_teachers(num_classes, self.config.correct_prob,
-                                             self.config.temperature).to(step.logits.device)
         if step.target_probs is None:
             teacher_probs = self.teachers[step.targets]
         else:

@@ -70,9 +70,13 @@ def inter_fd(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pooled, deep[:, :channels].detach())
 
 
-def warmup_weight(epoch: int, warmup_epochs: int) -> float:
-    """w(epoch) = min(1, epoch / warmup_epochs), epochs counted from 1; no warm-up when 0."""
-    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+def warmup_weight(epoch: torch.Tensor | int, warmup_epochs: int) -> torch.Tensor | float:
+    """w(epoch) = min(1, epoch / warmup_epochs), epochs counted from 1; no warm-up when 0. ``epoch`` is the
+    step's 0-d tensor (``StepOutput.epoch``): arithmetic on it, not on a Python number, keeps a compiled
+    step from being specialised on the epoch."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return (torch.as_tensor(epoch, dtype=torch.float32) / warmup_epochs).clamp(max=1.0)
 
 
 @dataclass

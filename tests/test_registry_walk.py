@@ -54,11 +54,13 @@ def _model(name: str):
 
 def _step(network, term, images, targets, indices, epoch):
     images, targets, indices, extras = term.compose_batch(images, targets, indices)
+    parts = images if isinstance(images, tuple) else (images,)  # DLB's two passes
     teacher_logits = None
     if term.requires_teacher:
         teacher_logits = torch.randn(len(targets), NUM_CLASSES, generator=torch.Generator().manual_seed(1))
-        teacher_logits = teacher_logits.to(images.device)
-    _, losses = network(images, targets, epoch, indices, teacher_logits, None, extras)
+        teacher_logits = teacher_logits.to(targets.device)
+    _, losses = network(parts, targets, torch.tensor(float(epoch), device=targets.device), indices, teacher_logits,
+                        None, extras)
     return losses
 
 

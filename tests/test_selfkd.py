@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import data.batch_transforms as bt
 import forkserver
-from conftest import REPO, SMOKE, method_config, read_metrics, run_train, train_command, train_env
+from conftest import REPO, SMOKE, attached, method_config, read_metrics, run_train, train_command, train_env
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
 from losses import StepOutput, TrainingSetup
@@ -31,7 +31,7 @@ def test_virtual_teacher_by_hand():
 def test_tf_kd_reg_value_and_gradient():
     logits = torch.tensor([[1.0, -0.5, 2.0], [0.0, 0.3, -1.0]], requires_grad=True)
     targets = torch.tensor([2, 0])
-    term = TfKDRegularization(TfKDRegConfig(weight=0.5, temperature=4.0, correct_prob=0.9))
+    term = attached(TfKDRegularization(TfKDRegConfig(weight=0.5, temperature=4.0, correct_prob=0.9)), [], 3)
     loss = term(StepOutput(logits, [], targets, 1))["tf_kd_reg"]
     q = virtual_teachers(3, 0.9, 4.0)[targets]
     p = logits.detach().softmax(1)
@@ -44,7 +44,7 @@ def test_tf_kd_reg_value_and_gradient():
 def test_tf_kd_reg_mixes_its_virtual_teachers_like_the_labels():
     logits = torch.randn(2, 4)
     mixed = torch.tensor([[0.3, 0.7, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
-    term = TfKDRegularization(TfKDRegConfig(weight=1.0))
+    term = attached(TfKDRegularization(TfKDRegConfig(weight=1.0)), [], 4)
     loss = term(StepOutput(logits, [], torch.tensor([1, 2]), 1, target_probs=mixed))["tf_kd_reg"]
     q = virtual_teachers(4, 0.99, 20.0)
     torch.testing.assert_close(loss, tf_kd_reg_loss(logits, torch.stack([0.3 * q[0] + 0.7 * q[1], q[2]])))

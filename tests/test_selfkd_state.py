@@ -162,8 +162,8 @@ def test_dlb_trains_on_the_new_batch_and_the_last_batchs_second_view():
     assert images[:, 0, 0, 0].tolist() == [100, 101] and targets.tolist() == [10, 11] and extras == {}
     first_logits = torch.randn(2, 4, requires_grad=True)
     assert term(StepOutput(first_logits, [], targets, 1, extras=extras))["dlb"].item() == 0  # first step: CE only
-    images, targets, indices, extras = term.compose_batch(*batch(2))
-    assert images[:, 0, 0, 0].tolist() == [200, 201, 110, 111]  # B_2 view 0, then B_1 view 1
+    parts, targets, indices, extras = term.compose_batch(*batch(2))  # two passes: B_2 view 0, then B_1 view 1
+    assert [part[:, 0, 0, 0].tolist() for part in parts] == [[200, 201], [110, 111]]
     assert targets.tolist() == [20, 21, 10, 11] and indices.tolist() == [20, 21, 10, 11]
     assert torch.equal(extras["dlb_teacher_logits"], first_logits.detach())
     logits = torch.randn(4, 4, requires_grad=True)
@@ -173,7 +173,7 @@ def test_dlb_trains_on_the_new_batch_and_the_last_batchs_second_view():
     assert first_logits.grad is None and not logits.grad[:2].any() and logits.grad[2:].any()
     # The memory now holds B_2: its view 1 and the logits of its view 0 from this step.
     assert term.memory["images"][:, 0, 0, 0].tolist() == [210, 211]
-    assert torch.equal(term.memory["logits"], logits[:2].detach())
+    assert torch.equal(term.logits, logits[:2].detach())
 
 
 def test_dlb_memory_goes_through_the_state_dict():
@@ -183,8 +183,9 @@ def test_dlb_memory_goes_through_the_state_dict():
     state = term.state_dict()
     restored = LastMiniBatchKD(DLBConfig())
     restored.load_state_dict(state)
-    for name in ("images", "targets", "indices", "logits"):
-        assert torch.equal(restored.memory[name], term.memory[name])
+    saved, got = term.get_extra_state(), restored.get_extra_state()
+    assert set(saved) == {"images", "targets", "indices", "logits"}
+    assert all(torch.equal(got[name], value) for name, value in saved.items())
     fresh = LastMiniBatchKD(DLBConfig())
     fresh.load_state_dict(LastMiniBatchKD(DLBConfig()).state_dict())  # before any step: an empty memory
     assert fresh.memory["images"] is None
@@ -282,4 +283,4 @@ def test_heads_and_last_batch_memory_compile_into_the_same_step(monkeypatch):
             apply_gradients(eager, expected.total)
             apply_gradients(compiled, got.total)
     assert expected.terms["dlb"] > 0  # the second step distilled from the first one's memory
-    torch.testing.assert_close(compiled.terms[1].memory["logits"], eager.terms[1].memory["logits"])
+    torch.testing.assert_close(compiled.terms[1].logits, eager.terms[1].logits)
