@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.typed_config import describe
+from core.typed_config import describe, flatten, load_yaml_tree, to_dict
 from engine.config import ExperimentConfig, TrainConfig, load_config
 from engine.run_dir import default_run_dir
 from losses.kd import KDConfig
@@ -55,6 +55,20 @@ def test_the_released_protocol_configs_resolve_to_the_released_codes_defaults(mo
     assert config.model == paper.model and config.loss.terms == paper.loss.terms
     assert config.loss.tffd.warmup_epochs == paper.loss.tffd.warmup_epochs == 20
     assert (config.data.name, config.data.padding) == (paper.data.name, paper.data.padding)
+
+
+def test_a_released_config_differs_from_its_paper_config_in_the_protocol_keys_alone():
+    protocols = REPO / "configs/_base_/protocols"
+    protocol_keys = {key for name in ("tffd_paper", "tffd_released", "tffd_released_readme")
+                     for key in flatten(load_yaml_tree(protocols / f"{name}.yaml"))}
+    assert {"train.batch_size", "train.lr", "train.nesterov", "data.pad_mode", "loss.tffd.lambda_inter"} <= protocol_keys
+    released = sorted((REPO / "configs/cifar100").glob("*_tffd_released.yaml"))
+    assert len(released) >= 5
+    for path in released:
+        ours = flatten(to_dict(load_config(path)))
+        paper = flatten(to_dict(load_config(path.with_name(path.name.replace("_released", "")))))
+        differ = {key for key in ours if ours[key] != paper[key]}
+        assert {"train.batch_size", "train.lr"} <= differ <= protocol_keys, path.name
 
 
 def test_every_shipped_config_loads():
