@@ -35,12 +35,19 @@ RUNS = {
     "mobilenetv2_ce": ("cifar100/mobilenetv2_ce.yaml", ["train.lr=0.05"], f"neither (as {PAPER} but for train.lr)"),
     "resnet56_ce_cifar10": ("cifar10/resnet56_ce.yaml", [], RELEASED),
 }
+# a self-KD table's rows: their dataset's self-KD protocol, as the table's heading says
+SELFKD_RUNS = {
+    "preact_resnet18_ce": ("cifar100/selfkd/cifar_resnet18_ce.yaml", ["model.name=preact_resnet18"],
+                           "Self-KD-Lib's CIFAR-100 protocol"),
+    "preact_resnet18_ce_lr": ("cifar100/selfkd/cifar_resnet18_ce.yaml", ["model.name=preact_resnet18", "train.lr=0.05"],
+                              "not Self-KD-Lib's CIFAR-100 protocol"),
+}
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocols")
-    for index, (name, (config, overrides, _)) in enumerate(RUNS.items()):
+    for index, (name, (config, overrides, _)) in enumerate((RUNS | SELFKD_RUNS).items()):
         fake_run(root / name / "seed0", f"configs/{config}", overrides, 60.0 + index, 60.5 + index)
     return root
 
@@ -65,7 +72,7 @@ def test_the_csv_has_a_protocol_column(root, capfd, tmp_path):
     collect(capfd, root, "--format", "csv", "--out", tmp_path / "table.csv")
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     labelled = {row["run_dirs"]: row["protocol"] for row in rows if row["run_dirs"]}
-    assert labelled == {str(root / name / "seed0"): protocol for name, (_, _, protocol) in RUNS.items()}
+    assert labelled == {str(root / name / "seed0"): protocol for name, (_, _, protocol) in (RUNS | SELFKD_RUNS).items()}
 
 
 def test_the_two_protocols_of_one_method_are_not_drawn_as_a_full_grid(root, capfd):

@@ -61,7 +61,8 @@ def test_a_released_config_differs_from_its_paper_config_in_the_protocol_keys_al
     protocols = REPO / "configs/_base_/protocols"
     protocol_keys = {key for name in ("tffd_paper", "tffd_released", "tffd_released_readme")
                      for key in flatten(load_yaml_tree(protocols / f"{name}.yaml"))}
-    assert {"train.batch_size", "train.lr", "train.nesterov", "data.pad_mode", "loss.tffd.lambda_inter"} <= protocol_keys
+    assert {"train.batch_size", "train.lr", "train.nesterov", "data.pad_mode", "loss.tffd.lambda_inter"} \
+        <= protocol_keys
     released = sorted((REPO / "configs/cifar100").glob("*_tffd_released.yaml"))
     assert len(released) >= 5
     for path in released:
