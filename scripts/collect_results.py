@@ -667,8 +667,8 @@ def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
     """Every row (of both tables and the sweeps) as one CSV table; the numbers unrounded, none left empty."""
     extra = [f"{which}_{metric.key}_{part}" for metric in metrics for which in ("last", "best")
              for part in ("mean", "std")]
-    columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "protocol", "batch_size", "lr", "epochs", "settings",
-               "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra, "paper",
+    columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "protocol", "batch_size", "lr", "epochs",
+               "settings", "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra, "paper",
                "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
