@@ -668,8 +668,8 @@ def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
     extra = [f"{which}_{metric.key}_{part}" for metric in metrics for which in ("last", "best")
              for part in ("mean", "std")]
     columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "protocol", "batch_size", "lr", "epochs",
-               "settings", "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra, "paper",
-               "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
+               "settings", "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra,
+               "paper", "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
