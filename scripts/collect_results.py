@@ -6,8 +6,9 @@
 Every directory under the roots that holds a config.yaml is a run. Runs whose resolved configs differ
 only in the seed (and in paths or logging settings) form one row: mean ± sample std over the finished
 seeds of both the last-epoch and the best-epoch test top-1, the paper's number (scripts/paper_numbers.py)
-and our difference from it. Unfinished seeds are counted and marked, never averaged; for CIFAR-100, the
-paper's cells that have no runs yet are listed as missing. Rows of one model and method that differ in
+and our difference from it, and the protocol the runs were trained under (scripts/protocols.py: the Tf-FD
+paper's, the released code's, or neither). Unfinished seeds are counted and marked, never averaged; for CIFAR-100,
+the paper's cells that have no runs yet are listed as missing. Rows of one model and method that differ in
 other keys (a sweep) are also shown as a grid over those keys, e.g. lambda_intra x lambda_inter.
 
 Self-distillation runs (scripts/reproduce_selfkd.sh: a self-KD loss term or a batch transform, or the
@@ -49,13 +50,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import plots  # noqa: E402
+from protocols import file_settings, tffd_protocol  # noqa: E402
 from engine.checkpoint import atomic_write  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
-from engine.config import ExperimentConfig, config_from_dict, load_config  # noqa: E402
+from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
-from core.typed_config import all_keys, load_yaml_tree  # noqa: E402
+from core.typed_config import all_keys  # noqa: E402
 from data.augmentations import AUGMENTATIONS  # noqa: E402
 from data.batch_transforms import BATCH_TRANSFORMS  # noqa: E402
 from losses import LOSSES  # noqa: E402
@@ -250,6 +252,16 @@ class Row:
         return (f"batch {self.settings['train.batch_size']}, lr {self.settings['train.lr']:g}, "
                 f"{self.settings['train.epochs']} ep")
 
+    def trained_under(self) -> str:
+        """The protocol the runs follow: for the Tf-FD paper's table, one of protocols.TFFD_PROTOCOLS or
+        "neither (...)"; for a self-KD table, its dataset's protocol (PROTOCOLS) or "not" that one."""
+        if not self.settings:
+            return ""
+        if self.selfkd is None:
+            return tffd_protocol(self.model, self.settings)
+        name = protocol_of(self.dataset)[1]
+        return f"not {name}" if protocol_deviations(self.dataset, self.settings) else name
+
     def status(self) -> str:
         if not self.runs:
             return "missing"
@@ -379,15 +391,6 @@ def protocol_of(dataset: str) -> tuple[Path, str]:
     return PROTOCOLS.get(dataset, PROTOCOLS["cifar100"])
 
 
-@lru_cache(maxsize=None)
-def selfkd_protocol(schedule: Path) -> dict:
-    """The flat keys a schedule file sets, with their typed values as rows hold them (those that change what
-    a run computes: the evaluation batch size, say, does not)."""
-    keys = [f"train.{key}" for key in load_yaml_tree(schedule)["train"] if f"train.{key}" not in NOT_IDENTITY]
-    flat = hparams_of(load_config(schedule))
-    return {key: flat[key] for key in keys}
-
-
 def published_for(name: str, dataset: str, with_tffd: bool = False) -> tuple[Published, ...]:
     """The published numbers shown in a self-KD table on ``dataset``: the dataset's own, or CIFAR-100's for
     a dataset without a protocol here (as a reference, never like-for-like)."""
@@ -398,7 +401,7 @@ def protocol_deviations(dataset: str, settings: dict) -> list[str]:
     """How runs of these settings depart from the dataset's protocol (empty: they follow it)."""
     out = [] if dataset in PROTOCOLS else [f"dataset {dataset}, not cifar100"]
     return out + [f"{key}={fmt_value(settings.get(key))}, not {fmt_value(value)}"
-                  for key, value in selfkd_protocol(protocol_of(dataset)[0]).items() if settings.get(key) != value]
+                  for key, value in file_settings(protocol_of(dataset)[0]).items() if settings.get(key) != value]
 
 
 def like_for_like(row: Row) -> Published | None:
@@ -569,7 +572,8 @@ def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
         teacher = row.teacher or ""
         if row.teacher and row.teacher_acc1() is not None:
             teacher += f" ({row.teacher_acc1():.2f})"
-        lines.append([row.dataset, row.model, row.method, teacher, row.protocol(),
+        protocol = f"{row.trained_under()}: {row.protocol()}" if row.settings else ""
+        lines.append([row.dataset, row.model, row.method, teacher, protocol,
                       describe(varying_settings(rows, row)), last, best, Stat(row.paper),
                       Stat(difference(last.mean, row.paper), signed=True),
                       Stat(difference(best.mean, row.paper), signed=True),
@@ -590,8 +594,10 @@ class Sweep:
     cells: dict[tuple, Row]    # axis values (in the order of axes) -> row
 
     def down(self) -> list[tuple]:
-        """The combinations of all axes but the last (one empty tuple for a single axis)."""
-        return list(itertools.product(*(self.values[key] for key in self.axes[:-1])))
+        """The combinations of all axes but the last that some row has, in order (one empty tuple for a single
+        axis): rows that differ in several keys at once, such as the two protocols, are not a full grid."""
+        present = {combo[:-1] for combo in self.cells}
+        return [combo for combo in itertools.product(*(self.values[key] for key in self.axes[:-1])) if combo in present]
 
 
 def sweeps(rows: list[Row]) -> list[Sweep]:
@@ -661,9 +667,9 @@ def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
     """Every row (of both tables and the sweeps) as one CSV table; the numbers unrounded, none left empty."""
     extra = [f"{which}_{metric.key}_{part}" for metric in metrics for which in ("last", "best")
              for part in ("mean", "std")]
-    columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "batch_size", "lr", "epochs", "settings",
-               "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra, "paper",
-               "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
+    columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "protocol", "batch_size", "lr", "epochs",
+               "settings", "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra,
+               "paper", "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
@@ -676,7 +682,8 @@ def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
                 numbers[f"{which}_{metric.key}_mean"], numbers[f"{which}_{metric.key}_std"] = stat.mean, stat.std
         writer.writerow({
             "dataset": row.dataset, "model": row.model, "method": row.method, "teacher": row.teacher or "",
-            "teacher_acc1": row.teacher_acc1(), "batch_size": row.settings.get("train.batch_size"),
+            "teacher_acc1": row.teacher_acc1(), "protocol": row.trained_under(),
+            "batch_size": row.settings.get("train.batch_size"),
             "lr": row.settings.get("train.lr"), "epochs": row.settings.get("train.epochs"),
             "settings": describe(varying_settings(rows, row)),
             "seeds": " ".join(str(run.seed) for run in row.runs), "finished": sum(r.finished for r in row.runs),
@@ -705,7 +712,12 @@ def report(rows: list[Row], metrics: tuple[Metric, ...] = ()) -> list[Section]:
         datasets = sorted({row.dataset for row in paper_rows})
         caption = (f"{' / '.join(datasets)} test top-1 accuracy (%), mean ± sample std over the finished seeds. "
                    "last-epoch: after the final epoch; best-epoch: the best of all epochs (chosen on the test split). "
-                   "Δ: ours minus the paper's number (the paper does not say which of the two it reports).")
+                   "Δ: ours minus the paper's number (the paper does not say which of the two it reports). "
+                   "protocol: the one the runs were trained under, recognised from their resolved config "
+                   "(configs/_base_/protocols/): paper (CRD), the one the paper's numbers come from (the CRD "
+                   "benchmark's training, λ_inter 5e-3, λ_intra 4e-4); released code, the released Tf-FD code's "
+                   "defaults (README λ: its README's ResNet-20 command's 5e-4, 8e-4); neither, with the keys that "
+                   "depart from the closest; shortened: fewer epochs than the protocol's.")
         sections.append(Section("", [caption + metric_notes(metrics)], [results_table(paper_rows, metrics)]))
     if selfkd_rows:
         intro = (

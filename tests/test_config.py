@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.typed_config import describe
+from core.typed_config import describe, flatten, load_yaml_tree, to_dict
 from engine.config import ExperimentConfig, TrainConfig, load_config
 from engine.run_dir import default_run_dir
 from losses.kd import KDConfig
@@ -22,17 +22,54 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_paper_config_resolves_to_the_released_protocol():
+CRD_MEAN, CRD_STD = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]  # RepDistiller's dataset/cifar100.py
+
+
+def _protocol(config) -> tuple:
+    train, data = config.train, config.data
+    return (train.epochs, train.batch_size, train.lr, train.momentum, train.nesterov, train.weight_decay,
+            train.milestones, train.gamma, data.padding, data.pad_mode, data.mean, data.std)
+
+
+def test_the_paper_protocol_configs_resolve_to_the_crd_benchmark_and_the_papers_lambdas():
     config = load_config(REPO / "configs/cifar100/resnet20_tffd.yaml")
     assert config.model.name == "resnet20" and config.data.name == "cifar100"
-    assert (config.train.epochs, config.train.batch_size, config.train.lr) == (240, 128, 0.1)
-    assert config.train.milestones == [150, 180, 210] and config.train.weight_decay == 5e-4
-    assert config.train.nesterov and config.train.momentum == 0.9
+    assert _protocol(config) == (240, 64, 0.05, 0.9, False, 5e-4, [150, 180, 210], 0.1, 4, "constant", CRD_MEAN,
+                                 CRD_STD)
     assert config.loss.terms == ["ce", "tffd"]
-    assert (config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra) == (5e-4, 8e-4)
+    assert (config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra) == (5e-3, 4e-4)  # every model's
     assert config.loss.tffd.warmup_epochs == 20 and not config.loss.tffd.detach_salient
-    baseline = load_config(REPO / "configs/cifar100/resnet20_ce.yaml")
-    assert baseline.loss.terms == ["ce"] and baseline.train == config.train
+    for row in ("ce", "kd", "kd_tffd"):  # the table's other rows: the same protocol
+        assert _protocol(load_config(REPO / f"configs/cifar100/resnet20_{row}.yaml")) == _protocol(config)
+    light = load_config(REPO / "configs/cifar100/mobilenetv2_tffd.yaml")  # the CRD benchmark's lr for these students
+    assert _protocol(light) == _protocol(config)[:2] + (0.01,) + _protocol(config)[3:]
+
+
+@pytest.mark.parametrize("model, lambdas", [("resnet20", (5e-4, 8e-4)), ("resnet32", (5e-3, 4e-4)),
+                                            ("wrn_16_2", (5e-3, 4e-4))])
+def test_the_released_protocol_configs_resolve_to_the_released_codes_defaults(model, lambdas):
+    config = load_config(REPO / f"configs/cifar100/{model}_tffd_released.yaml")
+    assert _protocol(config) == (240, 128, 0.1, 0.9, True, 5e-4, [150, 180, 210], 0.1, 4, "reflect", None, None)
+    assert (config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra) == lambdas  # ResNet-20: the README's
+    paper = load_config(REPO / f"configs/cifar100/{model}_tffd.yaml")
+    assert config.model == paper.model and config.loss.terms == paper.loss.terms
+    assert config.loss.tffd.warmup_epochs == paper.loss.tffd.warmup_epochs == 20
+    assert (config.data.name, config.data.padding) == (paper.data.name, paper.data.padding)
+
+
+def test_a_released_config_differs_from_its_paper_config_in_the_protocol_keys_alone():
+    protocols = REPO / "configs/_base_/protocols"
+    protocol_keys = {key for name in ("tffd_paper", "tffd_released", "tffd_released_readme")
+                     for key in flatten(load_yaml_tree(protocols / f"{name}.yaml"))}
+    assert {"train.batch_size", "train.lr", "train.nesterov", "data.pad_mode", "loss.tffd.lambda_inter"} \
+        <= protocol_keys
+    released = sorted((REPO / "configs/cifar100").glob("*_tffd_released.yaml"))
+    assert len(released) >= 5
+    for path in released:
+        ours = flatten(to_dict(load_config(path)))
+        paper = flatten(to_dict(load_config(path.with_name(path.name.replace("_released", "")))))
+        differ = {key for key in ours if ours[key] != paper[key]}
+        assert {"train.batch_size", "train.lr"} <= differ <= protocol_keys, path.name
 
 
 def test_every_shipped_config_loads():

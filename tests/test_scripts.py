@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,22 @@ def _arg(command: str, flag: str) -> str:
     return command.split(f"{flag} ")[1].split()[0]
 
 
+def _resolved(command: str):
+    """The config a dry-run command line would train with: its config file and overrides, loaded."""
+    words = shlex.split(command.removeprefix("# finished: ").split("  # ")[0])
+    overrides = words[words.index("--config") + 2:words.index("--run-dir")]
+    return load_config(REPO / _arg(command, "--config"), overrides)
+
+
+def _protocol(config) -> tuple:
+    """The keys the two Tf-FD protocols set (configs/_base_/protocols/), as a tuple."""
+    return (config.train.batch_size, config.train.lr, config.train.nesterov, config.data.pad_mode,
+            config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra)
+
+
+PAPER = (64, 0.05, False, "constant", 5e-3, 4e-4)  # the CRD benchmark's training, lambdas 5e-3 / 4e-4
+
+
 def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
     commands, out = _dry_run_commands("--root", str(tmp_path))
     assert len(commands) == 4 + 5 * 4 * 3 and "64 runs: 64 to run" in out
@@ -198,8 +215,8 @@ def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
     for command, run_dir in zip(commands, run_dirs):
         config = _arg(command, "--config")
         assert (REPO / config).is_file(), config
+        assert _protocol(_resolved(command)) == PAPER, command  # every row by default, the teachers too
         if run_dir in run_dirs[:4]:
-            assert "train.batch_size=64 train.lr=0.05" in command  # the KD benchmark's teachers
             continue
         student, row = re.match(r"configs/cifar100/(\w+?)_(ce|tffd|kd|kd_tffd)\.yaml", config).groups()
         seed = int(command.split(" seed=")[1].split()[0])
@@ -210,8 +227,22 @@ def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
             assert f"teacher.checkpoint={teacher_dir}/best.pt" in command and command.endswith(f"# after {teacher_dir}")
         else:
             assert "teacher.checkpoint" not in command
-        assert ("train.batch_size=64 train.lr=0.05" in command) == (row == "ce")
     assert matrix == {(student, row, seed) for student in STUDENTS for row in ROWS for seed in (0, 1, 2)}
+
+
+def test_reproduce_trains_the_tffd_row_under_the_released_protocol_on_request(tmp_path):
+    paper, _ = _dry_run_commands("--root", str(tmp_path), "--seeds", "0")
+    released, out = _dry_run_commands("--root", str(tmp_path), "--seeds", "0", "--tffd-protocol", "released")
+    assert len(released) == len(paper) == 4 + 5 * 4 and "24 runs: 24 to run" in out
+    changed = [(ours, theirs) for ours, theirs in zip(paper, released) if ours != theirs]
+    assert len(changed) == len(STUDENTS)  # the Tf-FD row of each student, nothing else
+    for ours, theirs in changed:
+        student = re.match(r".*configs/cifar100/(\w+?)_tffd\.yaml", ours).group(1)
+        assert _arg(theirs, "--config") == f"configs/cifar100/{student}_tffd_released.yaml"
+        assert _arg(theirs, "--run-dir") == f"{tmp_path}/{student}_tffd_released/seed0"
+        lambdas = (5e-4, 8e-4) if student == "resnet20" else (5e-3, 4e-4)  # the README's command for ResNet-20
+        assert _protocol(_resolved(theirs)) == (128, 0.1, True, "reflect", *lambdas)
+        assert _protocol(_resolved(ours)) == PAPER
 
 
 def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
@@ -228,6 +259,8 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "zero"], "error: --seeds takes a list like 0,1,2, got 'zero'"),
     (["--epochs", "-3"], "error: --epochs takes a positive integer, got '-3'"),
+    (["--tffd-protocol", "eccv"], "error: --tffd-protocol takes paper or released, got 'eccv'"),
+    (["--tffd-protocol"], "error: --tffd-protocol needs a value"),
     (["--jobs", "0"], "error: --jobs must be >= 1, got 0"),
     (["--gpus", "0,x"], "error: --gpus takes GPU ids like 0,1,2, got '0,x'"),
     (["--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
