@@ -2,7 +2,8 @@
 
 Every training image comes in two independently augmented views (``data/samplers.py`` ``second_view``:
 the loaders append a second crop and flip of each image, so a batch of B samples is [view 1; view 2],
-2B images, all trained on with gradient, in one forward pass). Each view's prediction teaches the
+2B images, all trained on with gradient, in one forward pass, as Self-KD-Lib concatenates the views into
+one forward). Each view's prediction teaches the
 other's, and the batch means of the two views' embeddings are pulled together:
 
     L_ddgsd = T^2 * KL(p_2^T || p_1^T) + T^2 * KL(p_1^T || p_2^T)     (batch means; the teacher side,

@@ -5,7 +5,8 @@ on the two clean images.
 Batch (``compose_batch``): [x; x~], x~ = lam x + (1 - lam) x[perm], lam ~ Beta(alpha, alpha) drawn on
 the CPU from torch's global generator and perm a device permutation (both from generators the
 checkpoint saves, so a resumed run draws the same). ``train.batch_size`` counts the clean images x:
-the step forwards twice as many. Exits: a branch (``losses/branches.py``) from each stage in
+the step forwards twice as many, [x; x~] in one pass, as both of the authors' scripts do
+(``torch.cat([inputs, mix_inputs])`` into one forward: BatchNorm's statistics span clean and mixed). Exits: a branch (``losses/branches.py``) from each stage in
 ``stages`` (default: every stage but the deepest) rebuilds the later stages and ends in a map F_e of
 the deepest stage's shape and logits z_e; the backbone's deepest map and logits are the last exit.
 For any per-image quantity v, v_int = lam v(x) + (1 - lam) v(x)[perm] and v~ = v(x~). The self-teacher

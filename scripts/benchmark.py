@@ -11,7 +11,9 @@ The step is ``engine.step``'s, the one the trainer runs, built by the trainer's 
 inputs are a few batches already on the device, so the step and the data path are timed apart.
 Methods are timed in interleaved rounds (every round times --steps steps of each method, in a
 rotating order) and each figure is the median over rounds; the ratio to ce is the median of the
-per-round ratios, so a slow spell of a shared machine hits both sides of a ratio alike.
+per-round ratios, so a slow spell of a shared machine hits both sides of a ratio alike. With
+--compile every method's eager step is timed too, in the same rounds, and the table gives compiled /
+eager per method (median of the per-round ratios): a compiled step slower than the eager one shows.
 The teacher has random weights: its cost matters here, not its accuracy.
 
 Before timing, the training term (losses/tffd.py) is checked against the transcription on the model's
@@ -48,13 +50,14 @@ from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
 from core.errors import ConfigError, UserError  # noqa: E402
-from engine.step import apply_gradients, compute_losses  # noqa: E402
+from engine.step import apply_gradients, compute_losses, epoch_tensor  # noqa: E402
 from losses import StepOutput  # noqa: E402
 from losses.tffd import TeacherFreeFD  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from released_tffd import ReleasedTfFD  # noqa: E402
 
 METHODS = ("ce", "tffd", "tffd_released", "kd", "kd_tffd")
+EAGER = "/eager"  # the key of a method's eager twin, timed beside its compiled step (--compile)
 COMPILED_TFFD_TARGET = 1.03  # compiled Tf-FD step time at most this times the compiled ce step time
 MiB = 2**20
 
@@ -66,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (train.amp)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the step: model and loss terms in one graph, and the teacher (train.compile)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step: model and loss terms in "
+                        "one graph, and the teacher (train.compile); the eager step is timed beside it")
     parser.add_argument("--channels-last", action="store_true", help="channels_last format (train.channels_last)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}; "
                         "must include ce, the baseline of every ratio")
@@ -89,11 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- building what the trainer builds
-def method_config(method: str, args, overrides: list[str]):
-    """The config of one method: its loss terms from configs/_base_/methods, the rest from the CLI."""
+def method_config(method: str, args, overrides: list[str], compiled: bool | None = None):
+    """The config of one method: its loss terms from configs/_base_/methods, the rest from the CLI
+    (``compiled`` in place of --compile where given)."""
+    compiled = args.compile if compiled is None else compiled
     return load_config(REPO / "configs" / "_base_" / "methods" / f"{method}.yaml", [
         f"model.name={args.model}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
-        f"train.amp={args.amp}", f"train.compile={str(args.compile).lower()}",
+        f"train.amp={args.amp}", f"train.compile={str(compiled).lower()}",
         f"train.channels_last={str(args.channels_last).lower()}", "train.milestones=[]",
         "data.name=synthetic", f"data.num_classes={args.num_classes}", f"data.image_size={args.image_size}",
         *overrides,
@@ -101,20 +107,22 @@ def method_config(method: str, args, overrides: list[str]):
 
 
 def build_methods(methods: list[str], args, device: torch.device, workdir: Path) -> dict:
+    """Each method's (config, experiment) by name; with --compile also its eager twin, as ``<method>/eager``."""
     teacher_file = workdir / f"{args.teacher}_random.pt"
     torch.save(build_model(args.teacher, args.num_classes).state_dict(), teacher_file)
     overrides = [f"data.num_train={4 * args.batch_size}", f"data.num_test={args.batch_size}",
                  f"teacher.model={args.teacher}", f"teacher.checkpoint={teacher_file}"]
     dist = DistContext(rank=0, world_size=1, local_rank=0, device=device)
     experiments = {}
-    for method in methods:
-        config = method_config("tffd" if method == "tffd_released" else method, args, overrides)
+    variants = [(method, args.compile) for method in methods] + [(method, False) for method in methods if args.compile]
+    for method, compiled in variants:
+        config = method_config("tffd" if method == "tffd_released" else method, args, overrides, compiled)
         exp = build_experiment(config, dist)
         if method == "tffd_released":  # swapped in before the first step, so before any compilation
             network = unwrap(exp.network)
             network.terms = torch.nn.ModuleList([released_term(term, config) for term in network.terms])
             exp.terms = list(network.terms)
-        experiments[method] = (config, exp)
+        experiments[method + (EAGER if args.compile and not compiled else "")] = (config, exp)
     return experiments
 
 
@@ -134,7 +142,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_steps(exp, batches: list, steps: int, epoch: int) -> None:
+def train_steps(exp, batches: list, steps: int, epoch: torch.Tensor) -> None:
     for step in range(steps):
         images, targets, indices = batches[step % len(batches)]
         apply_gradients(exp, compute_losses(exp, images, targets, epoch, indices).total)
@@ -147,8 +155,8 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
         exp.loaders.train.set_epoch(1)
         # The last epoch of the schedule: past any loss warm-up, so every term does its full work.
         batches = list(exp.loaders.train)
-        runs[method] = (exp, batches, config.train.epochs)
-        train_steps(exp, batches, args.warmup, config.train.epochs)
+        runs[method] = (exp, batches, epoch_tensor(config.train.epochs, device))
+        train_steps(exp, batches, args.warmup, runs[method][2])
     synchronize(device)
     wall = {method: [] for method in runs}
     cpu = {method: [] for method in runs}
@@ -171,7 +179,8 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
     results = {}
     for method in names:
         ms = 1000 * statistics.median(wall[method])
-        ratios = [mine / base for mine, base in zip(wall[method], wall["ce"])]
+        baseline = "ce" + EAGER if method.endswith(EAGER) else "ce"  # eager twins against the eager ce
+        ratios = [mine / base for mine, base in zip(wall[method], wall[baseline])]
         results[method] = {
             "ms_per_step": ms,
             "images_per_s": args.batch_size / ms * 1000,
@@ -183,7 +192,20 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
                                 if device.type == "cpu" else None),
             "samples_ms": [1000 * sample for sample in wall[method]],
         }
-    return results
+    return with_eager_ratios(results, wall)
+
+
+def with_eager_ratios(results: dict, wall: dict) -> dict:
+    """The compiled methods' rows, each with its eager twin's ms/step and the median per-round ratio
+    compiled / eager (where the eager twins were timed: --compile)."""
+    rows = {method: row for method, row in results.items() if not method.endswith(EAGER)}
+    for method, row in rows.items():
+        if method + EAGER in results:
+            ratios = [mine / eager for mine, eager in zip(wall[method], wall[method + EAGER])]
+            row.update(eager_ms_per_step=results[method + EAGER]["ms_per_step"],
+                       eager_samples_ms=results[method + EAGER]["samples_ms"],
+                       compiled_to_eager=statistics.median(ratios), compiled_to_eager_ci95=median_ci95(ratios))
+    return rows
 
 
 def time_tffd_terms(experiments: dict, args, device: torch.device) -> dict:
@@ -308,12 +330,15 @@ def table(result: dict) -> str:
              f"{', channels_last' if settings['channels_last'] else ''}, torch {result['torch']}; "
              f"median of {settings['rounds']} interleaved rounds of {settings['steps']} steps",
              f"{'method':14s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
-             f"{'ratio to ce':>13s}{'peak memory':>14s}"]
+             f"{'ratio to ce':>13s}{'peak memory':>14s}"
+             + (f"{'eager ms/step':>15s}{'compiled/eager':>16s}" if settings["compile"] else "")]
     for method, row in methods.items():
         cpu = f"{row['cpu_ms_per_step']:.1f}" if row["cpu_ms_per_step"] is not None else ""
         memory = f"{row['peak_memory_mib']:.0f} MiB" if row["peak_memory_mib"] is not None else "n/a"
+        eager = (f"{row['eager_ms_per_step']:15.1f}{row['compiled_to_eager']:16.3f}" if "compiled_to_eager" in row
+                 else "")
         lines.append(f"{method:14s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
-                     f"{row['ratio_to_ce']:13.3f}{memory:>14s}")
+                     f"{row['ratio_to_ce']:13.3f}{memory:>14s}{eager}")
     if result["loaders"]:
         lines.append(f"{'loader':14s}{'images/s':>10s}   (loader only, {settings['loader_images']} images per epoch)")
         for kind, row in result["loaders"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import sys
 
 import pytest
@@ -121,3 +122,24 @@ def test_training_step_never_reads_device_values(amp, tmp_path):
         sums = meter.flush()  # the one read, once per logging interval
         assert sums["count"] == 4 * 8 and sums["first_bad_step"] == -1, method
         assert all(torch.isfinite(p).all() for p in exp.model.parameters()), method
+
+
+def test_compiled_steps_are_timed_beside_their_eager_twins(tmp_path, capsys, monkeypatch):
+    """--compile also times each method's eager step in the same rounds and prints compiled / eager (on the
+    CPU with the aot_eager backend, as tests/test_compile.py)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--compile", "--methods", "ce,tffd", "--loader-images", "0", "--json", str(out)]
+    assert benchmark.main(args) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert set(methods) == {"ce", "tffd"}
+    for method, row in methods.items():
+        ratios = [mine / eager for mine, eager in zip(row["samples_ms"], row["eager_samples_ms"])]
+        assert len(ratios) == 2 and row["compiled_to_eager"] == pytest.approx(statistics.median(ratios)), method
+        assert row["eager_ms_per_step"] > 0
+    printed = capsys.readouterr().out
+    assert "compiled/eager" in printed.splitlines()[1]
+    assert f"{methods['tffd']['compiled_to_eager']:16.3f}" in printed
