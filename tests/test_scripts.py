@@ -26,8 +26,11 @@ import sweep  # noqa: E402
 
 ONE_EPOCH = [*SMOKE, "data.num_train=256", "data.num_test=128", "train.epochs=1"]
 STUDENTS = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2", "resnet8x4": "resnet32x4",
-            "vgg8": "vgg13"}
+            "vgg8": "vgg13", "wrn_40_1": "wrn_40_2"}
 ROWS = ("ce", "tffd", "kd", "kd_tffd")
+# the IJCNN version's method + Tf-FD rows: TFD† (+ label smoothing) for its four students, ResNet-32's others
+IJCNN_ROWS = {f"{student}_label_smoothing_tffd" for student in ("resnet20", "resnet32", "wrn_16_2", "wrn_40_1")} | {
+    "resnet32_cutout_tffd", "resnet32_autoaugment_tffd"}
 
 
 def run_script(script: str, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -196,16 +199,22 @@ def _arg(command: str, flag: str) -> str:
 
 def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
     commands, out = _dry_run_commands("--root", str(tmp_path))
-    assert len(commands) == 4 + 5 * 4 * 3 and "64 runs: 64 to run" in out
+    assert len(commands) == 4 + (6 * 4 + 6) * 3 and "94 runs: 94 to run" in out
     run_dirs = [_arg(command, "--run-dir") for command in commands]
     assert len(set(run_dirs)) == len(run_dirs)
     assert run_dirs[:4] == [f"{tmp_path}/{teacher}_ce" for teacher in ("resnet110", "wrn_40_2", "resnet32x4", "vgg13")]
-    matrix = set()
+    matrix, ijcnn = set(), set()
     for command, run_dir in zip(commands, run_dirs):
         config = _arg(command, "--config")
         assert (REPO / config).is_file(), config
         if run_dir in run_dirs[:4]:
             assert "train.batch_size=64 train.lr=0.05" in command  # the KD benchmark's teachers
+            continue
+        name, seed = Path(config).stem, int(command.split(" seed=")[1].split()[0])
+        if name in IJCNN_ROWS:  # their configs set the IJCNN version's protocol themselves
+            assert run_dir == f"{tmp_path}/{name}/seed{seed}" and "train.batch_size" not in command
+            assert load_config(REPO / config).train.batch_size == 64
+            ijcnn.add((name, seed))
             continue
         student, row = re.match(r"configs/cifar100/(\w+?)_(ce|tffd|kd|kd_tffd)\.yaml", config).groups()
         seed = int(command.split(" seed=")[1].split()[0])
@@ -218,6 +227,7 @@ def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
             assert "teacher.checkpoint" not in command
         assert ("train.batch_size=64 train.lr=0.05" in command) == (row == "ce")
     assert matrix == {(student, row, seed) for student in STUDENTS for row in ROWS for seed in (0, 1, 2)}
+    assert ijcnn == {(name, seed) for name in IJCNN_ROWS for seed in (0, 1, 2)}
 
 
 def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
@@ -225,7 +235,7 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     finished.mkdir(parents=True)
     (finished / "metrics.json").write_text(json.dumps({"finished": True, "best_acc1": 1.0}))
     commands, out = _dry_run_commands("--root", str(tmp_path), "--seeds", "0", "--epochs", "2")
-    assert len(commands) == 4 + 5 * 4 and "24 runs: 23 to run, 1 already finished" in out
+    assert len(commands) == 4 + 6 * 4 + 6 and "34 runs: 33 to run, 1 already finished" in out
     skipped = [command for command in commands if command.startswith("# finished: ")]
     assert len(skipped) == 1 and skipped[0].endswith(f"--run-dir {finished}  # after {tmp_path}/resnet110_ce")
     assert all("train.epochs=2 'train.milestones=[1]' loss.tffd.warmup_epochs=0" in c for c in commands)
