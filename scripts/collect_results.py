@@ -412,8 +412,13 @@ def published_for(name: str, dataset: str, with_tffd: bool = False, model: str |
 
 
 def schedule_deviations(schedule: Path, settings: dict) -> list[str]:
-    """How runs of these settings depart from a schedule file (empty: they follow it)."""
-    return [f"{key}={fmt_value(settings.get(key))}, not {fmt_value(value)}"
+    """How runs of these settings depart from a schedule file (empty: they follow it); a long list (a
+    per-epoch decay's milestones, a string in the flat settings) by its ends."""
+    def short(value) -> str:
+        items = str(value).split(", ")
+        return ", ".join([*items[:2], "...", items[-1]]) if len(items) > 6 else fmt_value(value)
+
+    return [f"{key}={short(settings.get(key))}, not {short(value)}"
             for key, value in selfkd_protocol(schedule).items() if settings.get(key) != value]
 
 
