@@ -15,6 +15,10 @@ from .registry import register_loss
 class CEConfig(Options):
     weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)", min=0)
     label_smoothing: float = option(0.0, "label smoothing epsilon", min=0, max=1)
+    label_smoothing_to: str = option(
+        "all", "where the smoothing mass goes: all (torch's: eps/K to every class, the target included) or others "
+               "(eps/(K-1) to each other class, 1 - eps to the target: Self-KD-Lib's and the released Tf-FD code's)",
+        choices=("all", "others"))
 
 
 @register_loss("ce", CEConfig)
@@ -26,5 +30,9 @@ class CrossEntropy(LossTerm):
     def forward(self, step: StepOutput):
         # Against mixed labels where a batch transform made them: lam * CE(y_a) + (1 - lam) * CE(y_b).
         targets = step.labels
-        loss = F.cross_entropy(step.logits, targets, label_smoothing=self.config.label_smoothing)
+        smoothing = self.config.label_smoothing
+        if self.config.label_smoothing_to == "others":  # the same target as torch's eps * K / (K - 1)
+            classes = step.logits.shape[1]
+            smoothing = smoothing * classes / (classes - 1)
+        loss = F.cross_entropy(step.logits, targets, label_smoothing=smoothing)
         return {"ce": self.config.weight * loss}

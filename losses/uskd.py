@@ -39,7 +39,9 @@ the paper:
   ImageNet, with 8 GPUs), so a run with larger per-process batches averages over more samples.
 - The weak head's stage is an option (``stage``, counted from the deepest, -1; default -2, the
   second-deepest, the code's ``fea_s[-2]``); its input width comes from the model's stage shapes, so
-  every backbone with two stages or more gets one.
+  every backbone with two stages or more gets one. mmcls counts MobileNetV2's 1280-channel 1x1 conv as a
+  stage, so the code's ``fea_s[-2]`` there (mv2_sd_img.py, channel 320) is the deepest stage, -1, of
+  ``mobilenetv2_imagenet``, whose stages end before that conv (configs/imagenet/mobilenetv2_uskd.yaml).
 
 Defaults are the CIFAR-100 settings (``configs/distillers/cifar100/res18_sd_cifar.py``): alpha 0.1,
 beta 0.1, mu 0.1. ImageNet (``configs/distillers/imagenet/res18_sd_img.py``): alpha 1, beta 0.1, mu 0.005.
@@ -146,8 +148,8 @@ class USKDConfig(Options):
     beta: float = option(0.1, "weight of the non-target part L_n (0.1 on both)", min=0)
     mu: float = option(0.1, "weight of the weak head's label-smoothed CE (CIFAR-100 0.1, ImageNet 0.005)", min=0)
     stage: int = option(-2, "the stage whose average-pooled output feeds the weak head, counted from the deepest "
-                            "(-1, whose output gives the logits): -2, the one before it, as in the authors' code",
-                         max=-2)
+                            "(-1): -2, the one before it, as in the authors' code; -1 where a head block follows "
+                            "the deepest stage, as mobilenetv2_imagenet's 1280-channel conv", max=-1)
     rank_from: str = option("code", "what ranks the non-target classes: code (the released code's weak-head "
                                     "probabilities + final log-probabilities) or paper (the weak head alone)",
                             choices=("code", "paper"))
@@ -168,7 +170,7 @@ class UniversalSelfKD(LossTerm):
                               "stage; use another model or drop uskd from loss.terms")
         if stage < -num_stages:
             raise ConfigError(f"loss.uskd.stage={stage} is beyond the shallowest of this model's {num_stages} stages; "
-                              f"use -{num_stages}..-2 (default -2)")
+                              f"use -{num_stages}..-1 (default -2)")
         return num_stages + stage
 
     def check_features(self, feature_shapes) -> None:

@@ -6,17 +6,25 @@
 Every directory under the roots that holds a config.yaml is a run. Runs whose resolved configs differ
 only in the seed (and in paths or logging settings) form one row: mean ± sample std over the finished
 seeds of both the last-epoch and the best-epoch test top-1, the paper's number (scripts/paper_numbers.py)
-and our difference from it, and the protocol the runs were trained under (scripts/protocols.py: the Tf-FD
-paper's, the released code's, or neither). Unfinished seeds are counted and marked, never averaged; for CIFAR-100,
-the paper's cells that have no runs yet are listed as missing. Rows of one model and method that differ in
-other keys (a sweep) are also shown as a grid over those keys, e.g. lambda_intra x lambda_inter.
+and our difference from it (WRN-40-1's: the KD benchmark's), the IJCNN version of Tf-FD's numbers of the
+same cell, each with a note naming its source and † where the row does not follow its protocol, and the
+protocol the runs were trained under (scripts/protocols.py: the Tf-FD paper's, the released code's, or
+neither). Unfinished seeds are counted and marked, never averaged; the published cells that have no runs yet
+are listed as missing. Rows of one model and method that differ in other keys (a sweep) are also shown as a
+grid over those keys, e.g. lambda_intra x lambda_inter.
 
-Self-distillation runs (scripts/reproduce_selfkd.sh: a self-KD loss term or a batch transform, or the
-cifar_resnet18 / preact_resnet18 backbones) are shown apart, as a method x {alone, + Tf-FD} table per
-model and protocol: the method is recognised from loss.terms and batch.transforms (terms [ce] with
-transforms [mixup] is "Mixup"; [ce, cs_kd, tffd] is "CS-KD" + Tf-FD), beside the published numbers of
-the method alone (scripts/paper_numbers.py), each with a note naming its source, backbone and protocol
-and saying whether it is like-for-like with the runs (same backbone, Self-KD-Lib's protocol, CIFAR-100).
+Self-distillation runs (scripts/reproduce_selfkd.sh: a self-KD loss term, CE's label smoothing, an
+augmentation or a batch transform, or the self-KD literature's backbones: cifar_resnet18, preact_resnet18 and
+the ImageNet resnet18, resnet50, mobilenetv1, mobilenetv2_imagenet) are shown apart, as a method x {alone,
++ Tf-FD} table per model and protocol: the method is recognised from loss.terms, loss.ce.label_smoothing,
+data.augment and batch.transforms (terms [ce] with transforms [mixup] is "Mixup"; [ce, cs_kd, tffd] is
+"CS-KD" + Tf-FD; [ce, tffd] with label smoothing is "LS" + Tf-FD), beside the published numbers of the method
+alone and + Tf-FD (scripts/paper_numbers.py), each with a note naming its source, backbone and protocol and
+saying whether it is like-for-like with the runs (same backbone, dataset and protocol: Self-KD-Lib's on
+CIFAR-100, the 100-epoch recipe on ImageNet, or the source's own where a schedule here follows it). Under each
+table: the published numbers of its backbone whose method has no runs there, and the references (methods
+with no config here). Published cells without a number say "none"; the published calibration numbers (PS-KD's
+README) sit beside ours with --metrics.
 
 Formats: text (the default) writes the tables as compact Markdown pipe tables with their headings and notes;
 markdown the same with aligned columns; csv every row of both tables and the sweeps as one flat CSV table
@@ -43,8 +51,8 @@ from pathlib import Path
 import yaml
 from tabulate import DataRow, Line, TableFormat, tabulate
 
-from paper_numbers import (BASELINE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, TFFD_PAPER, Published, paper_cells,
-                           paper_top1, selfkd_published)
+from paper_numbers import (BASELINE, IJCNN_TABLE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, Published, ijcnn_published,
+                           paper_cells, paper_source, paper_top1, references, selfkd_published)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,7 +78,8 @@ METHOD_OF_TERMS = {
 NOT_IDENTITY = {"seed"} | set(RESUME_MAY_CHANGE)
 SCHEMA_ORDER = {key: index for index, key in enumerate(all_keys(ExperimentConfig))}
 # The self-KD literature's backbones: their CE and Tf-FD runs belong to the self-distillation table too.
-SELFKD_BACKBONES = ("cifar_resnet18", "preact_resnet18", "resnet18")
+CIFAR_RESNET18S = ("cifar_resnet18", "preact_resnet18")  # the self-KD literature's CIFAR backbone, in its two forms
+SELFKD_BACKBONES = (*CIFAR_RESNET18S, "resnet18", "resnet50", "mobilenetv1", "mobilenetv2_imagenet")
 SCHEDULES = REPO / "configs" / "_base_" / "schedules"
 # dataset -> (the schedule our self-KD configs follow there, its name): what "like-for-like" means
 PROTOCOLS = {"cifar100": (SCHEDULES / "selfkd_200e.yaml", "Self-KD-Lib's CIFAR-100 protocol"),
@@ -239,7 +248,7 @@ class Row:
         if self.selfkd is not None:
             like = like_for_like(self)
             return like.source if like else ""
-        return TFFD_PAPER if self.paper is not None else ""
+        return paper_source(self.model) if self.paper is not None else ""
 
     def teacher_acc1(self) -> float | None:
         values = [run.metrics["teacher_acc1"] for run in self.runs
@@ -301,9 +310,12 @@ def method_of(terms: list[str]) -> str:
 
 def selfkd_of(config, settings: dict) -> SelfKD | None:
     """A teacher-free run's place in the self-distillation table, or None for a row of the Tf-FD paper's
-    table (CE or Tf-FD, without batch transforms, on a backbone other than the self-KD ones)."""
+    table (CE or Tf-FD, without label smoothing, augmentations or batch transforms, on a backbone other than
+    the self-KD ones)."""
     terms = [term for term in config.loss.terms if term != "tffd"]
-    parts = tuple(term for term in terms if term != "ce") + tuple(config.data.augment) + tuple(config.batch.transforms)
+    smoothing = ("label_smoothing",) if "ce" in terms and config.loss.ce.label_smoothing > 0 else ()
+    parts = (tuple(term for term in terms if term != "ce") + smoothing + tuple(config.data.augment)
+             + tuple(config.batch.transforms))
     if not parts and config.model.name not in SELFKD_BACKBONES:
         return None
     name = " + ".join(SELFKD_NAMES.get(part, part) for part in parts) or SELFKD_NAMES["ce"]
@@ -345,22 +357,24 @@ def group_rows(found) -> list[Row]:
 
 
 def add_missing_paper_cells(rows: list[Row]) -> list[Row]:
-    """For CIFAR-100 collections, the paper's cells that no row covers, as rows without runs."""
-    if not any(row.dataset == "cifar100" and row.selfkd is None for row in rows):
-        return rows
+    """For each dataset of the paper table's rows, the published cells (the paper's on CIFAR-100, the IJCNN
+    version's) that no row covers, as rows without runs."""
+    datasets = {row.dataset for row in rows if row.selfkd is None}
+    cells = [("cifar100", model, method, teacher) for model, method, teacher, _ in paper_cells()]
     covered = {row.family for row in rows}
-    missing = [Row("cifar100", model, method, teacher, {}) for model, method, teacher, _ in paper_cells()
-               if ("cifar100", model, method, teacher) not in covered]
+    missing = [Row(*cell, {}) for cell in dict.fromkeys(cells + list(IJCNN_TABLE))
+               if cell[0] in datasets and cell not in covered]
     return rows + missing
 
 
 def table_order(rows: list[Row]) -> list[Row]:
-    """Per dataset, the paper's order (teachers, then each student's four rows), then everything else."""
-    paper_index = {(model, method, teacher): index for index, (model, method, teacher, _) in enumerate(paper_cells())}
+    """Per dataset, the paper's order (teachers, then each student's rows in the order of METHODS), then the
+    other models."""
+    models = list(dict.fromkeys(model for model, *_ in paper_cells()))
     method_index = {method: index for index, method in enumerate(METHODS)}
 
     def key(row: Row):
-        return (row.dataset, paper_index.get(row.family[1:], len(paper_index)), row.model,
+        return (row.dataset, models.index(row.model) if row.model in models else len(models), row.model,
                 method_index.get(row.method, len(METHODS)), row.method, row.teacher or "",
                 describe(varying_settings(rows, row)))
 
@@ -391,25 +405,53 @@ def protocol_of(dataset: str) -> tuple[Path, str]:
     return PROTOCOLS.get(dataset, PROTOCOLS["cifar100"])
 
 
-def published_for(name: str, dataset: str, with_tffd: bool = False) -> tuple[Published, ...]:
+def published_for(name: str, dataset: str, with_tffd: bool = False, model: str | None = None) -> tuple[Published, ...]:
     """The published numbers shown in a self-KD table on ``dataset``: the dataset's own, or CIFAR-100's for
-    a dataset without a protocol here (as a reference, never like-for-like)."""
-    return selfkd_published(name, dataset if dataset in PROTOCOLS else "cifar100", with_tffd)
+    a dataset without a protocol here (as a reference, never like-for-like); with ``model``, only those of
+    that backbone, of a backbone without a model here, or of the literature's CIFAR ResNet-18 (shown beside
+    every CIFAR table)."""
+    numbers = selfkd_published(name, dataset if dataset in PROTOCOLS else "cifar100", with_tffd)
+    return tuple(number for number in numbers if model is None or number.model in (model, None, *CIFAR_RESNET18S))
+
+
+def schedule_deviations(schedule: Path, settings: dict) -> list[str]:
+    """How runs of these settings depart from a schedule file (empty: they follow it); a long list (a
+    per-epoch decay's milestones, a string in the flat settings) by its ends."""
+    def short(value) -> str:
+        items = str(value).split(", ")
+        return ", ".join([*items[:2], "...", items[-1]]) if len(items) > 6 else fmt_value(value)
+
+    return [f"{key}={short(settings.get(key))}, not {short(value)}"
+            for key, value in file_settings(schedule).items() if key in settings and settings[key] != value]
 
 
 def protocol_deviations(dataset: str, settings: dict) -> list[str]:
     """How runs of these settings depart from the dataset's protocol (empty: they follow it)."""
     out = [] if dataset in PROTOCOLS else [f"dataset {dataset}, not cifar100"]
-    return out + [f"{key}={fmt_value(settings.get(key))}, not {fmt_value(value)}"
-                  for key, value in file_settings(protocol_of(dataset)[0]).items() if settings.get(key) != value]
+    return out + schedule_deviations(protocol_of(dataset)[0], settings)
+
+
+def number_schedule(number: Published) -> Path | None:
+    """The schedule file of the protocol ``number`` was trained under, where one of ours follows it."""
+    if number.schedule:
+        return SCHEDULES.parent / number.schedule
+    return PROTOCOLS[number.dataset][0] if number.selfkd_protocol else None
+
+
+def follows(number: Published, dataset: str, model: str, settings: dict) -> bool:
+    """Runs of ``model`` on ``dataset`` with these settings are like-for-like with ``number``: same backbone,
+    dataset and protocol."""
+    schedule = number_schedule(number)
+    return (number.model == model and number.dataset == dataset and schedule is not None
+            and not schedule_deviations(schedule, settings))
 
 
 def like_for_like(row: Row) -> Published | None:
     """The published number of the same method (alone or + Tf-FD), dataset, backbone and protocol as ``row``."""
-    if row.selfkd is None or protocol_deviations(row.dataset, row.settings):
+    if row.selfkd is None:
         return None
     return next((published for published in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd)
-                 if published.selfkd_protocol and published.model == row.model), None)
+                 if follows(published, row.dataset, row.model, row.settings)), None)
 
 
 def _context(row: Row) -> tuple:
@@ -425,6 +467,7 @@ class SelfKDContext:
     title: str               # "cifar_resnet18 on cifar100: batch 128, lr 0.1, 200 ep"
     deviations: list[str]    # how it departs from Self-KD-Lib's protocol (empty: it follows it)
     rows: list[Row]
+    settings: dict           # the keys its rows share (those outside METHOD_KEYS)
 
 
 def selfkd_contexts(rows: list[Row]) -> list[SelfKDContext]:
@@ -437,7 +480,8 @@ def selfkd_contexts(rows: list[Row]) -> list[SelfKDContext]:
         shown = ("train.batch_size", "train.lr", "train.epochs")  # in the protocol string already
         differs = describe({key: dict(context).get(key) for key in _varying(siblings) if key not in shown})
         title = f"{model} on {dataset}: {members[0].protocol()}" + (f", {differs}" if differs else "")
-        out.append(SelfKDContext(dataset, model, title, protocol_deviations(dataset, dict(context)), members))
+        out.append(SelfKDContext(dataset, model, title, protocol_deviations(dataset, dict(context)), members,
+                                 dict(context)))
     return out
 
 
@@ -446,11 +490,14 @@ def selfkd_tables(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
     tables = []
     for context in selfkd_contexts(rows):
         schedule, name = protocol_of(context.dataset)
-        if context.deviations:
-            protocol = (f"Not {name} (" + "; ".join(context.deviations) + "): no published number is like-for-like.")
-        else:
+        table, any_like = selfkd_table(context, metrics)
+        if not context.deviations:
             protocol = f"{name[0].upper()}{name[1:]} ({schedule.relative_to(REPO)})."
-        table = selfkd_table(context.dataset, context.model, context.rows, not context.deviations, metrics)
+        elif any_like:
+            protocol = (f"Not {name} (" + "; ".join(context.deviations) + "): like-for-like only with the numbers "
+                        "published under these runs' own protocol.")
+        else:
+            protocol = f"Not {name} (" + "; ".join(context.deviations) + "): no published number is like-for-like."
         table.title, table.before = context.title, [protocol]
         tables.append(table)
     return tables
@@ -485,65 +532,101 @@ def selfkd_pairs(rows: list[Row]) -> list[tuple[str, str, Row | None, Row | None
     return pairs
 
 
-def selfkd_table(dataset: str, model: str, rows: list[Row], like_protocol: bool, metrics: tuple[Metric, ...]) -> Table:
-    """The table of one context, with its notes on the published numbers below it."""
+NONE = "none"  # a published-number cell without a number: the source gives none, not a zero
+
+
+def selfkd_table(context: SelfKDContext, metrics: tuple[Metric, ...]) -> tuple[Table, bool]:
+    """The table of one context, with its notes on the published numbers below it; and whether any of
+    those numbers is like-for-like with its runs."""
     notes: dict[tuple, int] = {}
-    lines = [_selfkd_line(name, settings, alone, with_tffd, dataset, model, like_protocol, notes, metrics)
-             for name, settings, alone, with_tffd in selfkd_pairs(rows)]
+    pairs = selfkd_pairs(context.rows)
+    lines = [_selfkd_line(name, settings, alone, with_tffd, context, notes, metrics)
+             for name, settings, alone, with_tffd in pairs]
+    published_metric = {metric: f"published {metric.header}, alone [note]" for metric in metrics}
     columns = [("method", None), ("settings", None), ("alone: last-epoch top-1", MAX),
                ("alone: best-epoch top-1", MAX), ("+ Tf-FD: last-epoch top-1", MAX),
                ("+ Tf-FD: best-epoch top-1", MAX), ("Δ best, + Tf-FD − alone", None),
                ("published top-1, alone [note]", None), ("Δ best, alone − like-for-like published", None),
                ("published top-1, + Tf-FD [note]", None), ("Δ best, + Tf-FD − like-for-like published", None),
-               *((f"{side}: {which}-epoch {metric.header}", metric.better) for metric in metrics
-                 for side in ("alone", "+ Tf-FD") for which in ("last", "best")),
+               *(column for metric in metrics for column in (
+                   *((f"{side}: {which}-epoch {metric.header}", metric.better) for side in ("alone", "+ Tf-FD")
+                     for which in ("last", "best")), (published_metric[metric], None))),
                ("runs alone", None), ("runs + Tf-FD", None)]
     table = Table([header for header, _ in columns], lines, [better for _, better in columns])
-    if all(line[9] == "–" for line in lines):  # a published method + Tf-FD is rare (ImageNet's Tf-FD only)
-        table.drop(10), table.drop(9)
+    empty = [header for header in ("published top-1, + Tf-FD [note]", *published_metric.values())
+             if all(line[table.header.index(header)] == NONE for line in lines)]
+    if "published top-1, + Tf-FD [note]" in empty:  # a published method + Tf-FD is rare
+        table.drop(table.header.index("Δ best, + Tf-FD − like-for-like published"))
+    for header in empty:
+        table.drop(table.header.index(header))
     if not any(line[1] for line in lines):
         table.drop(1)
-    for (source, backbone, published_model, own_protocol), index in notes.items():
-        like = published_model == model and own_protocol and like_protocol
-        if like:
-            verdict = "Like-for-like with these runs: same backbone and protocol."
-        else:
-            reasons = [] if published_model == model else [f"another backbone ({backbone}; these runs: {model})"]
-            if not own_protocol:
-                reasons.append("another protocol")
-            elif not like_protocol:
-                reasons.append("these runs do not follow its protocol")
-            verdict = "† Not like-for-like: " + ", ".join(reasons) + "."
+    shown = {name for name, *_ in pairs}
+    unshown = [(name if not plus else (TFFD if name == SELFKD_NAMES["ce"] else f"{name} + {TFFD}"), number)
+               for name in dict.fromkeys(SELFKD_NAMES.values()) if name not in shown for plus in (False, True)
+               for number in published_for(name, context.dataset, plus) if number.model == context.model]
+    table.after += _labelled_numbers(f"Also published for {context.model} on {context.dataset}, without runs here",
+                                     unshown, context, notes)
+    table.after += _labelled_numbers(f"Published for {context.model} on {context.dataset} with no config here "
+                                     "(references)", [(reference.label, reference.number) for reference in
+                                                      references(context.dataset, context.model)], context, notes)
+    for (source, _, _, verdict), index in notes.items():
         table.after.append(f"[{index}] {source}. {verdict}")
-    return table
+    return table, any(verdict.startswith("Like") for *_, verdict in notes)
 
 
-def _published_cell(numbers: tuple[Published, ...], model: str, like_protocol: bool, notes: dict) -> str:
-    """Published numbers with their note indices (``notes``: source -> index, filled in order); † where
-    not like-for-like."""
+def _verdict(number: Published, context: SelfKDContext) -> str:
+    if follows(number, context.dataset, context.model, context.settings):
+        return "Like-for-like with these runs: same backbone and protocol."
+    reasons = ([] if number.model == context.model
+               else [f"another backbone ({number.backbone}; these runs: {context.model})"])
+    if number_schedule(number) is None:
+        reasons.append("another protocol")
+    elif number.model == context.model:
+        reasons.append("these runs do not follow its protocol")
+    return "† Not like-for-like: " + ", ".join(reasons) + "."
+
+
+def _published_numbers(numbers, context: SelfKDContext, notes: dict, value=lambda number: number.top1,
+                       digits: int = 2, with_baseline: bool = True) -> list[str]:
+    """Each number as "value (CE baseline) [note]", † where not like-for-like (``notes``: filled in order)."""
     cells = []
     for number in numbers:
-        key = (number.source, number.backbone, number.model, number.selfkd_protocol)
-        index = notes.setdefault(key, len(notes) + 1)
-        like = number.model == model and number.selfkd_protocol and like_protocol
-        baseline = f" (CE {number.baseline:.2f})" if number.baseline is not None else ""
-        cells.append(f"{number.top1:.2f}{baseline} [{index}]" + ("" if like else "†"))
-    return "; ".join(cells) or "–"
+        if value(number) is None:
+            continue
+        verdict = _verdict(number, context)
+        index = notes.setdefault((number.source, number.backbone, number.model, verdict), len(notes) + 1)
+        baseline = f" (CE {number.baseline:.2f})" if with_baseline and number.baseline is not None else ""
+        cells.append(f"{value(number):.{digits}f}{baseline} [{index}]" + ("†" if verdict.startswith("†") else ""))
+    return cells
 
 
-def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | None, dataset: str, model: str,
-                 like_protocol: bool, notes: dict, metrics: tuple[Metric, ...]) -> list:
-    published = [_published_cell(published_for(name, dataset, plus), model, like_protocol, notes)
-                 for plus in (False, True)]
+def _published_cell(numbers, context: SelfKDContext, notes: dict) -> str:
+    return "; ".join(_published_numbers(numbers, context, notes)) or NONE
+
+
+def _labelled_numbers(heading: str, labelled: list[tuple[str, Published]], context: SelfKDContext,
+                      notes: dict) -> list[str]:
+    """One note line listing labelled published numbers ("label 72.86 (CE 71.14) [3]†; ..."), or none."""
+    items = [f"{label} {cell}" for label, number in labelled for cell in _published_numbers([number], context, notes)]
+    return [f"{heading}: " + "; ".join(items) + "."] if items else []
+
+
+def _selfkd_line(name: str, settings: str, alone: Row | None, with_tffd: Row | None, context: SelfKDContext,
+                 notes: dict, metrics: tuple[Metric, ...]) -> list:
+    published = [published_for(name, context.dataset, plus, context.model) for plus in (False, True)]
+    cells = [_published_cell(numbers, context, notes) for numbers in published]
     like = like_for_like(alone) if alone else None
     like_tffd = like_for_like(with_tffd) if with_tffd else None
     alone_best, tffd_best = stat_of(alone, "best").mean, stat_of(with_tffd, "best").mean
     return [name, settings, *(stat_of(row, which) for row in (alone, with_tffd) for which in ("last", "best")),
-            Stat(difference(tffd_best, alone_best), signed=True), published[0],
-            Stat(difference(alone_best, like.top1 if like else None), signed=True), published[1],
+            Stat(difference(tffd_best, alone_best), signed=True), cells[0],
+            Stat(difference(alone_best, like.top1 if like else None), signed=True), cells[1],
             Stat(difference(tffd_best, like_tffd.top1 if like_tffd else None), signed=True),
-            *(stat_of(row, which, metric) for metric in metrics for row in (alone, with_tffd)
-              for which in ("last", "best")),
+            *(cell for metric in metrics for cell in (
+                *(stat_of(row, which, metric) for row in (alone, with_tffd) for which in ("last", "best")),
+                "; ".join(_published_numbers(published[0], context, notes, lambda number: getattr(number, metric.key),
+                                             metric.digits, with_baseline=False)) or NONE)),
             alone.status() if alone else "–", with_tffd.status() if with_tffd else "–"]
 
 
@@ -560,13 +643,36 @@ def difference(mean: float | None, paper: float | None) -> float | None:
     return None if mean is None or paper is None else mean - paper
 
 
+IJCNN_COLUMN = "IJCNN version top-1 [note]"
+
+
+def ijcnn_cell(row: Row, notes: dict) -> str:
+    """The IJCNN version's numbers of the row's cell with their notes (``notes``: source -> index, filled in
+    order); † where the row's runs do not follow that number's protocol (none marked on a row without runs)."""
+    cells = []
+    for number in ijcnn_published(row.dataset, row.model, row.method, row.teacher):
+        index = notes.setdefault(number.source, len(notes) + 1)
+        unlike = row.runs and not follows(number, row.dataset, row.model, row.settings)
+        cells.append(f"{number.top1:.2f} [{index}]" + ("†" if unlike else ""))
+    return "; ".join(cells) or NONE
+
+
+def paper_references(dataset: str, model: str, notes: dict) -> str:
+    """A note line on the published numbers of ``model`` that no config here runs, or ""."""
+    items = [f"{reference.label} {reference.number.top1:.2f}"
+             + (f" (CE {reference.number.baseline:.2f})" if reference.number.baseline is not None else "")
+             + f" [{notes.setdefault(reference.number.source, len(notes) + 1)}]"
+             for reference in references(dataset, model)]
+    return f"Published for {model} on {dataset} with no config here (references): {'; '.join(items)}." if items else ""
+
+
 def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
     columns = [("dataset", None), ("model", None), ("method", None), ("teacher (top-1)", None), ("protocol", None),
                ("settings", None), ("last-epoch top-1", MAX), ("best-epoch top-1", MAX), ("paper", None),
-               ("Δ last", None), ("Δ best", None),
+               ("Δ last", None), ("Δ best", None), (IJCNN_COLUMN, None),
                *((f"{which}-epoch {metric.header}", metric.better) for metric in metrics for which in ("last", "best")),
                ("runs", None)]
-    lines = []
+    lines, notes = [], {}
     for row in rows:
         last, best = row.stat("last", ACC1), row.stat("best", ACC1)
         teacher = row.teacher or ""
@@ -576,9 +682,19 @@ def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
         lines.append([row.dataset, row.model, row.method, teacher, protocol,
                       describe(varying_settings(rows, row)), last, best, Stat(row.paper),
                       Stat(difference(last.mean, row.paper), signed=True),
-                      Stat(difference(best.mean, row.paper), signed=True),
+                      Stat(difference(best.mean, row.paper), signed=True), ijcnn_cell(row, notes),
                       *(row.stat(which, metric) for metric in metrics for which in ("last", "best")), row.status()])
     table = Table([header for header, _ in columns], lines, [better for _, better in columns])
+    reference_lines = [paper_references(dataset, model, notes)
+                       for dataset, model in dict.fromkeys((row.dataset, row.model) for row in rows)]
+    table.after += [f"paper: {source}." for source in dict.fromkeys(paper_source(row.model) for row in rows
+                                                                      if row.paper is not None)]
+    table.after += [*filter(None, reference_lines), *(f"[{index}] {source}." for source, index in notes.items())]
+    column = table.header.index(IJCNN_COLUMN)
+    if any("†" in line[column] for line in lines):
+        table.after.append("† Not like-for-like: the row's runs do not follow that number's protocol (in its note).")
+    if all(line[column] == NONE for line in lines):
+        table.drop(column)
     if len({row.dataset for row in rows}) == 1:  # named in the caption instead
         table.drop(0)
     return table
@@ -663,13 +779,22 @@ def _grid_cell(row: Row | None, which: str, metric: Metric) -> Stat | str:
     return stat
 
 
+def other_published(row: Row) -> tuple[Published, ...]:
+    """The published numbers shown beside ``row`` other than the one in its paper column."""
+    if row.selfkd is None:
+        return ijcnn_published(row.dataset, row.model, row.method, row.teacher)
+    like = like_for_like(row)
+    return tuple(number for number in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd, row.model)
+                 if number is not like)
+
+
 def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
     """Every row (of both tables and the sweeps) as one CSV table; the numbers unrounded, none left empty."""
     extra = [f"{which}_{metric.key}_{part}" for metric in metrics for which in ("last", "best")
              for part in ("mean", "std")]
     columns = ["dataset", "model", "method", "teacher", "teacher_acc1", "protocol", "batch_size", "lr", "epochs",
                "settings", "seeds", "finished", "runs", "last_mean", "last_std", "best_mean", "best_std", *extra,
-               "paper", "diff_last", "diff_best", "status", "run_dirs", "paper_source"]
+               "paper", "diff_last", "diff_best", "status", "run_dirs", "paper_source", "published_other"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
@@ -691,6 +816,7 @@ def csv_text(rows: list[Row], metrics: tuple[Metric, ...]) -> str:
             "best_std": best_std, **numbers, "paper": row.paper, "diff_last": difference(last, row.paper),
             "diff_best": difference(best, row.paper), "status": row.status(),
             "run_dirs": " ".join(str(run.run_dir) for run in row.runs), "paper_source": row.paper_source,
+            "published_other": " | ".join(f"{number.top1} ({number.source})" for number in other_published(row)),
         })
     return out.getvalue()
 
@@ -724,9 +850,9 @@ def report(rows: list[Row], metrics: tuple[Metric, ...] = ()) -> list[Section]:
             "Test top-1 accuracy (%), mean ± sample std over the finished seeds (unfinished seeds are counted in "
             "the runs columns, never averaged). last-epoch: after the final epoch; best-epoch: the best of all "
             "epochs (chosen on the test split). The CE row's + Tf-FD cells are Tf-FD alone. Published numbers "
-            "are for the method alone (no source reports another method + Tf-FD; Tf-FD itself is published on "
-            "ImageNet ResNet-18 only), each with a note naming its source, backbone and protocol; † marks a "
-            "number that is not like-for-like with the runs. Self-KD-Lib's "
+            "are shown beside the row of their method, alone or + Tf-FD (only Tf-FD's IJCNN version combines "
+            "Tf-FD with other methods: label smoothing, Cutout, AutoAugment), each with a note naming its source, "
+            "backbone and protocol; † marks a number that is not like-for-like with the runs. Self-KD-Lib's "
             "table is for PreAct ResNet-18: like-for-like only beside preact_resnet18 runs under its protocol "
             "(scripts/reproduce_selfkd.sh --model preact_resnet18), another backbone beside cifar_resnet18 runs.")
         sections.append(Section("Self-distillation: method × {alone, + Tf-FD}", [intro + metric_notes(metrics)],
@@ -883,7 +1009,8 @@ def bar_figures(rows: list[Row]) -> tuple[list[plots.Bars], list[str]]:
             group = name + (f"\n{settings}" if settings else "")
             groups.append(group)
             like = like_for_like(alone) if alone else None
-            others = [number.top1 for number in published_for(name, context.dataset) if number is not like]
+            others = [number.top1 for number in published_for(name, context.dataset, False, context.model)
+                      if number is not like]
             bars[(group, "alone")] = plots.Bar(stat_of(alone, "best"), like.top1 if like else None, others)
             bars[(group, "+ Tf-FD")] = plots.Bar(stat_of(with_tffd, "best"))
         if any(bar.paper is not None or bar.others for bar in bars.values()):

@@ -1,4 +1,5 @@
-"""Published CIFAR-100 top-1 accuracies (%) that collect_results.py shows beside our runs.
+"""Published top-1 accuracies (%), and calibration numbers where a source gives them, that collect_results.py
+shows beside our runs.
 
 The Tf-FD paper's table (ECCV 2022 poster; docs/METHOD.md): its baseline and KD numbers are those of the
 CIFAR-100 KD benchmark the poster reuses; the teachers' own accuracies are that benchmark's too. The paper
@@ -8,6 +9,11 @@ with them.
 The self-distillation table (scripts/reproduce_selfkd.sh): Self-KD-Lib's README table and the methods'
 own papers and repositories, each number with its source, backbone and protocol. Where a source reports
 an error rate, the top-1 is written as 100 - that error.
+
+Tf-FD's IJCNN 2022 version (TFD) reports its own CIFAR-100 and ImageNet tables under other protocols: its
+Tf-FD and KD + Tf-FD cells are shown beside the paper table's rows (IJCNN_TABLE), its Tf-FD combined with
+label smoothing (TFD†), Cutout and AutoAugment in the self-distillation tables (a method + Tf-FD), and what
+no config here can run (Tf-FD + Dropout, Tf-FD + CRD, ESKD, ...) as references (REFERENCES).
 """
 from __future__ import annotations
 
@@ -18,15 +24,21 @@ TFFD_PAPER = ("Tf-FD paper (ECCV 2022), CIFAR-100 table (its baseline, teacher a
 BASELINE, TFFD, KD, KD_TFFD = "Baseline", "Tf-FD", "KD", "KD+Tf-FD"
 METHODS = (BASELINE, TFFD, KD, KD_TFFD)  # the table's column order
 
-# student -> (teacher of the KD rows, {method: top-1})
+CRD_README = ("CRD benchmark README (HobbitLong/RepDistiller, table 1: teacher and student of the same type), "
+              "its train_student.py defaults: 240 epochs, batch 64, SGD momentum 0.9 without Nesterov, lr 0.05 x0.1 "
+              "at 150/180/210, wd 5e-4; the poster has no WRN-40-1")
+
+# student -> (teacher of the KD rows, {method: top-1}); a method the source does not report is left out
 CIFAR100_STUDENTS: dict[str, tuple[str, dict[str, float]]] = {
     "resnet20": ("resnet110", {BASELINE: 69.06, TFFD: 70.62, KD: 70.67, KD_TFFD: 71.56}),
     "resnet32": ("resnet110", {BASELINE: 71.14, TFFD: 72.55, KD: 73.08, KD_TFFD: 73.68}),
     "wrn_16_2": ("wrn_40_2", {BASELINE: 73.26, TFFD: 74.33, KD: 74.92, KD_TFFD: 75.68}),
     "resnet8x4": ("resnet32x4", {BASELINE: 72.50, TFFD: 73.62, KD: 73.33, KD_TFFD: 75.65}),
     "vgg8": ("vgg13", {BASELINE: 70.36, TFFD: 71.62, KD: 72.98, KD_TFFD: 74.08}),
+    "wrn_40_1": ("wrn_40_2", {BASELINE: 71.98, KD: 73.54}),  # CRD_README's; Tf-FD's are the IJCNN version's only
 }
 CIFAR100_TEACHERS: dict[str, float] = {"resnet110": 74.31, "wrn_40_2": 75.61, "resnet32x4": 79.42, "vgg13": 74.64}
+STUDENT_SOURCES = {"wrn_40_1": CRD_README}  # students whose cells come from another source than TFFD_PAPER
 
 
 def paper_cells() -> list[tuple[str, str, str | None, float]]:
@@ -35,7 +47,8 @@ def paper_cells() -> list[tuple[str, str, str | None, float]]:
     cells = [(teacher, BASELINE, None, acc) for teacher, acc in CIFAR100_TEACHERS.items()]
     for student, (teacher, row) in CIFAR100_STUDENTS.items():
         for method in METHODS:
-            cells.append((student, method, teacher if method in (KD, KD_TFFD) else None, row[method]))
+            if method in row:
+                cells.append((student, method, teacher if method in (KD, KD_TFFD) else None, row[method]))
     return cells
 
 
@@ -49,12 +62,18 @@ def paper_top1(dataset: str, model: str, method: str, teacher: str | None) -> fl
     return None
 
 
+def paper_source(model: str) -> str:
+    """Where the paper column's numbers of ``model``'s row come from."""
+    return STUDENT_SOURCES.get(model, TFFD_PAPER)
+
+
 # ---------------------------------------------------------------- the self-distillation table
-# A run's row name, from its loss terms (other than ce and tffd) and batch transforms; also the row order.
+# A run's row name, from its loss terms (other than ce and tffd), CE's label smoothing, augmentations and batch
+# transforms; also the row order.
 SELFKD_NAMES: dict[str, str] = {
     "ce": "CE", "ddgsd": "DDGSD", "dks": "DKS", "sad": "SAD", "byot": "BYOT", "tf_kd_reg": "Tf-KD-reg",
     "cs_kd": "CS-KD", "frskd": "FRSKD", "ps_kd": "PS-KD", "bake": "BAKE", "mixskd": "MixSKD", "dlb": "DLB",
-    "uskd": "USKD", "zipf_ls": "Zipf-LS", "focal": "Focal", "max_entropy": "MaxEnt",
+    "uskd": "USKD", "zipf_ls": "Zipf-LS", "label_smoothing": "LS", "focal": "Focal", "max_entropy": "MaxEnt",
     "cutout": "Cutout", "random_erase": "RandErase", "mixup": "Mixup", "cutmix": "CutMix", "autoaugment": "AutoAug",
 }
 
@@ -70,6 +89,11 @@ class Published:
                               # Self-KD-Lib's on CIFAR-100, the standard 100-epoch recipe on ImageNet
     baseline: float | None = None  # the same source's CE number under the same protocol, if it gives one
     dataset: str = "cifar100"
+    schedule: str | None = None    # configs/_base_/<schedule>: the source's protocol where it is not our
+                                   # self-KD one (selfkd_protocol False); runs that follow it are like-for-like
+    nll: float | None = None       # the source's calibration numbers, where it gives them (NLL in nats,
+    ece: float | None = None       # ECE in %, AURC x 10^3; its source string says how it measures them)
+    aurc: float | None = None
 
 
 SELFKD_LIB = ("Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch, "
@@ -77,10 +101,16 @@ SELFKD_LIB = ("Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct 
 TF_KD_REPO = ("Tf-KD repository figures (yuanli2333/Teacher-free-Knowledge-Distillation): ResNet18 "
               "(post-activation, the architecture of our cifar_resnet18), its own protocol: 200 epochs, "
               "1-epoch warm-up, x0.2 at 60/120/160, RandomRotation(15)")
+PS_KD_CALIBRATION = ("; NLL, ECE and AURC as its utils/metric.py computes them: NLL the mean test cross-entropy, "
+                     "ECE with 10 equal-width confidence bins (ours: 15), AURC x 10^3")
 PS_KD_README = ("PS-KD README (lgcnsai/PS-KD-Pytorch): PreAct ResNet-18, its own protocol: 300 epochs, "
-                "x0.1 at 150/225; top-1 = 100 - the error it reports (CE 24.18, PS-KD 20.82)")
+                "x0.1 at 150/225; top-1 = 100 - the error it reports (CE 24.18, PS-KD 20.82)" + PS_KD_CALIBRATION)
 PS_KD_README_CS_KD = ("PS-KD README (lgcnsai/PS-KD-Pytorch), its re-run of CS-KD: PreAct ResNet-18, "
-                      "protocol not given; top-1 = 100 - the error it reports (21.30)")
+                      "protocol not given; top-1 = 100 - the error it reports (21.30)" + PS_KD_CALIBRATION)
+PS_KD_README_OTHERS = ("PS-KD README (lgcnsai/PS-KD-Pytorch), its runs of label smoothing and of TF-KD (Tf-KD's self "
+                       "or reg variant: not said): PreAct ResNet-18, protocol and settings not given (the repository "
+                       "has no code for either); top-1 = 100 - the error it reports (LS 20.94, TF-KD 22.88)"
+                       + PS_KD_CALIBRATION)
 CUTOUT_PAPER = ("Cutout paper (DeVries and Taylor, 2017; uoguelph-mlrg/Cutout): ResNet-18, its own protocol; "
                 "top-1 = 100 - the error it reports (22.46 -> 21.96)")
 CUTMIX_PAPER = ("CutMix (Yun et al., ICCV 2019; clovaai/CutMix-PyTorch): PyramidNet-200, its own protocol; "
@@ -95,16 +125,42 @@ ZIPF_REPO = ("Zipf's LS README (megvii-research/zipfls): PreAct ResNet-18, its o
 BYOT_REPO = ("luanyunteng/pytorch-be-your-own-teacher README, its own run: ResNet18 (post-activation), the "
              "deepest classifier (4/4), its own protocol: 200 epochs, /10 at 75/130/180")
 
+# Tf-FD's IJCNN 2022 version: "Teacher-free Distillation via Regularizing Intermediate Representation" (TFD).
+# Its text is index.md of the released repository's gh-pages branch at commit c4fd201 (not in the current file).
+IJCNN = ("Tf-FD's IJCNN 2022 version (TFD; lliai/Teacher-free-Distillation, gh-pages branch, index.md at "
+         "c4fd201)")
+IJCNN_CIFAR = ("CIFAR-100, the protocol its text states (CRD's): 240 epochs, batch 64, SGD wd 5e-4, lr 0.05 x0.1 "
+               "at 150/180/210; lambda_inter 0.005, lambda_intra 0.0004")
+IJCNN_FD = (IJCNN + ", table tab:cifar-FD (vs feature distillation), " + IJCNN_CIFAR +
+            "; 'top-1 best accuracies (%) for our method over 3 runs'")
+IJCNN_OTHER = (IJCNN + ", table tab:other (vs KD, VID, PKT, RKD, CC, CRD), " + IJCNN_CIFAR +
+               "; 'top-1 the best accuracies (%) for our method over 3 runs'")
+IJCNN_BOTH = (IJCNN + ", tables tab:cifar-FD and tab:other (the same number in both), " + IJCNN_CIFAR +
+              "; 'top-1 best accuracies (%) for our method over 3 runs'")
+IJCNN_ABLATION = (IJCNN + ", table tab:Ablation-other-training (TFD with other training techniques, ResNet32), " +
+                  IJCNN_CIFAR + "; mean of 3 runs (the ablation section's rule); + Logit KD: teacher ResNet110; "
+                  "the smoothing value, the Cutout size and the AutoAugment policy are not given")
+IJCNN_IMAGENET = (IJCNN + ", table tab:imagnet-sota: ImageNet ResNet-18 (ResNet-34, 73.40, the teacher of the "
+                  "teacher-based rows), 100 epochs, lr 0.1 x0.1 at 30/60/90 (batch size and weight decay not "
+                  "stated); 'all results of other methods are reproduced under the same training settings'")
+IJCNN_LS = "; TFD† = TFD + label smoothing (its value not given)"
+TFFD_PAPER_PROTOCOL = "protocols/tffd_paper.yaml"  # IJCNN_CIFAR's protocol: CRD's, with its lambdas
+
 PREACT_18 = "PreAct ResNet-18"
 SELFKD_PUBLISHED: dict[str, tuple[Published, ...]] = {
-    "CE": (Published(76.24, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
+    "CE": (Published(76.24, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+           Published(round(100 - 24.18, 2), PS_KD_README, PREACT_18, "preact_resnet18", False,
+                     nll=1.10, ece=11.84, aurc=67.65)),
     "Tf-KD-reg": (Published(76.61, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
-                  Published(77.36, TF_KD_REPO, "ResNet18", "cifar_resnet18", False, baseline=75.87)),
+                  Published(77.36, TF_KD_REPO, "ResNet18", "cifar_resnet18", False, baseline=75.87),
+                  Published(round(100 - 22.88, 2), PS_KD_README_OTHERS, PREACT_18, "preact_resnet18", False,
+                            nll=1.05, ece=11.96, aurc=61.77)),
     "CS-KD": (Published(78.66, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
-              Published(round(100 - 21.30, 2), PS_KD_README_CS_KD, PREACT_18, "preact_resnet18", False)),
+              Published(round(100 - 21.30, 2), PS_KD_README_CS_KD, PREACT_18, "preact_resnet18", False,
+                        nll=0.88, ece=6.24, aurc=56.56)),
     "PS-KD": (Published(79.31, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
               Published(round(100 - 20.82, 2), PS_KD_README, PREACT_18, "preact_resnet18", False,
-                        baseline=round(100 - 24.18, 2))),
+                        baseline=round(100 - 24.18, 2), nll=0.76, ece=1.77, aurc=52.10)),
     "BYOT": (Published(77.88, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
              Published(78.64, BYOT_PAPER, "ResNet18", None, False),
              Published(78.73, BYOT_REPO, "ResNet18", "cifar_resnet18", False)),
@@ -123,26 +179,58 @@ SELFKD_PUBLISHED: dict[str, tuple[Published, ...]] = {
              Published(round(100 - 21.28, 2), BAKE_PAPER, PREACT_18, "preact_resnet18", False)),
     "MixSKD": (Published(80.32, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
     "Zipf-LS": (Published(77.38, ZIPF_REPO, PREACT_18, "preact_resnet18", False, baseline=75.51),),
+    "LS": (Published(78.72, SELFKD_LIB, PREACT_18, "preact_resnet18", True),
+           Published(round(100 - 20.94, 2), PS_KD_README_OTHERS, PREACT_18, "preact_resnet18", False,
+                     nll=0.98, ece=10.79, aurc=57.74)),
     "Focal": (Published(76.19, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
     "MaxEnt": (Published(76.50, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
     "RandErase": (Published(76.75, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
     "AutoAug": (Published(77.97, SELFKD_LIB, PREACT_18, "preact_resnet18", True),),
-}  # none for Tf-FD, DLB or USKD on CIFAR-100 at these backbones; none for any method + Tf-FD
+}  # none for Tf-FD, DLB or USKD on CIFAR-100 at these backbones
 
 
-# ---------------------------------------------------------------- ImageNet (configs/imagenet/resnet18_*.yaml)
+# ---------------------------------------------------------------- ImageNet (configs/imagenet/)
 IMAGENET_RECIPE = "the standard 100-epoch recipe (batch 256, lr 0.1, /10 at 30/60/90, wd 1e-4)"
-TFFD_IJCNN = ("Tf-FD, IJCNN version (docs/METHOD.md): ImageNet ResNet-18, " + IMAGENET_RECIPE + "; the ECCV paper "
-              "reports +0.91 over its own baseline, without the absolute numbers")
+TFFD_IJCNN = (IJCNN_IMAGENET + "; the ECCV paper reports +0.91 over its own baseline, without the absolute numbers")
 USKD_REPO = ("USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet ResNet-18 in mmcls, " + IMAGENET_RECIPE +
              " (res18_sd_img.py)")
+USKD_R50 = ("USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet ResNet-50 in mmcls, " + IMAGENET_RECIPE +
+            " (res50_sd_img.py on resnet50_8xb32_in1k.py)")
+USKD_MV1 = ("USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet MobileNet (V1, the repository's own "
+            "mmcls backbone), " + IMAGENET_RECIPE + " (mv1_sd_img.py on mobilenet_v1.py)")
+USKD_MV2 = ("USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet MobileNetV2 in mmcls, mmcls's MobileNetV2 "
+            "recipe: 300 epochs, batch 256, lr 0.045 x0.98 after every epoch, wd 4e-5 (mv2_sd_img.py on "
+            "mobilenet-v2_8xb32_in1k.py)")
+MOBILENETV2_300E = "schedules/imagenet_mobilenetv2_300e.yaml"  # the schedule of USKD_MV2's protocol
 IMAGENET_PUBLISHED: dict[str, tuple[Published, ...]] = {
     "CE": (Published(69.75, TFFD_IJCNN, "ResNet-18", "resnet18", True, dataset="imagenet"),
-           Published(69.90, USKD_REPO, "ResNet-18", "resnet18", True, dataset="imagenet")),
-    "USKD": (Published(70.79, USKD_REPO, "ResNet-18", "resnet18", True, baseline=69.90, dataset="imagenet"),),
+           Published(69.90, USKD_REPO, "ResNet-18", "resnet18", True, dataset="imagenet"),
+           Published(76.55, USKD_R50, "ResNet-50", "resnet50", True, dataset="imagenet"),
+           Published(69.21, USKD_MV1, "MobileNet", "mobilenetv1", True, dataset="imagenet"),
+           Published(71.86, USKD_MV2, "MobileNetV2", "mobilenetv2_imagenet", False, dataset="imagenet",
+                     schedule=MOBILENETV2_300E)),
+    "USKD": (Published(70.79, USKD_REPO, "ResNet-18", "resnet18", True, baseline=69.90, dataset="imagenet"),
+             Published(77.07, USKD_R50, "ResNet-50", "resnet50", True, baseline=76.55, dataset="imagenet"),
+             Published(70.38, USKD_MV1, "MobileNet", "mobilenetv1", True, baseline=69.21, dataset="imagenet"),
+             Published(72.41, USKD_MV2, "MobileNetV2", "mobilenetv2_imagenet", False, baseline=71.86,
+                       dataset="imagenet", schedule=MOBILENETV2_300E)),
+    "FRSKD": (Published(70.17, TFFD_IJCNN, "ResNet-18", "resnet18", True, baseline=69.75, dataset="imagenet"),),
+    "BYOT": (Published(69.84, TFFD_IJCNN, "ResNet-18", "resnet18", True, baseline=69.75, dataset="imagenet"),),
 }  # none for CS-KD or PS-KD with ResNet-18 (PS-KD's ImageNet number is ResNet-152's)
-SELFKD_PUBLISHED_TFFD: dict[str, tuple[Published, ...]] = {  # a method + Tf-FD: only CE + Tf-FD, i.e. Tf-FD
+
+# A method + Tf-FD; the CE row's + Tf-FD is Tf-FD alone. Only the IJCNN version combines Tf-FD with other methods.
+SELFKD_PUBLISHED_TFFD: dict[str, tuple[Published, ...]] = {
     "CE": (Published(70.55, TFFD_IJCNN, "ResNet-18", "resnet18", True, baseline=69.75, dataset="imagenet"),),
+    "LS": (Published(71.11, IJCNN_BOTH + IJCNN_LS, "ResNet20", "resnet20", False, baseline=69.06, schedule=TFFD_PAPER_PROTOCOL),
+           Published(73.22, IJCNN_BOTH + IJCNN_LS, "ResNet32", "resnet32", False, baseline=71.14, schedule=TFFD_PAPER_PROTOCOL),
+           Published(73.20, IJCNN_ABLATION, "ResNet32", "resnet32", False, baseline=71.14, schedule=TFFD_PAPER_PROTOCOL),
+           Published(75.01, IJCNN_FD + IJCNN_LS, "WRN-16-2", "wrn_16_2", False, baseline=73.26, schedule=TFFD_PAPER_PROTOCOL),
+           Published(75.05, IJCNN_OTHER + IJCNN_LS, "WRN-16-2", "wrn_16_2", False, baseline=73.26, schedule=TFFD_PAPER_PROTOCOL),
+           Published(74.02, IJCNN_BOTH + IJCNN_LS, "WRN-40-1", "wrn_40_1", False, baseline=71.98, schedule=TFFD_PAPER_PROTOCOL),
+           Published(70.66, TFFD_IJCNN + IJCNN_LS, "ResNet-18", "resnet18", True, baseline=69.75,
+                     dataset="imagenet")),
+    "Cutout": (Published(73.01, IJCNN_ABLATION, "ResNet32", "resnet32", False, baseline=71.14, schedule=TFFD_PAPER_PROTOCOL),),
+    "AutoAug": (Published(73.17, IJCNN_ABLATION, "ResNet32", "resnet32", False, baseline=71.14, schedule=TFFD_PAPER_PROTOCOL),),
 }
 
 
@@ -154,3 +242,70 @@ def selfkd_published(method: str, dataset: str = "cifar100", with_tffd: bool = F
     else:
         numbers = SELFKD_PUBLISHED.get(method, ()) + IMAGENET_PUBLISHED.get(method, ())
     return tuple(number for number in numbers if number.dataset == dataset)
+
+
+# ---------------------------------------------------------------- the IJCNN version beside the paper table's rows
+# (dataset, model, method, teacher) -> numbers, shown beside the paper table's row of that cell
+IJCNN_TABLE: dict[tuple[str, str, str, str | None], tuple[Published, ...]] = {
+    ("cifar100", "resnet20", TFFD, None): (Published(70.56, IJCNN_BOTH, "ResNet20", "resnet20", False,
+                                                     schedule=TFFD_PAPER_PROTOCOL),),
+    ("cifar100", "resnet32", TFFD, None): (Published(72.73, IJCNN_BOTH, "ResNet32", "resnet32", False,
+                                                     schedule=TFFD_PAPER_PROTOCOL),
+                                           Published(72.73, IJCNN_ABLATION, "ResNet32", "resnet32", False,
+                                                     schedule=TFFD_PAPER_PROTOCOL)),
+    ("cifar100", "wrn_16_2", TFFD, None): (Published(74.39, IJCNN_FD, "WRN-16-2", "wrn_16_2", False, schedule=TFFD_PAPER_PROTOCOL),
+                                           Published(74.49, IJCNN_OTHER, "WRN-16-2", "wrn_16_2", False,
+                                                     schedule=TFFD_PAPER_PROTOCOL)),
+    ("cifar100", "wrn_40_1", TFFD, None): (Published(73.08, IJCNN_FD, "WRN-40-1", "wrn_40_1", False, schedule=TFFD_PAPER_PROTOCOL),
+                                           Published(73.09, IJCNN_OTHER, "WRN-40-1", "wrn_40_1", False,
+                                                     schedule=TFFD_PAPER_PROTOCOL)),
+    ("cifar100", "resnet20", KD_TFFD, "resnet110"): (Published(71.96, IJCNN_OTHER, "ResNet20", "resnet20", False,
+                                                               schedule=TFFD_PAPER_PROTOCOL),),
+    ("cifar100", "resnet32", KD_TFFD, "resnet110"): (Published(73.88, IJCNN_OTHER, "ResNet32", "resnet32", False,
+                                                               schedule=TFFD_PAPER_PROTOCOL),
+                                                     Published(73.88, IJCNN_ABLATION, "ResNet32", "resnet32", False,
+                                                               schedule=TFFD_PAPER_PROTOCOL)),
+    ("cifar100", "wrn_16_2", KD_TFFD, "wrn_40_2"): (Published(75.68, IJCNN_OTHER, "WRN-16-2", "wrn_16_2", False,
+                                                              schedule=TFFD_PAPER_PROTOCOL),),
+    ("cifar100", "wrn_40_1", KD_TFFD, "wrn_40_2"): (Published(74.46, IJCNN_OTHER, "WRN-40-1", "wrn_40_1", False,
+                                                              schedule=TFFD_PAPER_PROTOCOL),),
+    ("imagenet", "resnet18", KD, "resnet34"): (Published(70.66, TFFD_IJCNN, "ResNet-18", "resnet18", True,
+                                                         baseline=69.75, dataset="imagenet"),),
+    ("imagenet", "resnet34", BASELINE, None): (Published(73.40, TFFD_IJCNN, "ResNet-34", "resnet34", True,
+                                                         dataset="imagenet"),),
+}
+
+
+def ijcnn_published(dataset: str, model: str, method: str, teacher: str | None) -> tuple[Published, ...]:
+    """The IJCNN version's numbers of a paper-table cell, or ()."""
+    return IJCNN_TABLE.get((dataset, model, method, teacher), ())
+
+
+# ---------------------------------------------------------------- references: what no config here runs
+@dataclass(frozen=True)
+class Reference:
+    """A published number of a method this codebase has no config for, shown under the tables of its backbone."""
+    label: str
+    number: Published
+
+
+REFERENCES: tuple[Reference, ...] = (
+    Reference("Tf-FD + Dropout", Published(72.86, IJCNN_ABLATION, "ResNet32", "resnet32", False, baseline=71.14,
+                                           schedule=TFFD_PAPER_PROTOCOL)),
+    *(Reference(f"Tf-FD + CRD (teacher {teacher})", Published(top1, IJCNN_OTHER, backbone, model, False,
+                                                              schedule=TFFD_PAPER_PROTOCOL))
+      for model, backbone, teacher, top1 in (("resnet20", "ResNet20", "resnet110", 72.08),
+                                             ("resnet32", "ResNet32", "resnet110", 73.96),
+                                             ("wrn_16_2", "WRN-16-2", "wrn_40_2", 75.85),
+                                             ("wrn_40_1", "WRN-40-1", "wrn_40_2", 74.76))),
+    *(Reference(label, Published(top1, TFFD_IJCNN, "ResNet-18", "resnet18", True, baseline=69.75, dataset="imagenet"))
+      for label, top1 in (("ESKD (teacher ResNet-34)", 70.89), ("ATKD (teacher ResNet-34)", 70.78), ("ONE", 70.55))),
+    *(Reference(label, Published(top1, SELFKD_LIB, PREACT_18, "preact_resnet18", True))
+      for label, top1 in (("Virtual Softmax", 78.54), ("RandAugment", 76.86), ("AugMix", 76.22),
+                          ("TrivialAugment", 76.03))),
+)
+
+
+def references(dataset: str, model: str) -> tuple[Reference, ...]:
+    return tuple(reference for reference in REFERENCES
+                 if (reference.number.dataset, reference.number.model) == (dataset, model))

@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-METHODS=(ce tffd ddgsd dks sad byot tf_kd_reg cs_kd frskd ps_kd bake mixskd dlb uskd zipf_ls focal max_entropy cutout random_erase mixup cutmix autoaugment)  # a new method: its name here, and its two configs
+METHODS=(ce tffd ddgsd dks sad byot tf_kd_reg cs_kd frskd ps_kd bake mixskd dlb uskd zipf_ls label_smoothing focal max_entropy cutout random_erase mixup cutmix autoaugment)  # a new method: its name here, and its two configs
 ALONE_ONLY=" ce tffd "  # methods without a separate + Tf-FD config (CE + Tf-FD is the tffd row)
 MODELS=(cifar_resnet18 preact_resnet18)
 CONFIG_MODEL=cifar_resnet18  # the backbone the configs name

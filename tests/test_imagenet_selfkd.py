@@ -1,5 +1,6 @@
-"""The ImageNet self-KD configs (configs/imagenet/resnet18_{uskd,ps_kd,cs_kd}[_tffd].yaml) and what PS-KD's
-ImageNet-sized table needs: host storage and a narrower dtype (losses/ps_kd.py)."""
+"""The ImageNet self-KD configs (configs/imagenet/resnet18_{uskd,ps_kd,cs_kd}[_tffd].yaml; USKD on ResNet-50,
+MobileNet and MobileNetV2) and what PS-KD's ImageNet-sized table needs: host storage and a narrower dtype
+(losses/ps_kd.py)."""
 from __future__ import annotations
 
 import pytest
@@ -38,6 +39,44 @@ def test_imagenet_configs_hold_the_100_epoch_recipe_and_the_methods_settings(met
         plus, alone = to_dict(config), to_dict(load_config(REPO / f"configs/imagenet/resnet18_{method}.yaml"))
         plus["loss"]["terms"], plus["loss"]["tffd"] = alone["loss"]["terms"], alone["loss"]["tffd"]
         assert plus == alone
+
+
+# USKD on the other ImageNet backbones of yzd-v/cls_KD's table: (model, the configs' prefix, the width of the
+# stage its config's ``channel`` names for the weak head, the recipe: epochs, lr, weight decay)
+USKD_BACKBONES = [("resnet50", "resnet50", 1024, (100, 0.1, 1e-4)),
+                  ("mobilenetv1", "mobilenetv1", 512, (100, 0.1, 1e-4)),
+                  ("mobilenetv2_imagenet", "mobilenetv2", 320, (300, 0.045, 4e-5))]
+
+
+@pytest.mark.parametrize("model, prefix, channels, recipe", USKD_BACKBONES)
+def test_uskd_configs_put_the_weak_head_where_cls_kd_does(model, prefix, channels, recipe):
+    from engine.config import load_config
+    from models import build_model
+
+    config = load_config(REPO / f"configs/imagenet/{prefix}_uskd.yaml")
+    assert (config.model.name, config.loss.terms) == (model, ["ce", "uskd"])
+    assert (config.loss.uskd.alpha, config.loss.uskd.beta, config.loss.uskd.mu) == (1.0, 0.1, 0.005)
+    assert (config.train.epochs, config.train.lr, config.train.weight_decay) == recipe
+    with torch.no_grad():
+        _, feats = build_model(model, 1000).eval()(torch.zeros(1, 3, 64, 64))
+    assert feats[config.loss.uskd.stage].shape[1] == channels
+    plus, alone = to_dict(load_config(REPO / f"configs/imagenet/{prefix}_uskd_tffd.yaml")), to_dict(config)
+    assert plus["loss"]["terms"] == ["ce", "uskd", "tffd"]
+    assert plus["loss"]["tffd"] == to_dict(load_config(REPO / f"configs/imagenet/{prefix}_tffd.yaml"))["loss"]["tffd"]
+    plus["loss"]["terms"], plus["loss"]["tffd"] = alone["loss"]["terms"], alone["loss"]["tffd"]
+    assert plus == alone
+
+
+def test_the_mobilenetv2_recipe_is_mmcls_steplr_of_0_98_per_epoch():
+    from engine.config import load_config
+    from engine.schedule import lr_factor
+
+    train = load_config(REPO / "configs/imagenet/mobilenetv2_ce.yaml").train
+    assert (train.batch_size, train.momentum, train.nesterov, train.lr_warmup_epochs) == (256, 0.9, False, 0)
+    steps = 3  # per epoch
+    for epoch in range(train.epochs):
+        factor = lr_factor(epoch * steps + 1, steps, train.milestones, train.gamma, train.lr_warmup_epochs)
+        assert factor == pytest.approx(0.98 ** epoch, rel=1e-12)
 
 
 # ---------------------------------------------------------------- PS-KD: storage and dtype

@@ -176,8 +176,10 @@ def test_shipped_configs_fit_their_model(path):
 
 
 def test_imagenet_tffd_configs_use_the_28_14_7_stages():
-    for model in ("resnet18", "resnet50", "mobilenetv1"):
-        config = load_config(Path(REPO, "configs/imagenet", f"{model}_tffd.yaml"))
+    for model, prefix in (("resnet18", "resnet18"), ("resnet50", "resnet50"), ("mobilenetv1", "mobilenetv1"),
+                          ("mobilenetv2_imagenet", "mobilenetv2")):
+        config = load_config(Path(REPO, "configs/imagenet", f"{prefix}_tffd.yaml"))
+        assert config.model.name == model
         stages = EXPECTED[model][2]
         used = config.loss.tffd.stages or range(1, len(stages) + 1)
         assert [stages[k - 1][1] for k in used] == [28, 14, 7], model

@@ -27,8 +27,11 @@ import sweep  # noqa: E402
 
 ONE_EPOCH = [*SMOKE, "data.num_train=256", "data.num_test=128", "train.epochs=1"]
 STUDENTS = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2", "resnet8x4": "resnet32x4",
-            "vgg8": "vgg13"}
+            "vgg8": "vgg13", "wrn_40_1": "wrn_40_2"}
 ROWS = ("ce", "tffd", "kd", "kd_tffd")
+# the IJCNN version's method + Tf-FD rows: TFD† (+ label smoothing) for its four students, ResNet-32's others
+IJCNN_ROWS = {f"{student}_label_smoothing_tffd" for student in ("resnet20", "resnet32", "wrn_16_2", "wrn_40_1")} | {
+    "resnet32_cutout_tffd", "resnet32_autoaugment_tffd"}
 
 
 def run_script(script: str, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -134,13 +137,19 @@ def test_collect_results_on_a_partial_cifar100_table(tmp_path, capfd):
     mean_last, mean_best = statistics.fmean(lasts), statistics.fmean(bests)
     assert f"| {mean_last:.2f} ± {statistics.stdev(lasts):.2f} | {mean_best:.2f} ± {statistics.stdev(bests):.2f} |" \
         in baseline
-    assert f"| 69.06 | {mean_last - 69.06:+.2f} | {mean_best - 69.06:+.2f} | 3/3 finished |" in baseline
+    assert f"| 69.06 | {mean_last - 69.06:+.2f} | {mean_best - 69.06:+.2f} | none | 3/3 finished |" in baseline
     assert "batch 64, lr 0.05, 240 ep" in baseline
     kd = lines[("resnet20", "KD")]  # the unfinished seed is marked, not averaged
-    assert "| 70.90 | 71.00 | 70.67 | +0.23 | +0.33 | 1/2 finished; seed 1: epoch 17/240 |" in kd
+    assert "| 70.90 | 71.00 | 70.67 | +0.23 | +0.33 | none | 1/2 finished; seed 1: epoch 17/240 |" in kd
     assert "missing" in lines[("resnet20", "Tf-FD")] and "| 70.62 |" in lines[("resnet20", "Tf-FD")]
+    assert "| 70.56 [1] | missing |" in lines[("resnet20", "Tf-FD")]  # the IJCNN version's, no runs to compare
     assert "missing" in lines[("vgg8", "KD+Tf-FD")] and "missing" in lines[("resnet110", "Baseline")]
-    assert len([line for line in lines.values() if "missing" in line]) == 4 + 5 * 4 - 2
+    # WRN-40-1's baseline and KD from the KD benchmark; its Tf-FD rows the IJCNN version's only
+    assert "| 71.98 |" in lines[("wrn_40_1", "Baseline")] and "| 73.54 |" in lines[("wrn_40_1", "KD")]
+    assert re.search(r"\| – \| – \| – \| 73\.08 \[\d\]; 73\.09 \[\d\] \| missing \|$",
+                     lines[("wrn_40_1", "Tf-FD")])
+    assert "paper: CRD benchmark README (HobbitLong/RepDistiller" in out
+    assert len([line for line in lines.values() if "missing" in line]) == 4 + (5 * 4 + 2) + 2 - 2
 
 
 def test_sweep_runs_a_grid_skips_finished_points_and_feeds_the_hparams_tab(tmp_path, capfd):
@@ -207,16 +216,22 @@ PAPER = (64, 0.05, False, "constant", 5e-3, 4e-4)  # the CRD benchmark's trainin
 
 def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
     commands, out = _dry_run_commands("--root", str(tmp_path))
-    assert len(commands) == 4 + 5 * 4 * 3 and "64 runs: 64 to run" in out
+    assert len(commands) == 4 + (6 * 4 + 6) * 3 and "94 runs: 94 to run" in out
     run_dirs = [_arg(command, "--run-dir") for command in commands]
     assert len(set(run_dirs)) == len(run_dirs)
     assert run_dirs[:4] == [f"{tmp_path}/{teacher}_ce" for teacher in ("resnet110", "wrn_40_2", "resnet32x4", "vgg13")]
-    matrix = set()
+    matrix, ijcnn = set(), set()
     for command, run_dir in zip(commands, run_dirs):
         config = _arg(command, "--config")
         assert (REPO / config).is_file(), config
         assert _protocol(_resolved(command)) == PAPER, command  # every row by default, the teachers too
         if run_dir in run_dirs[:4]:
+            continue
+        name, seed = Path(config).stem, int(command.split(" seed=")[1].split()[0])
+        if name in IJCNN_ROWS:  # their configs set the IJCNN version's protocol themselves
+            assert run_dir == f"{tmp_path}/{name}/seed{seed}" and "train.batch_size" not in command
+            assert load_config(REPO / config).train.batch_size == 64
+            ijcnn.add((name, seed))
             continue
         student, row = re.match(r"configs/cifar100/(\w+?)_(ce|tffd|kd|kd_tffd)\.yaml", config).groups()
         seed = int(command.split(" seed=")[1].split()[0])
@@ -228,12 +243,13 @@ def test_reproduce_dry_run_lists_the_full_matrix(tmp_path):
         else:
             assert "teacher.checkpoint" not in command
     assert matrix == {(student, row, seed) for student in STUDENTS for row in ROWS for seed in (0, 1, 2)}
+    assert ijcnn == {(name, seed) for name in IJCNN_ROWS for seed in (0, 1, 2)}
 
 
 def test_reproduce_trains_the_tffd_row_under_the_released_protocol_on_request(tmp_path):
     paper, _ = _dry_run_commands("--root", str(tmp_path), "--seeds", "0")
     released, out = _dry_run_commands("--root", str(tmp_path), "--seeds", "0", "--tffd-protocol", "released")
-    assert len(released) == len(paper) == 4 + 5 * 4 and "24 runs: 24 to run" in out
+    assert len(released) == len(paper) == 4 + len(STUDENTS) * 4 + len(IJCNN_ROWS) and "34 runs: 34 to run" in out
     changed = [(ours, theirs) for ours, theirs in zip(paper, released) if ours != theirs]
     assert len(changed) == len(STUDENTS)  # the Tf-FD row of each student, nothing else
     for ours, theirs in changed:
@@ -250,7 +266,7 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     finished.mkdir(parents=True)
     (finished / "metrics.json").write_text(json.dumps({"finished": True, "best_acc1": 1.0}))
     commands, out = _dry_run_commands("--root", str(tmp_path), "--seeds", "0", "--epochs", "2")
-    assert len(commands) == 4 + 5 * 4 and "24 runs: 23 to run, 1 already finished" in out
+    assert len(commands) == 4 + 6 * 4 + 6 and "34 runs: 33 to run, 1 already finished" in out
     skipped = [command for command in commands if command.startswith("# finished: ")]
     assert len(skipped) == 1 and skipped[0].endswith(f"--run-dir {finished}  # after {tmp_path}/resnet110_ce")
     assert all("train.epochs=2 'train.milestones=[1]' loss.tffd.warmup_epochs=0" in c for c in commands)
@@ -432,11 +448,11 @@ def test_collect_results_shows_the_tiny_selfkd_pass_as_method_by_alone_and_tffd(
     assert "| method | alone: last-epoch top-1 | alone: best-epoch top-1 | + Tf-FD: last-epoch top-1 | " \
            "+ Tf-FD: best-epoch top-1 |" in out
     ce, cs_kd, plus = m["ce"], m["cs_kd"], m["cs_kd_tffd"]
-    assert (f"| CE | {ce['last_acc1']:.2f} | {ce['best_acc1']:.2f} | – | – | – | 76.24 [1]† | – | "
+    assert (f"| CE | {ce['last_acc1']:.2f} | {ce['best_acc1']:.2f} | – | – | – | 76.24 [1]†; 75.82 [2]† | – | "
             "1/1 finished | – |") in out, out
     assert (f"| CS-KD | {cs_kd['last_acc1']:.2f} | {cs_kd['best_acc1']:.2f} | {plus['last_acc1']:.2f} | "
             f"{plus['best_acc1']:.2f} | {plus['best_acc1'] - cs_kd['best_acc1']:+.2f} | "
-            "78.66 [1]†; 78.70 [2]† | – | 1/1 finished | 1/1 finished |") in out, out
+            "78.66 [1]†; 78.70 [3]† | – | 1/1 finished | 1/1 finished |") in out, out
     assert "Not Self-KD-Lib's CIFAR-100 protocol (dataset synthetic, not cifar100;" in out
     assert "| Baseline |" not in out and "missing" not in out  # no Tf-FD paper table for self-KD runs
 
@@ -461,14 +477,14 @@ def test_collect_results_puts_published_selfkd_numbers_beside_like_for_like_runs
     preact, cifar_resnet18 = tables["preact_resnet18"], tables["cifar_resnet18"]
     mean = statistics.fmean(bests.values())
     assert "Self-KD-Lib's CIFAR-100 protocol (configs/_base_/schedules/selfkd_200e.yaml)." in preact
-    assert f"| CE | {mean - 0.5:.2f} ± 0.42 | {mean:.2f} ± 0.42 | – | – | – | 76.24 [1] | {mean - 76.24:+.2f} |" \
-        in preact  # like-for-like: no †, and the difference from it
+    assert f"| CE | {mean - 0.5:.2f} ± 0.42 | {mean:.2f} ± 0.42 | – | – | – | 76.24 [1]; 75.82 [2]† | " \
+           f"{mean - 76.24:+.2f} |" in preact  # like-for-like: no †, and the difference from it
     assert "| Mixup | 78.00 | 78.50 | 78.00 | 78.50 | +0.00 | 78.68 [1] | -0.18 | 1/1 finished | 1/1 finished |" \
         in preact
     assert "| RandErase | 76.50 | 77.00 | – | – | – | 76.75 [1] | +0.25 |" in preact
     assert "[1] Self-KD-Lib README (winycg/Self-KD-Lib), CIFAR-100 table: PreAct ResNet-18, best epoch" in preact
     assert "Like-for-like with these runs: same backbone and protocol." in preact
-    assert "| CE | 75.00 | 75.50 | – | – | – | 76.24 [1]† | – |" in cifar_resnet18
+    assert "| CE | 75.00 | 75.50 | – | – | – | 76.24 [1]†; 75.82 [2]† | – |" in cifar_resnet18
     assert "† Not like-for-like: another backbone (PreAct ResNet-18; these runs: cifar_resnet18)." in cifar_resnet18
     assert "| Cutout | 69.00 | 69.50 |" in tables["resnet20"] and "78.04 (CE 77.54) [2]†" in tables["resnet20"]
     assert "Cutout paper (DeVries and Taylor, 2017; uoguelph-mlrg/Cutout): ResNet-18" in tables["resnet20"]
@@ -491,6 +507,6 @@ def test_collect_results_puts_the_imagenet_selfkd_runs_beside_imagenet_numbers(t
     # CE: the IJCNN Tf-FD paper's and USKD's baselines, like-for-like; its + Tf-FD cell is Tf-FD, published once
     assert "| CE | 69.50 | 69.80 | 70.20 | 70.40 | +0.60 | 69.75 [1]; 69.90 [2] | +0.05 | 70.55 (CE 69.75) [1] | " \
            "-0.15 |" in table, table
-    assert "| USKD | 70.50 | 70.90 | 70.80 | 71.00 | +0.10 | 70.79 (CE 69.90) [2] | +0.11 | – | – |" in table
+    assert "| USKD | 70.50 | 70.90 | 70.80 | 71.00 | +0.10 | 70.79 (CE 69.90) [2] | +0.11 | none | – |" in table
     assert "[2] USKD (Yang et al., ICCV 2023; yzd-v/cls_KD nkd.md): ImageNet ResNet-18" in table
     assert "76.24" not in table and "Self-KD-Lib" not in table  # CIFAR-100's numbers stay in CIFAR-100's tables

@@ -176,11 +176,12 @@ def test_the_weak_head_is_a_trained_linear_layer_on_the_pooled_second_deepest_st
 
 def test_the_stage_option_counts_from_the_deepest():
     assert uskd(stage=-3).stage_index == 0 and uskd(stage=-3).weak_head.in_features == 8
+    assert uskd(stage=-1).stage_index == 2 and uskd(stage=-1).weak_head.in_features == 32  # mobilenetv2_imagenet's
 
 
 @pytest.mark.parametrize("shapes, stage, message", [
     (((8, 4, 4),), -2, "the model has one stage"),
-    (SHAPES, -4, r"loss.uskd.stage=-4 is beyond the shallowest of this model's 3 stages; use -3..-2"),
+    (SHAPES, -4, r"loss.uskd.stage=-4 is beyond the shallowest of this model's 3 stages; use -3..-1"),
 ])
 def test_stages_that_do_not_fit_the_model_are_config_errors(shapes, stage, message):
     with pytest.raises(ConfigError, match=message):
@@ -192,8 +193,8 @@ def test_bad_options_are_config_errors():
         USKDConfig(rank_from="weak")
     with pytest.raises(ConfigError, match="mu must be >= 0"):
         USKDConfig(mu=-0.1)
-    with pytest.raises(ConfigError, match="stage must be <= -2, got -1"):  # the deepest gives the logits
-        USKDConfig(stage=-1)
+    with pytest.raises(ConfigError, match="stage must be <= -1, got 0"):  # counted from the deepest, -1
+        USKDConfig(stage=0)
 
 
 def test_the_term_passes_the_mixed_labels_on():
