@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from core.errors import ConfigError
 from core.typed_config import Options, option
 
-from .base import LossTerm, StepOutput
+from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
 
 
@@ -26,6 +27,12 @@ class CrossEntropy(LossTerm):
     def __init__(self, config: CEConfig):
         super().__init__()
         self.config = config
+
+    def attach(self, setup: TrainingSetup) -> None:
+        classes, eps = setup.num_classes, self.config.label_smoothing
+        if self.config.label_smoothing_to == "others" and eps > (classes - 1) / classes:
+            raise ConfigError(f"loss.ce.label_smoothing={eps:g} with label_smoothing_to=others would give the target "
+                              f"less than each other class of the {classes}; use at most {(classes - 1) / classes:g}")
 
     def forward(self, step: StepOutput):
         # Against mixed labels where a batch transform made them: lam * CE(y_a) + (1 - lam) * CE(y_b).

@@ -94,6 +94,13 @@ def test_out_of_range_value(tmp_path, override, message):
     assert_refused(result, run_dir, message)
 
 
+def test_label_smoothing_to_the_other_classes_leaves_the_target_the_most(tmp_path):
+    """With ``others`` the target keeps 1 - eps and each of the K - 1 others eps / (K - 1): past eps = (K-1)/K
+    the target would get less than each other class (and torch's smoothing would be out of range)."""
+    result, run_dir = refused(tmp_path, "loss.ce.label_smoothing=0.95", "loss.ce.label_smoothing_to=others")
+    assert_refused(result, run_dir, "loss.ce.label_smoothing=0.95 with label_smoothing_to=others", "at most 0.9")
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "experiment.yaml is empty; a config names its _base_ files or sets at least one key"),
     ("# only a comment\n", "experiment.yaml is empty"),
