@@ -6,9 +6,10 @@ Batch (``compose_batch``): [x; x~], x~ = lam x + (1 - lam) x[perm], lam ~ Beta(a
 the CPU from torch's global generator and perm a device permutation (both from generators the
 checkpoint saves, so a resumed run draws the same). ``train.batch_size`` counts the clean images x:
 the step forwards twice as many, [x; x~] in one pass, as both of the authors' scripts do
-(``torch.cat([inputs, mix_inputs])`` into one forward: BatchNorm's statistics span clean and mixed). Exits: a branch (``losses/branches.py``) from each stage in
-``stages`` (default: every stage but the deepest) rebuilds the later stages and ends in a map F_e of
-the deepest stage's shape and logits z_e; the backbone's deepest map and logits are the last exit.
+(``torch.cat([inputs, mix_inputs])`` into one forward: BatchNorm's statistics span clean and mixed).
+Exits: a branch (``losses/branches.py``) from each stage in ``stages`` (default: every stage but the
+deepest) rebuilds the later stages and ends in a map F_e of the deepest stage's shape and logits z_e;
+the backbone's deepest map and logits are the last exit.
 For any per-image quantity v, v_int = lam v(x) + (1 - lam) v(x)[perm] and v~ = v(x~). The self-teacher
 h takes the channel concat of every exit's map, then a 1x1 conv to the deepest width (no BN, as in the
 original), a global average pool and a linear classifier. With KD_T(s <- t) = T^2 KL_bm(sg p_t^T || p_s^T):

@@ -67,7 +67,8 @@ def test_the_default_dlb_step_is_the_authors_two_pass_step():
 
             torch.testing.assert_close(got.total, expected, rtol=1e-6, atol=1e-7)
             for (name, mine), theirs in zip(exp.model.named_parameters(), reference.parameters()):
-                torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}, step {len(sizes)}: {m}")
+                torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m: f"{name}, step {len(sizes)}: {m}")
             for (name, mine), theirs in zip(bn_state(exp.model).items(), bn_state(reference).values()):
                 torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7, msg=name)
             torch.testing.assert_close(exp.terms[1].logits, out.detach())
