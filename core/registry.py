@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
+from .typed_config import shown
 
 T = TypeVar("T")
 
@@ -30,5 +31,5 @@ class Registry(dict):
     def lookup(self, name: str):
         """The entry of ``name``; an unknown name is a ``ConfigError`` that lists the known ones."""
         if name not in self:
-            raise ConfigError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(sorted(self))}")
+            raise ConfigError(f"unknown {self.kind} {shown(name)}; known {self.kind}s: {', '.join(sorted(self))}")
         return self[name]

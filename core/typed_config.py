@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -52,8 +53,26 @@ class Options:
             check_value(getattr(self, field.name), field.name, field.metadata)
 
 
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, value: int, level: int) -> str:
+        if value.bit_length() > 64:  # str() of a huge int is slow, past 4300 digits an error
+            return f"{'-' if value < 0 else ''}<an integer of {value.bit_length() * 0.30103:.0f} digits>"
+        return repr(value)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for every message that echoes a value the user gave:
+    a huge string, list or number is shown by its beginning and end, never printed whole."""
+    return _SHORT.repr(value)
+
+
 def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    return shown(value) if isinstance(value, int) else f"{value:g}"
 
 
 def check_value(value: Any, key: str, metadata) -> None:
@@ -65,9 +84,9 @@ def check_value(value: Any, key: str, metadata) -> None:
         return
     choices = metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {shown(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         for name, bound in metadata.get("bounds", {}).items():
             passes, sign = _BOUND_TESTS[name]
@@ -86,8 +105,40 @@ class _DuplicateKey(Exception):
         self.key, self.lines = key, (first_line, second_line)
 
 
+MAX_YAML_NODES = 100_000  # a whole experiment's resolved config is a few hundred
+MAX_YAML_DEPTH = 32  # and nests four deep
+MAX_INT_CHARACTERS = 40  # seeds stop at 2**63 - 1, 19 digits
+
+
+class _TooLarge(Exception):
+    """A YAML document that would expand past ``MAX_YAML_NODES`` or ``MAX_YAML_DEPTH``, or refers to itself."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last), and a
+    document that would expand (its aliases repeated where they stand) past ``MAX_YAML_NODES`` nodes or
+    ``MAX_YAML_DEPTH`` levels, or holds an alias inside its own anchor: an alias bomb of a few hundred bytes
+    is refused before it is built, and a deeply nested one before Python's recursion limit."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep (at line "
+                                f"{self.peek_event().start_mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            sizes: dict[int, tuple[int, int]] = {}
+            nodes, _ = _expanded_size(node, 1, sizes)
+            if nodes > MAX_YAML_NODES:
+                raise _TooLarge(f"holds {shown(nodes)} values (each alias *name counted where it stands), more "
+                                f"than {MAX_YAML_NODES}")
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -98,6 +149,37 @@ class _StrictLoader(yaml.SafeLoader):
                 raise _DuplicateKey(key, seen[key], line)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_INT_CHARACTERS:  # int() of thousands of digits is slow, past 4300 an error
+            raise _TooLarge(f"holds an integer of {len(node.value)} characters at line {node.start_mark.line + 1}")
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _expanded_size(node: yaml.Node, depth: int, sizes: dict) -> tuple[int, int]:
+    """(values, levels) of ``node`` with every alias expanded, each shared node counted once per use;
+    ``sizes`` memoises them by node (an unfinished one is -1: an alias inside its own anchor)."""
+    if depth > MAX_YAML_DEPTH:
+        raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
+                        f"{node.start_mark.line + 1})")
+    known = sizes.get(id(node))
+    if known == (-1, -1):
+        raise _TooLarge(f"refers to itself: an alias (*name) inside its own anchor (&name), at line "
+                        f"{node.start_mark.line + 1}")
+    if known is None:
+        sizes[id(node)] = (-1, -1)
+        children = ([child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        counted = [_expanded_size(child, depth + 1, sizes) for child in children]
+        known = (1 + sum(count for count, _ in counted), 1 + max((levels for _, levels in counted), default=0))
+        sizes[id(node)] = known
+    if depth - 1 + known[1] > MAX_YAML_DEPTH:
+        raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
+                        f"{node.start_mark.line + 1})")
+    return known
 
 
 def read_yaml(path: Path) -> dict:
@@ -114,8 +196,10 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as error:
-        raise ConfigError(f"{path}: key {error.key!r} appears twice, at lines {error.lines[0]} and "
+        raise ConfigError(f"{path}: key {shown(error.key)} appears twice, at lines {error.lines[0]} and "
                           f"{error.lines[1]}; keep one") from None
+    except _TooLarge as error:
+        raise ConfigError(f"{path}: refused: the document {error}; a config is a few plain nested mappings") from None
     except yaml.constructor.ConstructorError as error:
         raise ConfigError(f"{path}: unsupported YAML tag (only plain YAML is allowed): {error.problem}") from None
     except yaml.YAMLError as error:
@@ -140,7 +224,8 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
-        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), got {bases!r}")
+        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), "
+                          f"got {shown(bases)}")
     merged: dict = {}
     for base in bases:
         merged = deep_merge(merged, load_yaml_tree(path.parent / base, _seen + (path,)))
@@ -177,14 +262,14 @@ def _unknown_key(key: str, root: type) -> ConfigError:
         siblings = {k.rpartition(".")[2]: k for k in candidates if k.rpartition(".")[0] == parent}
         close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.5)]
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {shown(key)}{hint}")
 
 
 def build(schema: type, data: dict, root: type | None = None, prefix: str = ""):
     """Instantiate dataclass ``schema`` from nested ``data``, checking keys and types."""
     root = root or schema
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {shown(data)}")
     hints = _hints(schema)
     names = {f.name: f for f in dataclasses.fields(schema)}
     for key in data:
@@ -272,13 +357,15 @@ def coerce(value, annotation, key: str):
 
 def _parse_yaml_value(text: str, key: str):
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}: cannot parse {text!r}; write lists as [1, 2, 3]") from None
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _TooLarge as error:
+        raise ConfigError(f"{key}: refused: the value {error}") from None
+    except (yaml.YAMLError, _DuplicateKey):
+        raise ConfigError(f"{key}: cannot parse {shown(text)}; write lists as [1, 2, 3]") from None
 
 
 def _type_error(key, annotation, value) -> ConfigError:
-    return ConfigError(f"{key} must be {type_name(annotation)}, got {value!r} ({type(value).__name__})")
+    return ConfigError(f"{key} must be {type_name(annotation)}, got {shown(value)} ({type(value).__name__})")
 
 
 # ---------------------------------------------------------------- command-line overrides
@@ -290,7 +377,7 @@ def apply_overrides(data: dict, overrides: list[str], schema: type) -> dict:
         key, sep, value = override.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {override!r} must look like KEY=VALUE (e.g. train.epochs=2)")
+            raise ConfigError(f"override {shown(override)} must look like KEY=VALUE (e.g. train.epochs=2)")
         if key not in valid:
             raise _unknown_key(key, schema)
         node = data
@@ -298,7 +385,7 @@ def apply_overrides(data: dict, overrides: list[str], schema: type) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+                raise ConfigError(f"override {shown(key)}: {shown(part)} is not a section")
         node[leaf] = value  # typed against the schema by build()
     return data
 

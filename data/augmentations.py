@@ -53,7 +53,7 @@ from torchvision.transforms import v2
 
 from core.errors import ConfigError
 from core.registry import Registry
-from core.typed_config import Options, option
+from core.typed_config import Options, option, shown
 
 from .sharding import epoch_generator, rank_positions
 
@@ -71,12 +71,12 @@ def register_augmentation(name: str, config: type, stage: str):
 
 def _pair(values: list[float], key: str) -> None:
     if len(values) != 2 or values[0] > values[1]:
-        raise ConfigError(f"{key} must be [min, max] with min <= max, got {values}")
+        raise ConfigError(f"{key} must be [min, max] with min <= max, got {shown(values)}")
 
 
 def _channels(values: list, key: str) -> None:
     if len(values) not in (1, 3):
-        raise ConfigError(f"{key} needs 1 value (every channel) or 3 (one per channel), got {values}")
+        raise ConfigError(f"{key} needs 1 value (every channel) or 3 (one per channel), got {shown(values)}")
 
 
 @dataclass
@@ -133,12 +133,12 @@ def check_augment_names(names: list[str]) -> None:
     for name in names:
         AUGMENTATIONS.lookup(name)
     if len(set(names)) != len(names):
-        raise ConfigError(f"data.augment lists an augmentation twice: {names}")
+        raise ConfigError(f"data.augment lists an augmentation twice: {shown(names)}")
     stages = [STAGES.index(AUGMENTATIONS[name][2]) for name in names]
     if stages != sorted(stages):
         late = next(names[i] for i in range(1, len(names)) if stages[i] < stages[i - 1])
         raise ConfigError(f"data.augment: {late} works on uint8 images, before normalisation, so it must come before "
-                          f"{', '.join(n for n in names if AUGMENTATIONS[n][2] == 'normalised')} (got {names})")
+                          f"{', '.join(n for n in names if AUGMENTATIONS[n][2] == 'normalised')} (got {shown(names)})")
 
 
 def build_augmentations(data_config) -> list[Augmentation]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from core.errors import ConfigError
 from core.registry import Registry
-from core.typed_config import Options, option
+from core.typed_config import Options, option, shown
 
 BATCH_TRANSFORMS = Registry("batch transform")  # name -> (transform class, config dataclass)
 
@@ -136,7 +136,7 @@ class Cutout:
 def build_batch_transforms(names: list[str], batch_config) -> list:
     """The transforms of ``batch.transforms``, in order, each built from its section ``batch.<name>``."""
     if len(set(names)) != len(names):
-        raise ConfigError(f"batch.transforms lists a transform twice: {names}")
+        raise ConfigError(f"batch.transforms lists a transform twice: {shown(names)}")
     return [BATCH_TRANSFORMS.lookup(name)[0](getattr(batch_config, name)) for name in names]
 
 

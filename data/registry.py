@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from core.errors import ConfigError
 from core.registry import Registry
+from core.typed_config import shown
 
 
 @dataclass
@@ -57,7 +58,8 @@ def normalisation(data_config, default_mean, default_std) -> tuple[tuple[float, 
     mean = tuple(data_config.mean) if data_config.mean is not None else tuple(default_mean)
     std = tuple(data_config.std) if data_config.std is not None else tuple(default_std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ConfigError(f"data.mean and data.std need 3 values each (std > 0), got {list(mean)} and {list(std)}")
+        raise ConfigError(f"data.mean and data.std need 3 values each (std > 0), got {shown(list(mean))} and "
+                          f"{shown(list(std))}")
     return mean, std
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import ConfigError
-from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option
+from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option, shown
 from data.augmentations import AUGMENTATIONS, check_augment_names
 from data.batch_transforms import BATCH_TRANSFORMS
 from losses.registry import LOSSES
@@ -103,7 +103,7 @@ class TrainConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         if self.milestones != sorted(set(self.milestones)):
-            raise ConfigError(f"train.milestones must be increasing, got {self.milestones}")
+            raise ConfigError(f"train.milestones must be increasing, got {shown(self.milestones)}")
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 from core.errors import ConfigError, RunDirError
 from core.typed_config import flatten, read_yaml
 
+from .metrics_file import metrics_problem
+
 CONFIG_FILE, METRICS_FILE, LOG_FILE, LAST, BEST, LOCK = (
     "config.yaml", "metrics.json", "log.txt", "last.pt", "best.pt", ".lock",
 )
@@ -56,10 +58,15 @@ def read_metrics(run_dir: Path) -> dict | None:
         raise damaged(path, "not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise damaged(path, f"not JSON: {error.msg} at line {error.lineno}") from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise damaged(path, "nested too deeply to be ours") from None
     except OSError as error:
         raise damaged(path, f"unreadable: {error.strerror}") from None
     if not isinstance(metrics, dict):
         raise damaged(path, f"a JSON {type(metrics).__name__}, not an object")
+    problem = metrics_problem(metrics)
+    if problem:
+        raise damaged(path, problem)
     return metrics
 
 

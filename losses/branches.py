@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
+from core.typed_config import shown
 from models.cifar_resnet import BasicBlock  # conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU
 
 Shape = tuple[int, int, int]  # C x H x W
@@ -33,7 +34,7 @@ def check_branches(feature_shapes: Sequence[Shape], stages: Sequence[int], key: 
         raise ConfigError(f"{key}.stages is empty, or the model has a single stage: a branch needs a stage below "
                           f"the deepest (use null for the default)")
     if len(set(stages)) != len(stages):
-        raise ConfigError(f"{key}.stages lists a stage twice: {list(stages)}")
+        raise ConfigError(f"{key}.stages lists a stage twice: {shown(list(stages))}")
     for stage in stages:
         if not 1 <= stage < num_stages:
             raise ConfigError(f"{key}.stages names stage {stage}; branches start from stages 1..{num_stages - 1} "

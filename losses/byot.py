@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import Options, option, shown
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
@@ -92,7 +92,7 @@ class BeYourOwnTeacher(LossTerm):
             raise ConfigError("loss.byot needs at least one head: the model has one stage, or loss.byot.stages is "
                               "empty (use null for every stage but the deepest)")
         if len(set(stages)) != len(stages):
-            raise ConfigError(f"loss.byot.stages lists a stage twice: {stages}")
+            raise ConfigError(f"loss.byot.stages lists a stage twice: {shown(stages)}")
         _, deep_h, deep_w = feature_shapes[-1]
         for stage in stages:
             if not 1 <= stage < num_stages:

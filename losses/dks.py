@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import Options, option, shown
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .branches import Branch, check_branches, rebuilt_stages
@@ -105,8 +105,8 @@ class DeeplySupervisedKnowledgeSynergy(LossTerm):
         check_branches(feature_shapes, stages, "loss.dks")
         widths = self._widths(len(stages))
         if len(cfg.blocks) != len(stages) or len(widths) != len(stages):
-            raise ConfigError(f"loss.dks has {len(stages)} branches (stages {stages}) but {len(cfg.blocks)} lists in "
-                              f"loss.dks.blocks and {len(widths)} loss.dks.widths; give one per branch")
+            raise ConfigError(f"loss.dks has {len(stages)} branches (stages {shown(stages)}) but {len(cfg.blocks)} "
+                              f"lists in loss.dks.blocks and {len(widths)} loss.dks.widths; give one per branch")
         for stage, blocks in zip(stages, cfg.blocks):
             rebuilt = len(rebuilt_stages(feature_shapes, stage))
             if len(blocks) != rebuilt:

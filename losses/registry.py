@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 from core.errors import ConfigError
 from core.registry import Registry
+from core.typed_config import shown
 
 from .base import LossTerm
 
@@ -27,5 +28,5 @@ def build_loss_terms(names: list[str], loss_config) -> list[LossTerm]:
     if not names:
         raise ConfigError("loss.terms is empty; list at least one term, e.g. [ce]")
     if len(set(names)) != len(names):
-        raise ConfigError(f"loss.terms lists a term twice: {names}")
+        raise ConfigError(f"loss.terms lists a term twice: {shown(names)}")
     return [LOSSES.lookup(name).term(getattr(loss_config, name)) for name in names]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import Options, option, shown
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -98,11 +98,12 @@ class TfFDConfig(Options):
             raise ConfigError("loss.tffd.pairs is empty; use null for all pairs, or lambda_inter=0 for none")
         for pair in self.pairs or []:
             if len(pair) != 2 or pair[0] >= pair[1]:
-                raise ConfigError(f"loss.tffd.pairs entries must be [shallow, deep] with shallow < deep, got {pair}")
+                raise ConfigError(f"loss.tffd.pairs entries must be [shallow, deep] with shallow < deep, "
+                                  f"got {shown(pair)}")
         for key, items in (("stages", self.stages or []), ("pairs", self.pairs or [])):
             twice = next((item for index, item in enumerate(items) if item in items[:index]), None)
             if twice is not None:  # it would silently count twice in the mean
-                raise ConfigError(f"loss.tffd.{key} lists {twice} twice: {items}")
+                raise ConfigError(f"loss.tffd.{key} lists {twice} twice: {shown(items)}")
 
 
 @register_loss("tffd", TfFDConfig)

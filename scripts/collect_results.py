@@ -48,7 +48,6 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from tabulate import DataRow, Line, TableFormat, tabulate
 
 from paper_numbers import (BASELINE, IJCNN_TABLE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, Published, ijcnn_published,
@@ -65,7 +64,7 @@ from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
-from core.typed_config import all_keys  # noqa: E402
+from core.typed_config import all_keys, read_yaml  # noqa: E402
 from data.augmentations import AUGMENTATIONS  # noqa: E402
 from data.batch_transforms import BATCH_TRANSFORMS  # noqa: E402
 from losses import LOSSES  # noqa: E402
@@ -291,8 +290,8 @@ def find_runs(roots: list[Path]) -> list[tuple[Path, object, dict | None]]:
         for config_file in sorted(root.rglob(CONFIG_FILE)):
             run_dir = config_file.parent
             try:
-                config = config_from_dict(yaml.safe_load(config_file.read_text()) or {})
-            except (UserError, yaml.YAMLError) as error:
+                config = config_from_dict(read_yaml(config_file))  # the loader that bounds every config
+            except UserError as error:
                 print(f"warning: skipping {run_dir}: unreadable config.yaml ({error})", file=sys.stderr)
                 continue
             try:

@@ -253,3 +253,41 @@ def test_yaml_python_object_tag_is_refused(tmp_path):
     assert_refused(result, run_dir, "experiment.yaml: unsupported YAML tag (only plain YAML is allowed)",
                    "python/object/apply:builtins.exec")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- hostile YAML: bounded, and echoed short
+def _alias_bomb(levels: int = 9) -> str:
+    """Billion laughs: a few hundred bytes whose aliases expand to 9**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + _alias_bomb(), "holds 490329066 values (each alias *name counted where it stands), more than 100000"),
+    (BASE + "train:\n  milestones: &m [1, *m]\n", "refers to itself: an alias (*name) inside its own anchor"),
+    (BASE + "seed: " + "[" * 100_000 + "]" * 100_000 + "\n", "is nested more than 32 levels deep (at line 2)"),
+    (BASE + "".join("  " * i + f"k{i}:\n" for i in range(2000)) + "  " * 2000 + "v\n", "is nested more than 32"),
+    (BASE + "a: &a [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]\n",
+     "is nested more than 32 levels deep through its aliases"),
+    (BASE + "seed: " + "9" * 5000 + "\n", "holds an integer of 5000 characters at line 2"),
+])
+def test_a_config_that_would_expand_past_its_bounds_is_one_short_line(tmp_path, text, message):
+    result, run_dir = refused(tmp_path, config=write_config(tmp_path, text))
+    assert_refused(result, run_dir, "experiment.yaml: refused: the document ", message)
+    assert len(result.stderr) < 400
+
+
+@pytest.mark.parametrize("yaml_text, args, message", [
+    (BASE + "seed: " + "x" * 1_000_000 + "\n", [], "seed must be int, got 'xxxxxxx"),
+    (BASE + "loss:\n  terms: [" + ", ".join(["ce"] * 100_001) + "]\n", [], "holds 100008 values (each alias"),
+    (BASE + "loss:\n  terms: [" + ", ".join(["ce"] * 10_000) + "]\n", [], "loss.terms"),
+    (BASE + "x" * 1000 + ": 1\n", [], "unknown config key 'xxxxx"),
+    (BASE, ["loss.terms=[" + ",".join(["[" * 36] * 2) + "]"], "loss.terms: refused: the value is nested more than 32"),
+    (BASE, ["train.milestones=" + "[" * 50_000], "train.milestones: "),
+    (BASE, ["seed=" + "7" * 100_000], "seed must be int, got '7777"),
+])
+def test_errors_echo_a_huge_value_shortened(tmp_path, yaml_text, args, message):
+    result, run_dir = refused(tmp_path, *args, config=write_config(tmp_path, yaml_text))
+    assert_refused(result, run_dir, message)
+    assert len(result.stderr) < 400, len(result.stderr)

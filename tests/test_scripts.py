@@ -109,6 +109,14 @@ def test_collect_results_tabulates_the_runs(distilled, tmp_path, capfd):
 
 @pytest.mark.parametrize("damage, problem", [
     (b"[1, 2]", "a JSON list, not an object"), (b"\xff\xfe", "not UTF-8 text"), (b'{"best', "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"), (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nested too"),
+    (b'{"best_acc1": "69.5", "last_acc1": 69.0, "finished": true}', "best_acc1: '69.5' is not a number"),
+    (b'{"epochs_done": 2.5}', "epochs_done: 2.5 is not an integer"),
+    (b'{"finished": "yes"}', "finished: 'yes' is not true or false"),
+    (b'{"finished": true, "history": {"epoch": 1}}', "history: {'epoch': 1} is not a list"),
+    (b'{"finished": true, "history": [[1, 2]]}', "history[0]: [1, 2] is not an object"),
+    (b'{"finished": true, "history": [{"epoch": 1, "test_acc1": [' + b"9, " * 10_000 + b'9]}]}',
+     "history[0].test_acc1: [9, 9, 9, 9, 9, 9, ...] is not a number"),
 ])
 def test_collect_results_warns_about_and_skips_a_damaged_metrics_file(tmp_path, capfd, damage, problem):
     good, bad = tmp_path / "resnet20_ce" / "seed0", tmp_path / "resnet20_ce" / "seed1"
@@ -118,6 +126,22 @@ def test_collect_results_warns_about_and_skips_a_damaged_metrics_file(tmp_path, 
     out, err = call(collect_results.main, capfd, str(tmp_path))
     assert len(err.splitlines()) == 1
     assert err.startswith(f"warning: skipping {bad}: {bad / 'metrics.json'} is damaged ({problem}")
+    assert "| resnet20 | Baseline |" in out and "1/1 finished" in out
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+                                                 for p, c in zip("abcdefgh", "bcdefghi")), "holds 490329064 values"),
+    ("seed: " + "[" * 100_000 + "]" * 100_000 + "\n", "is nested more than 32 levels deep"),
+])
+def test_collect_results_reads_config_yaml_through_the_bounded_loader(tmp_path, capfd, text, problem):
+    good, bad = tmp_path / "resnet20_ce" / "seed0", tmp_path / "resnet20_ce" / "seed1"
+    for seed, run_dir in enumerate((good, bad)):
+        fake_run(run_dir, "configs/cifar100/resnet20_ce.yaml", [f"seed={seed}"], 69.0, 69.5)
+    (bad / "config.yaml").write_text(text)
+    out, err = call(collect_results.main, capfd, str(tmp_path))
+    assert len(err.splitlines()) == 1 and len(err) < 400, err[:1000]
+    assert err.startswith(f"warning: skipping {bad}: unreadable config.yaml") and problem in err
     assert "| resnet20 | Baseline |" in out and "1/1 finished" in out
 
 
