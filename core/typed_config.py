@@ -36,6 +36,15 @@ def option(default: Any, help: str, choices: tuple | None = None, *, min: float 
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# Ranges that options of one kind share (``option(4.0, "...", **TEMPERATURE)``): every number an experiment
+# can use, nothing that only overflows (a temperature of 1e-300, an exponent of 1e300) or exhausts memory.
+LOSS_WEIGHT = {"min": 0, "max": 1e5}  # SAD's default is 1000
+TEMPERATURE = {"min": 0.01, "max": 100}  # softmax temperatures: 1 to 40 in the papers
+EXPONENT = {"min": 0, "max": 10}  # focal gamma, Zipf's power: 0 to 5 in the papers
+BETA_ALPHA = {"min": 0.01, "max": 100}  # lam ~ Beta(alpha, alpha): 0.2 to 2 in the papers
+STAGE = {"min": 1, "max": 16}  # a backbone stage, counted from 1 (ours have 3 to 5)
+
+
 _BOUND_TESTS = {  # bound name -> (the test a value must pass, how a message says it)
     "min": (lambda value, bound: value >= bound, ">="), "max": (lambda value, bound: value <= bound, "<="),
     "above": (lambda value, bound: value > bound, ">"), "below": (lambda value, bound: value < bound, "<"),

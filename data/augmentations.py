@@ -85,7 +85,7 @@ class RandomEraseConfig(Options):
     scale: list[float] = option([0.02, 0.4], "[min, max] fraction of the image area erased (zhunzhong07: sl, sh)",
                                 min=0, max=1)
     ratio: list[float] = option([0.3, 1 / 0.3], "[min, max] aspect ratio h / w of the rectangle, log-uniform "
-                                "(zhunzhong07: r1 to 1/r1, r1 = 0.3)", above=0)
+                                "(zhunzhong07: r1 to 1/r1, r1 = 0.3)", above=0, max=100)
     value: list[float] = option([0.4914, 0.4822, 0.4465], "fill, in normalised units (0 = the mean pixel), 1 value "
                                 "or 3: zhunzhong07's numbers; Self-KD-Lib [0.5071, 0.4867, 0.4408]", min=-100, max=100)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from core.errors import ConfigError
 from core.registry import Registry
-from core.typed_config import Options, option, shown
+from core.typed_config import BETA_ALPHA, Options, option, shown
 
 BATCH_TRANSFORMS = Registry("batch transform")  # name -> (transform class, config dataclass)
 
@@ -71,7 +71,7 @@ def cutout_masks(count: int, height: int, width: int, length: int, device) -> to
 @dataclass
 class MixupConfig(Options):
     alpha: float = option(1.0, "lam ~ Beta(alpha, alpha) (1.0: facebookresearch/mixup-cifar10; Self-KD-Lib 0.4)",
-                          above=0)
+                          **BETA_ALPHA)
 
 
 @register_batch_transform("mixup", MixupConfig)
@@ -89,7 +89,7 @@ class Mixup:
 
 @dataclass
 class CutMixConfig(Options):
-    alpha: float = option(1.0, "lam ~ Beta(alpha, alpha)", above=0)
+    alpha: float = option(1.0, "lam ~ Beta(alpha, alpha)", **BETA_ALPHA)
     prob: float = option(0.5, "probability that a batch is cut-mixed (0.5: clovaai/CutMix-PyTorch's CIFAR "
                               "setting; 1.0 there on ImageNet and in Self-KD-Lib)", min=0, max=1)
 

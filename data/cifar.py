@@ -8,7 +8,7 @@ from torchvision import datasets
 
 from core.errors import DataError
 
-from .registry import InMemoryData, normalisation, register_dataset
+from .registry import InMemoryData, check_in_memory_size, normalisation, register_dataset
 
 _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -19,6 +19,7 @@ _CLASSES = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10), "cifar100"
 
 def _load(name: str, data_config) -> InMemoryData:
     dataset_class, folder, num_classes = _CLASSES[name]
+    check_in_memory_size(data_config, 60_000, 32, "data.padding")  # 50,000 + 10,000 images of 32 x 32
     root = Path(data_config.root).expanduser()
     try:
         train = dataset_class(str(root), train=True, download=data_config.download)

@@ -8,16 +8,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .registry import InMemoryData, channel_stats, normalisation, register_dataset
+from .registry import InMemoryData, channel_stats, check_in_memory_size, normalisation, register_dataset
 
 _SPLIT_SEED = 20220101
 _TEST_FRACTION = 0.2
+_IMAGES = 1797
 
 
 @register_dataset("digits")
 def digits(data_config) -> InMemoryData:
     from sklearn.datasets import load_digits
 
+    check_in_memory_size(data_config, _IMAGES, data_config.image_size, "data.image_size or data.padding")
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0, 1]
     images = F.interpolate(images, size=data_config.image_size, mode="bilinear", align_corners=False)

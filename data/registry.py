@@ -49,6 +49,22 @@ DATASETS = Registry("dataset")  # name -> builder(data_config) -> DatasetData
 register_dataset = DATASETS.register
 
 
+MAX_IN_MEMORY_BYTES = 2**30  # the uint8 pixels of an in-memory dataset, padded as the device loader keeps them
+
+
+def check_in_memory_size(data_config, count: int, image_size: int, hint: str) -> None:
+    """Refuse, before anything is allocated, an in-memory dataset of ``count`` images whose uint8 pixels, at
+    ``image_size`` and padded by ``data.padding`` on each side, would pass ``MAX_IN_MEMORY_BYTES``; ``hint``
+    names the options that make it smaller."""
+    side = image_size + 2 * data_config.padding
+    size = count * 3 * side * side
+    if size > MAX_IN_MEMORY_BYTES:
+        raise ConfigError(f"data.name={data_config.name}: {count} images of {side}x{side} pixels ({image_size} "
+                          f"padded by data.padding={data_config.padding}) would take "
+                          f"{size / 2**30:.1f} GiB of memory, more than the {MAX_IN_MEMORY_BYTES / 2**30:g} GiB an "
+                          f"in-memory dataset may; lower {hint}")
+
+
 def build_dataset(data_config) -> DatasetData:
     return DATASETS.lookup(data_config.name)(data_config)
 

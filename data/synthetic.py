@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .registry import InMemoryData, channel_stats, normalisation, register_dataset
+from .registry import InMemoryData, channel_stats, check_in_memory_size, normalisation, register_dataset
 
 _DATA_SEED = 12345
 
@@ -31,6 +31,8 @@ def _make_split(prototypes: torch.Tensor, count: int, generator: torch.Generator
 
 @register_dataset("synthetic")
 def synthetic(data_config) -> InMemoryData:
+    check_in_memory_size(data_config, data_config.num_train + data_config.num_test, data_config.image_size,
+                         "data.image_size, data.padding, data.num_train or data.num_test")
     generator = torch.Generator().manual_seed(_DATA_SEED)
     size, num_classes = data_config.image_size, data_config.num_classes
     coarse = torch.randn(num_classes, 3, 4, 4, generator=generator)

@@ -39,7 +39,7 @@ class _DataOptions(Options):
     padding: int = option(4, "random-crop padding in pixels (0 disables the crop)", min=0, max=1024)
     pad_mode: str = option("constant", "random-crop padding: constant (zeros) or reflect", choices=("constant", "reflect"))
     hflip: bool = option(True, "random horizontal flip")
-    image_size: int = option(32, "image side for synthetic / digits / imagefolder data", min=1, max=4096)
+    image_size: int = option(32, "image side for synthetic / digits / imagefolder data", min=1, max=1024)
     crop: str = option(
         "pad", "imagefolder training crop: pad (resize to image_size, pad by `padding`, random crop; small "
         "CIFAR-like images) or resized (random-resized crop, eval resize + center crop; large ImageNet-like images)",
@@ -50,7 +50,7 @@ class _DataOptions(Options):
     num_test: int = option(1000, "test images of the synthetic dataset", min=1, max=10_000_000)
     mean: Optional[list[float]] = option(None, "normalisation mean per channel, in [0, 1] pixel units; null = the "
                                                 "dataset's own", min=0, max=1)
-    std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own", above=0)
+    std: Optional[list[float]] = option(None, "normalisation std per channel; null = the dataset's own", above=0, max=1)
     augment: list[str] = option([], "per-image training augmentations after crop and flip, in order (those on uint8 "
                                 "pixels, as autoaugment, before those on normalised ones, as random_erase), each "
                                 "with its options in data.<name>: " + ", ".join(sorted(AUGMENTATIONS)))
@@ -73,18 +73,19 @@ DataConfig = _data_schema()
 @dataclass
 class TrainConfig(Options):
     epochs: int = option(240, "training epochs", min=1, max=100_000)
-    batch_size: int = option(128, "global batch size, split evenly across DDP ranks", min=1, max=1_000_000)
-    eval_batch_size: int = option(512, "global evaluation batch size", min=1, max=1_000_000)
-    lr: float = option(0.1, "base learning rate", min=0)
+    batch_size: int = option(128, "global batch size, split evenly across DDP ranks", min=1, max=65_536)
+    eval_batch_size: int = option(512, "global evaluation batch size", min=1, max=65_536)
+    lr: float = option(0.1, "base learning rate", min=0, max=100)
     lr_scaling: str = option(
         "none", "none: lr as given whatever the number of ranks; linear: lr * batch_size / lr_base_batch_size",
         choices=("none", "linear"),
     )
-    lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling", min=1)
+    lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling", min=1, max=65_536)
     momentum: float = option(0.9, "SGD momentum", min=0, below=1)
     nesterov: bool = option(True, "Nesterov momentum")
-    weight_decay: float = option(5e-4, "weight decay", min=0)
-    milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma (increasing)", min=1)
+    weight_decay: float = option(5e-4, "weight decay", min=0, max=1)
+    milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma (increasing)",
+                                   min=1, max=100_000)
     gamma: float = option(0.1, "lr decay factor at each milestone", above=0, max=1)
     lr_warmup_epochs: int = option(0, "linear lr warm-up, per step, over this many epochs (Self-KD-Lib: 5); "
                                    "milestones count from the start of training", min=0, max=100_000)
@@ -94,7 +95,8 @@ class TrainConfig(Options):
     compile: bool = option(False, "torch.compile the whole step: the model, the teacher and every loss term")
     device: str = option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     deterministic: bool = option(False, "deterministic algorithms, for bit-exact reruns and resumes")
-    log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)", min=1)
+    log_interval: int = option(50, "steps between train-curve points (metrics are read from the device then)",
+                               min=1, max=10_000_000)
     nonfinite: str = option(
         "stop", "a NaN/Inf loss: stop (keep the last good checkpoint) or skip the step (costs a sync per step)",
         choices=("stop", "skip"),

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -71,8 +71,8 @@ MAX_PARTNERS = 31  # a step forwards (M + 1) x train.batch_size images
 
 @dataclass
 class BAKEConfig(Options):
-    weight: float = option(1.0, "lambda, the weight of the batch-ensemble distillation", min=0)
-    temperature: float = option(4.0, "softmax temperature T", above=0)
+    weight: float = option(1.0, "lambda, the weight of the batch-ensemble distillation", **LOSS_WEIGHT)
+    temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
     omega: float = option(0.5, "omega, the weight of the propagated batch knowledge in the ensemble", min=0, below=1)
     partners: int = option(3, "M, the other images of its class that join each anchor in the batch",
                            min=1, max=MAX_PARTNERS)

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option, shown
+from core.typed_config import LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option, shown
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
@@ -67,11 +67,11 @@ def bottleneck_head(in_channels: int, out_channels: int, stride: int, width: int
 @dataclass
 class BYOTConfig(Options):
     alpha: float = option(0.1, "weight of the heads' distillation; the CE terms get 1 - alpha", min=0, max=1)
-    temperature: float = option(3.0, "softmax temperature T of the heads' distillation", above=0)
-    beta: float = option(1e-6, "weight of the feature hint (a sum over the batch)", min=0)
-    width: int = option(128, "channels inside each head's bottleneck", min=1)
+    temperature: float = option(3.0, "softmax temperature T of the heads' distillation", **TEMPERATURE)
+    beta: float = option(1e-6, "weight of the feature hint (a sum over the batch)", **LOSS_WEIGHT)
+    width: int = option(128, "channels inside each head's bottleneck", min=1, max=4096)
     stages: Optional[list[int]] = option(None, "stages that get a head, counted from 1; null = all but the deepest",
-                                         min=1)
+                                         **STAGE)
 
 
 @register_loss("byot", BYOTConfig)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
@@ -14,7 +14,7 @@ from .registry import register_loss
 
 @dataclass
 class CEConfig(Options):
-    weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)", min=0)
+    weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)", **LOSS_WEIGHT)
     label_smoothing: float = option(0.0, "label smoothing epsilon", min=0, max=1)
     label_smoothing_to: str = option(
         "all", "where the smoothing mass goes: all (torch's: eps/K to every class, the target included) or others "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput
 from .kd import kd_loss
@@ -30,8 +30,8 @@ from .registry import register_loss
 @dataclass
 class CSKDConfig(Options):
     weight: float = option(1.0, "lambda, the weight of the class-wise KD term (1; 3 on fine-grained datasets)",
-                           min=0)
-    temperature: float = option(4.0, "softmax temperature T", above=0)
+                           **LOSS_WEIGHT)
+    temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
 
 
 @register_loss("cs_kd", CSKDConfig)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput
 from .kd import kd_loss
@@ -58,9 +58,10 @@ def ddgsd_loss(logits: torch.Tensor, embedding: torch.Tensor, temperature: float
 
 @dataclass
 class DDGSDConfig(Options):
-    weight: float = option(1.0, "weight of the two-way distillation between the views", min=0)
-    temperature: float = option(4.0, "softmax temperature T", above=0)
-    mean_weight: float = option(5.0e-4, "mu, the weight of the squared gap of the views' embedding means", min=0)
+    weight: float = option(1.0, "weight of the two-way distillation between the views", **LOSS_WEIGHT)
+    temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
+    mean_weight: float = option(5.0e-4, "mu, the weight of the squared gap of the views' embedding means",
+                                **LOSS_WEIGHT)
 
 
 @register_loss("ddgsd", DDGSDConfig)

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option, shown
+from core.typed_config import LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option, shown
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .branches import Branch, check_branches, rebuilt_stages
@@ -73,15 +73,16 @@ def knowledge_synergy(logits_list: Sequence[torch.Tensor], temperature: float, s
 
 @dataclass
 class DKSConfig(Options):
-    weight: float = option(1.0, "weight of the pairwise synergy term (the CE terms have weight 1)", min=0)
+    weight: float = option(1.0, "weight of the pairwise synergy term (the CE terms have weight 1)", **LOSS_WEIGHT)
     temperature: float = option(1.0, "softmax temperature T of the synergy (1: the authors; 4: Self-KD-Lib)",
-                                above=0)
+                                **TEMPERATURE)
     smoothing: float = option(1e-8, "eps of the probabilities' smoothing (p + eps) / (1 + K eps) (1e-8: the authors; "
                                     "0: Self-KD-Lib)", min=0, max=1e-3)
     stages: Optional[list[int]] = option(None, "stages that get a branch, counted from 1; null = the two stages "
-                                               "just below the deepest", min=1)
+                                               "just below the deepest", **STAGE)
     blocks: list[list[int]] = option([[1, 2], [2]], "per branch (shallow to deep), the basic blocks of each stage "
-                                                    "it rebuilds (Self-KD-Lib's ResNet-18: [[1, 2], [2]])", min=1)
+                                                    "it rebuilds (Self-KD-Lib's ResNet-18: [[1, 2], [2]])",
+                                                    min=1, max=16)
     widths: Optional[list[float]] = option(None, "per branch, a channel multiplier of its rebuilt stages; "
                                                  "null = 1 for every branch", above=0, max=16)
 

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput
 from .kd import kd_loss
@@ -44,8 +44,8 @@ KEPT = ("images", "targets", "indices")  # of the last batch's view 1; its view 
 
 @dataclass
 class DLBConfig(Options):
-    weight: float = option(1.0, "alpha, the weight of the last-mini-batch distillation", min=0)
-    temperature: float = option(3.0, "softmax temperature T", above=0)
+    weight: float = option(1.0, "alpha, the weight of the last-mini-batch distillation", **LOSS_WEIGHT)
+    temperature: float = option(3.0, "softmax temperature T", **TEMPERATURE)
     joint_pass: bool = option(False, "forward the new batch and the last batch's second view as one batch "
                                      "(faster; BatchNorm statistics then span both, unlike the authors' two "
                                      "passes)")

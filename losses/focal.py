@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import EXPONENT, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -52,7 +52,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> tor
 
 @dataclass
 class FocalConfig(Options):
-    gamma: float = option(2.0, "focusing parameter gamma (Self-KD-Lib and the paper: 2; 0 = cross-entropy)", min=0)
+    gamma: float = option(2.0, "focusing parameter gamma (Self-KD-Lib and the paper: 2; 0 = cross-entropy)", **EXPONENT)
 
 
 @register_loss("focal", FocalConfig)

@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .kd import kd_loss
@@ -189,11 +189,11 @@ class BiFPNSelfTeacher(nn.Module):
 # ---------------------------------------------------------------- the term
 @dataclass
 class FRSKDConfig(Options):
-    alpha: float = option(2.0, "weight of the KD from the self-teacher's logits", min=0)
-    beta: float = option(100.0, "weight of the attention transfer from the self-teacher's refined maps", min=0)
-    temperature: float = option(4.0, "softmax temperature T of the KD term", above=0)
-    width: int = option(2, "the self-teacher's channels per stage, as a multiple of the stage's", min=1)
-    depth: int = option(2, "depthwise-separable 3x3 convolutions in each BiFPN node", min=1)
+    alpha: float = option(2.0, "weight of the KD from the self-teacher's logits", **LOSS_WEIGHT)
+    beta: float = option(100.0, "weight of the attention transfer from the self-teacher's refined maps", **LOSS_WEIGHT)
+    temperature: float = option(4.0, "softmax temperature T of the KD term", **TEMPERATURE)
+    width: int = option(2, "the self-teacher's channels per stage, as a multiple of the stage's", min=1, max=16)
+    depth: int = option(2, "depthwise-separable 3x3 convolutions in each BiFPN node", min=1, max=16)
 
 
 @register_loss("frskd", FRSKDConfig)

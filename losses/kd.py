@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -26,8 +26,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 @dataclass
 class KDConfig(Options):
-    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)", min=0)
-    temperature: float = option(4.0, "softmax temperature T", above=0)
+    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)",
+                           **LOSS_WEIGHT)
+    temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
 
 
 @register_loss("kd", KDConfig)

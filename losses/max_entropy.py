@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -38,7 +38,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 @dataclass
 class MaxEntropyConfig(Options):
     beta: float = option(0.005, "weight beta of the (subtracted) batch-mean entropy; Self-KD-Lib's CIFAR-100 "
-                                "setting is 0.5 per element over K classes = 0.5 / K = 0.005", min=0)
+                                "setting is 0.5 per element over K classes = 0.5 / K = 0.005", **LOSS_WEIGHT)
 
 
 @register_loss("max_entropy", MaxEntropyConfig)

@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import BETA_ALPHA, LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option
 from data.batch_transforms import beta_sample
 
 from .base import LossTerm, StepOutput, TrainingSetup
@@ -108,20 +108,20 @@ def discriminator_bce(discriminators: Sequence[nn.Module], interpolated: Sequenc
 
 @dataclass
 class MixSKDConfig(Options):
-    alpha: float = option(0.4, "lam ~ Beta(alpha, alpha) of the term's own mixup (0.4: the CIFAR script)", above=0)
-    temperature: float = option(3.0, "softmax temperature T of every distillation", above=0)
-    kd_weight: float = option(1.0, "weight of the distillation terms", min=0)
-    feature_weight: float = option(1.0, "weight of the feature MSE", min=0)
-    adversarial_weight: float = option(1.0, "weight of the discriminators' BCE", min=0)
+    alpha: float = option(0.4, "lam ~ Beta(alpha, alpha) of the term's own mixup (0.4: the CIFAR script)", **BETA_ALPHA)
+    temperature: float = option(3.0, "softmax temperature T of every distillation", **TEMPERATURE)
+    kd_weight: float = option(1.0, "weight of the distillation terms", **LOSS_WEIGHT)
+    feature_weight: float = option(1.0, "weight of the feature MSE", **LOSS_WEIGHT)
+    adversarial_weight: float = option(1.0, "weight of the discriminators' BCE", **LOSS_WEIGHT)
     mixup_ce: bool = option(True, "add the mixup images' CE (every exit and the self-teacher), as the ImageNet script "
                                   "and the paper; false: the CIFAR script, where the self-teacher never trains")
     discriminator: str = option("frozen", "frozen: the discriminators keep their random initialisation (both scripts); "
                                           "trained: they descend the same BCE", choices=("frozen", "trained"))
-    discriminator_width: int = option(128, "hidden width of each discriminator", min=1)
+    discriminator_width: int = option(128, "hidden width of each discriminator", min=1, max=4096)
     stages: Optional[list[int]] = option(None, "stages that get a branch, counted from 1; null = every stage but the "
-                                               "deepest", min=1)
+                                               "deepest", **STAGE)
     blocks: int = option(2, "basic blocks per rebuilt stage in every branch (the original: the backbone's, 2 on "
-                            "ResNet-18)", min=1)
+                            "ResNet-18)", min=1, max=16)
 
 
 @register_loss("mixskd", MixSKDConfig)

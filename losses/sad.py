@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -59,7 +59,7 @@ def sad_loss(feats: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class SADConfig(Options):
-    weight: float = option(1000.0, "weight of the summed attention-map losses (Self-KD-Lib: 1000)", min=0)
+    weight: float = option(1000.0, "weight of the summed attention-map losses (Self-KD-Lib: 1000)", **LOSS_WEIGHT)
 
 
 @register_loss("sad", SADConfig)

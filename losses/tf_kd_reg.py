@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
@@ -42,8 +42,9 @@ def tf_kd_reg_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.T
 @dataclass
 class TfKDRegConfig(Options):
     weight: float = option(0.1, "weight of KL_batchmean(q || p) (the authors' alpha * m / K: 0.1 for "
-                                "CIFAR-100 ResNet-18, with loss.ce.weight 1 - alpha = 0.9)", min=0)
-    temperature: float = option(20.0, "temperature T of the virtual teacher (20 for CIFAR-100 ResNet-18)", above=0)
+                                "CIFAR-100 ResNet-18, with loss.ce.weight 1 - alpha = 0.9)", **LOSS_WEIGHT)
+    temperature: float = option(20.0, "temperature T of the virtual teacher (20 for CIFAR-100 ResNet-18)",
+                                **TEMPERATURE)
     correct_prob: float = option(0.99, "the virtual teacher's score for the true class, before softening",
                                  min=0, max=1)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option, shown
+from core.typed_config import LOSS_WEIGHT, STAGE, Options, option, shown
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -81,13 +81,13 @@ def warmup_weight(epoch: torch.Tensor | int, warmup_epochs: int) -> torch.Tensor
 
 @dataclass
 class TfFDConfig(Options):
-    lambda_intra: float = option(4e-4, "weight of the intra-layer term (released-code default)", min=0)
-    lambda_inter: float = option(5e-3, "weight of the inter-layer term (released-code default)", min=0)
-    warmup_epochs: int = option(20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none", min=0)
-    stages: Optional[list[int]] = option(None, "stages used, counted from 1 (shallow) to K (deep); null = all", min=1)
+    lambda_intra: float = option(4e-4, "weight of the intra-layer term (released-code default)", **LOSS_WEIGHT)
+    lambda_inter: float = option(5e-3, "weight of the inter-layer term (released-code default)", **LOSS_WEIGHT)
+    warmup_epochs: int = option(20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none",
+                                min=0, max=100_000)
+    stages: Optional[list[int]] = option(None, "stages used, counted from 1 (shallow) to K (deep); null = all", **STAGE)
     pairs: Optional[list[list[int]]] = option(
-        None, "inter-layer [shallow, deep] stage pairs, counted from 1; null = all i < j among `stages`", min=1
-    )
+        None, "inter-layer [shallow, deep] stage pairs, counted from 1; null = all i < j among `stages`", **STAGE)
     detach_salient: bool = option(False, "stop gradient into the salient half (the released code lets both learn)")
 
     def __post_init__(self):

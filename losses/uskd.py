@@ -58,7 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.typed_config import Options, option
+from core.typed_config import LOSS_WEIGHT, Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
@@ -144,12 +144,13 @@ def uskd_loss(logits: torch.Tensor, weak_logits: torch.Tensor, targets: torch.Te
 
 @dataclass
 class USKDConfig(Options):
-    alpha: float = option(0.1, "weight of the target part L_t (CIFAR-100 0.1, ImageNet 1)", min=0)
-    beta: float = option(0.1, "weight of the non-target part L_n (0.1 on both)", min=0)
-    mu: float = option(0.1, "weight of the weak head's label-smoothed CE (CIFAR-100 0.1, ImageNet 0.005)", min=0)
+    alpha: float = option(0.1, "weight of the target part L_t (CIFAR-100 0.1, ImageNet 1)", **LOSS_WEIGHT)
+    beta: float = option(0.1, "weight of the non-target part L_n (0.1 on both)", **LOSS_WEIGHT)
+    mu: float = option(0.1, "weight of the weak head's label-smoothed CE (CIFAR-100 0.1, ImageNet 0.005)",
+                       **LOSS_WEIGHT)
     stage: int = option(-2, "the stage whose average-pooled output feeds the weak head, counted from the deepest "
                             "(-1): -2, the one before it, as in the authors' code; -1 where a head block follows "
-                            "the deepest stage, as mobilenetv2_imagenet's 1280-channel conv", max=-1)
+                            "the deepest stage, as mobilenetv2_imagenet's 1280-channel conv", min=-16, max=-1)
     rank_from: str = option("code", "what ranks the non-target classes: code (the released code's weak-head "
                                     "probabilities + final log-probabilities) or paper (the weak head alone)",
                             choices=("code", "paper"))

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.typed_config import Options, option
+from core.typed_config import EXPONENT, LOSS_WEIGHT, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss
@@ -111,11 +111,11 @@ def final_linear(model: nn.Module, in_features: int, out_features: int) -> nn.Li
 @dataclass
 class ZipfLSConfig(Options):
     weight: float = option(0.1, "lambda, the weight of the Zipf KL term (0.1 on CIFAR-100 and ImageNet, 1.0 on "
-                                "TinyImageNet and iNat)", min=0)
+                                "TinyImageNet and iNat)", **LOSS_WEIGHT)
     power: float = option(1.0, "the Zipf exponent: the non-target class of rank r gets weight r^-power (0: uniform)",
-                           min=0)
+                          **EXPONENT)
     upsample: int = option(2, "the factor the head map is upsampled by before its pixels vote (2 on CIFAR, "
-                              "1 = none on ImageNet)", min=1)
+                              "1 = none on ImageNet)", min=1, max=16)
     upsample_mode: str = option("bilinear", "interpolation of the upsampling", choices=("bilinear", "bicubic"))
 
 

@@ -84,13 +84,37 @@ def test_wrong_type(tmp_path):
     ("train.milestones=[5,5]", "train.milestones must be increasing, got [5, 5]"),
     ("seed=-1", "seed must be >= 0, got -1"),
     ("loss.ce.label_smoothing=1.5", "loss.ce.label_smoothing must be <= 1, got 1.5"),
-    ("loss.kd.temperature=0", "loss.kd.temperature must be > 0, got 0"),
+    ("loss.kd.temperature=0", "loss.kd.temperature must be >= 0.01, got 0"),
     ("data.std=[0.2,0,0.2]", "data.std[1] must be > 0, got 0"),
     ("data.num_classes=1", "data.num_classes must be >= 2, got 1"),
     ("loss.tffd.stages=[1,1]", "loss.tffd.stages lists 1 twice"),
 ])
 def test_out_of_range_value(tmp_path, override, message):
     result, run_dir = refused(tmp_path, override)
+    assert_refused(result, run_dir, message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.terms=[ce,kd]", "loss.kd.temperature=1e-300"], "loss.kd.temperature must be >= 0.01, got 1e-300"),
+    (["loss.terms=[dlb]", "loss.dlb.temperature=1e300"], "loss.dlb.temperature must be <= 100, got 1e+300"),
+    (["loss.terms=[focal]", "loss.focal.gamma=1e300"], "loss.focal.gamma must be <= 10, got 1e+300"),
+    (["loss.terms=[ce,zipf_ls]", "loss.zipf_ls.power=1e300"], "loss.zipf_ls.power must be <= 10, got 1e+300"),
+    (["loss.terms=[byot]", "loss.byot.width=1000000"], "loss.byot.width must be <= 4096, got 1000000"),
+    (["loss.terms=[frskd]", "loss.frskd.depth=1000000"], "loss.frskd.depth must be <= 16, got 1000000"),
+    (["loss.terms=[mixskd]", "loss.mixskd.blocks=1000000"], "loss.mixskd.blocks must be <= 16, got 1000000"),
+    (["loss.terms=[dks]", "loss.dks.blocks=[[1000000],[2]]"], "loss.dks.blocks[0][0] must be <= 16, got 1000000"),
+    (["loss.terms=[ce]", "batch.transforms=[mixup]", "batch.mixup.alpha=1e-300"], "batch.mixup.alpha must be >= 0.01"),
+    (["loss.ce.weight=1e300"], "loss.ce.weight must be <= 100000, got 1e+300"),
+    (["train.lr=1e300"], "train.lr must be <= 100, got 1e+300"),
+    (["train.batch_size=100000000"], "train.batch_size must be <= 65536, got 100000000"),
+    (["data.image_size=1000000"], "data.image_size must be <= 1024, got 1000000"),
+    (["data.num_train=10000000", "data.image_size=1024"],
+     "data.name=synthetic: 10000064 images of 1028x1028 pixels (1024 padded by data.padding=2) would take"),
+    (["data.name=digits", "data.image_size=1024", "data.padding=1024"], "lower data.image_size or data.padding"),
+    (["data.name=cifar100", "data.padding=1024"], "60000 images of 2080x2080 pixels"),
+])
+def test_sizes_and_exponents_past_what_an_experiment_uses_are_refused_by_the_range(tmp_path, overrides, message):
+    result, run_dir = refused(tmp_path, *overrides)
     assert_refused(result, run_dir, message)
 
 

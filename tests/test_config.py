@@ -172,18 +172,22 @@ def numeric_fields(schema, prefix=""):
             yield prefix + field.name, field
 
 
-def test_every_numeric_option_declares_its_range():
-    """A new option (of any registered loss term too) cannot forget its range: bounds are declared
-    with the option, and construction checks them."""
+def test_every_numeric_option_declares_both_ends_of_its_range():
+    """A new option (of any registered loss term, augmentation or batch transform too) cannot forget its
+    range, nor leave it open upwards (a width of a million, an exponent of 1e300): bounds are declared with the
+    option, below (min/above) and above (max/below), and construction checks them."""
     keys = []
     for key, field in numeric_fields(ExperimentConfig):
-        assert field.metadata.get("bounds"), f"{key} declares no range: give option(...) min/max/above/below"
+        bounds = field.metadata.get("bounds", {})
+        assert {"min", "above"} & set(bounds), f"{key} declares no lower bound: give option(...) min= or above="
+        assert {"max", "below"} & set(bounds), f"{key} declares no upper bound: give option(...) max= or below="
         keys.append(key)
-    assert {"seed", "train.lr", "loss.tffd.lambda_intra", "loss.kd.temperature", "loss.tffd.pairs"} <= set(keys)
+    assert {"seed", "train.lr", "loss.tffd.lambda_intra", "loss.kd.temperature", "loss.tffd.pairs",
+            "loss.dks.blocks", "batch.mixup.alpha", "data.random_erase.ratio"} <= set(keys)
 
 
 def test_sections_check_their_values_whoever_constructs_them():
-    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="temperature must be >= 0.01, got 0"):
         KDConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="lr must be a finite number, got nan"):
         TrainConfig(lr=float("nan"))

@@ -158,7 +158,7 @@ def test_the_self_teacher_is_the_terms_state():
 # ---------------------------------------------------------------- options, shapes, settings
 @pytest.mark.parametrize("options, message", [
     ({"alpha": -1.0}, "alpha must be >= 0"), ({"beta": -0.1}, "beta must be >= 0"),
-    ({"temperature": 0.0}, "temperature must be > 0"), ({"width": 0}, "width must be >= 1"),
+    ({"temperature": 0.0}, "temperature must be >= 0.01"), ({"width": 0}, "width must be >= 1"),
     ({"depth": 0}, "depth must be >= 1"),
 ])
 def test_options_out_of_range_are_config_errors(options, message):

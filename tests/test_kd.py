@@ -64,7 +64,7 @@ def test_kd_gradient_reaches_the_student_only():
 def test_kd_config_rejects_bad_values():
     from core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="temperature must be >= 0.01, got 0"):
         KDConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="weight must be >= 0, got -0.1"):
         KDConfig(weight=-0.1)
