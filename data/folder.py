@@ -14,11 +14,17 @@ the dataset's own statistics would cost a pass over the data before each run).
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from core.errors import DataError
@@ -62,22 +68,117 @@ def _split_dir(root: Path, names: tuple[str, ...], what: str, hint: str) -> Path
     raise DataError(f"{what}: directory not found: {expected} ({hint})")
 
 
+@dataclass
+class Skipped:
+    """What a scan of class folders left out: symlinks that repeat a file or folder already counted (a loop
+    such as ``a/loop -> ..``, a second link to one image), symlinks to an image of another class, and
+    broken symlinks (only where ``data.skip_bad_images``; otherwise they are refused)."""
+    repeated: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    def line(self, what: str) -> str | None:
+        """The one warning line that says what was skipped, or None."""
+        parts = [f"{len(paths)} {kind} (e.g. {paths[0]})" for paths, kind in (
+            (self.repeated, "symlinks that repeat an image or folder already counted"),
+            (self.foreign, "symlinks to images of another class, counted under their own"),
+            (self.broken, "broken symlinks (data.skip_bad_images)")) if paths]
+        if not parts:
+            return None
+        return f"warning: {what}: every image file counts once, under the class folder that holds it; skipped " + \
+            ", ".join(parts)
+
+
+def _class_of(real: str, class_dirs: dict[str, str]) -> str | None:
+    """The class whose folder (by real path) holds ``real``, or None."""
+    for directory, name in class_dirs.items():
+        if real == directory or real.startswith(directory + os.sep):
+            return name
+    return None
+
+
+def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...], what: str,
+                       skip_broken: bool, skipped: Skipped) -> list[tuple[str, int]]:
+    """(path, class index) of every image file under ``directory/<class>/`` once, by its real path, under the
+    class folder that really holds it (an image linked from another class's folder counts there only), in
+    torchvision's order. Symlinked folders are followed, each real folder once per class (a loop ends);
+    what was left out goes to ``skipped``; a broken symlink is a ``DataError`` unless ``skip_broken``."""
+    class_dirs: dict[str, str] = {}  # real folder -> the class that holds it: not a link to it, if one is not
+    for name in sorted(class_to_idx, key=lambda name: (os.path.islink(os.path.join(directory, name)), name)):
+        class_dirs.setdefault(os.path.realpath(os.path.join(directory, name)), name)
+    class_dirs = dict(sorted(class_dirs.items(), key=lambda item: -len(item[0])))  # the innermost first
+    counted: set[str] = set()
+    samples = []
+    for name in sorted(class_to_idx):
+        visited: set[str] = set()
+        folders = []
+        for folder, subfolders, files in os.walk(os.path.join(directory, name), followlinks=True):
+            visited.add(os.path.realpath(folder))
+            for sub in list(subfolders):
+                real = os.path.realpath(os.path.join(folder, sub))
+                if real in visited:  # a loop (a/loop -> ..), or a folder this class already holds
+                    skipped.repeated.append(os.path.join(folder, sub))
+                    subfolders.remove(sub)
+                elif _class_of(real, class_dirs) not in (None, name):
+                    skipped.foreign.append(os.path.join(folder, sub))
+                    subfolders.remove(sub)
+            folders.append((folder, files))
+        for folder, files in sorted(folders):
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                if not has_file_allowed_extension(file, extensions):
+                    continue
+                if not os.path.exists(path):  # a symlink to nothing (or to itself)
+                    if not skip_broken:
+                        raise DataError(f"{what}: broken symbolic link {path} -> {os.readlink(path)} (no such file); "
+                                        f"remove it or fix its target, or set data.skip_bad_images=true to skip such "
+                                        f"files")
+                    skipped.broken.append(path)
+                    continue
+                real = os.path.realpath(path)
+                if _class_of(real, class_dirs) not in (None, name):
+                    skipped.foreign.append(path)
+                elif real in counted:
+                    skipped.repeated.append(path)
+                else:
+                    counted.add(real)
+                    samples.append((path, class_to_idx[name]))
+    return samples
+
+
 class CheckedImageFolder(ImageFolder):
-    """``ImageFolder`` whose sample is a ``BadImage`` where the file is empty, corrupt or truncated,
+    """``ImageFolder`` that counts every image file once, under its own class (``scan_class_folders``), and
+    whose sample is a ``BadImage`` where the file is empty, corrupt, truncated or a decompression bomb,
     rather than an exception deep inside a DataLoader worker."""
+
+    def __init__(self, root: str, transform, what: str, skip_broken: bool):
+        self.what, self.skip_broken, self.skipped = what, skip_broken, Skipped()
+        super().__init__(root, transform=transform, allow_empty=True)
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return scan_class_folders(str(directory), class_to_idx, extensions or IMG_EXTENSIONS, self.what,
+                                  self.skip_broken, self.skipped)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
+            with warnings.catch_warnings():  # PIL warns past MAX_IMAGE_PIXELS and refuses past twice that
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = self.loader(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            return BadImage(path, f"a decompression bomb: {_first_line(error)}"), target
         except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
-            return BadImage(path, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"), target
+            return BadImage(path, f"{type(error).__name__}: {_first_line(error)}"), target
         return (self.transform(image) if self.transform is not None else image), target
 
 
-def _image_folder(directory: Path, transform, what: str) -> ImageFolder:
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
+
+
+def _image_folder(directory: Path, transform, what: str, skip_broken: bool) -> CheckedImageFolder:
     try:
-        dataset = CheckedImageFolder(str(directory), transform=transform, allow_empty=True)
+        dataset = CheckedImageFolder(str(directory), transform, what, skip_broken)
     except FileNotFoundError:  # torchvision: no class folder at all
         raise DataError(f"{what}: no class sub-folders in {directory} (expected one folder of images per class)") from None
     counts = torch.bincount(torch.as_tensor(dataset.targets, dtype=torch.int64), minlength=len(dataset.classes))
@@ -85,7 +186,7 @@ def _image_folder(directory: Path, transform, what: str) -> ImageFolder:
     if empty:
         more = f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else ""
         raise DataError(f"{what}: empty class folder {directory / empty[0]}{more}: no images "
-                        f"({', '.join(IMG_EXTENSIONS)})")
+                        f"({', '.join(IMG_EXTENSIONS)}) of its own")
     return dataset
 
 
@@ -95,13 +196,17 @@ def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_siz
     root = Path(data_config.root).expanduser()
     train_dir = _split_dir(root, ("train",), what, hint)
     test_dir = _split_dir(root, test_splits, what, hint)
-    train = _image_folder(train_dir, transforms(True), what)
-    test = _image_folder(test_dir, transforms(False), what)
+    train = _image_folder(train_dir, transforms(True), what, data_config.skip_bad_images)
+    test = _image_folder(test_dir, transforms(False), what, data_config.skip_bad_images)
     if test.classes != train.classes:  # labels are class indices in sorted order: the sets must agree
         differing = sorted(set(train.classes) ^ set(test.classes))[0]
         side = test_dir if differing in test.classes else train_dir
         raise DataError(f"{what}: {test_dir} and {train_dir} must hold the same class folders; "
                         f"{side / differing} has no counterpart")
+    skipped = Skipped(*(a + b for a, b in zip(dataclasses.astuple(train.skipped), dataclasses.astuple(test.skipped))))
+    warning = skipped.line(what)
+    if warning:
+        print(warning, file=sys.stderr)
     return FolderData(train, test, len(train.classes), image_size)
 
 

@@ -9,7 +9,7 @@ from typing import Union
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.registry import Registry
 from core.typed_config import shown
 
@@ -66,7 +66,16 @@ def check_in_memory_size(data_config, count: int, image_size: int, hint: str) ->
 
 
 def build_dataset(data_config) -> DatasetData:
-    return DATASETS.lookup(data_config.name)(data_config)
+    """The dataset ``data.name`` names; one of fewer than two classes is refused (every prediction would be
+    right: a run would "finish" at 100% top-1 and mean nothing)."""
+    data = DATASETS.lookup(data_config.name)(data_config)
+    if data.num_classes < 2:
+        folders = isinstance(data, FolderData)
+        where = f" under data.root={data_config.root}" if folders else ""
+        fix = "add a folder of images for each other class" if folders else "choose data with two classes or more"
+        raise DataError(f"{data_config.name}: the data{where} has {data.num_classes} class, and classification "
+                        f"needs at least two: {fix}")
+    return data
 
 
 def normalisation(data_config, default_mean, default_std) -> tuple[tuple[float, ...], tuple[float, ...]]:

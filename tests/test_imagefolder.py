@@ -1,6 +1,7 @@
 """Class-per-subfolder datasets (``imagefolder``, ``imagenet``) on a tiny generated folder of PNGs."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -144,3 +145,116 @@ def test_skip_bad_images_trains_on_the_rest_and_counts_them(image_tree, tmp_path
     assert log.count("skipped 2 unreadable image files (data.skip_bad_images)") == 2  # once per epoch
     assert any(str(path) in log for path in bad)
     assert read_metrics(run_dir)["finished"] is True
+
+
+# ---------------------------------------------------------------- what counts as a sample
+def _samples(root: Path, **options) -> list[tuple[str, str]]:
+    """(real path, class name) of every training sample of the folder dataset at ``root``."""
+    dataset = build_dataset(folder_config(root, **options)).train
+    return [(os.path.realpath(path), dataset.classes[target]) for path, target in dataset.samples]
+
+
+def _loop_inside_a_class(train: Path) -> int:
+    (train / "cat" / "a").mkdir()
+    (train / "cat" / "a" / "loop").symlink_to("..")  # cat/a/loop/a/loop/... for ever
+    return 1
+
+
+def _loop_to_the_split(train: Path) -> int:
+    (train / "dog" / "up").symlink_to("..")  # every class again, under dog
+    return 1
+
+
+def _links_to_another_class(train: Path) -> int:
+    (train / "cat" / "stolen.png").symlink_to(train / "dog" / "0.png")
+    (train / "cat" / "dogs").symlink_to(train / "dog")
+    return 2
+
+
+def _a_second_link_to_one_image(train: Path) -> int:
+    (train / "cat" / "again.png").symlink_to("0.png")
+    (train / "cat" / "more").mkdir()
+    (train / "cat" / "more" / "again.png").symlink_to(train / "cat" / "1.png")
+    return 2
+
+
+@pytest.mark.parametrize("links", [_loop_inside_a_class, _loop_to_the_split, _links_to_another_class,
+                                   _a_second_link_to_one_image])
+def test_every_image_file_counts_once_under_its_own_class_and_one_line_says_what_was_skipped(image_tree, capfd,
+                                                                                              links):
+    plain = _samples(image_tree)
+    capfd.readouterr()
+    skipped = links(image_tree / "train")
+    samples = _samples(image_tree)
+    assert sorted(samples) == sorted(plain) and len(samples) == 8  # 4 per class, each with its folder's label
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("warning: imagefolder: every image file counts once, under the class folder that holds it")
+    assert f"skipped {skipped} symlinks" in err
+
+
+def test_an_outside_image_linked_into_a_class_counts_there(image_tree, tmp_path):
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (20, 12), CLASSES["cat"]).save(outside)
+    (image_tree / "train" / "cat" / "extra.png").symlink_to(outside)
+    assert (str(outside), "cat") in _samples(image_tree)
+
+
+def _one_class(root: Path) -> None:
+    for split in SPLITS:
+        shutil.rmtree(root / split / "dog")
+
+
+def _second_class_is_a_link_to_the_first(root: Path) -> None:
+    for split in SPLITS:
+        shutil.rmtree(root / split / "dog")
+        (root / split / "dog").symlink_to("cat")
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (_one_class, "imagefolder: the data under data.root=.* has 1 class, and classification needs at least two"),
+    (_second_class_is_a_link_to_the_first, "empty class folder .*/train/dog: no images .* of its own"),
+])
+def test_fewer_than_two_classes_is_refused_before_anything_is_written(image_tree, tmp_path, breakage, message):
+    breakage(image_tree)
+    with pytest.raises(DataError, match=message):
+        build_dataset(folder_config(image_tree))
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
+                       str(run_dir))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("target", ["missing.png", "itself.png"])
+def test_a_broken_symlink_is_refused_before_the_run_directory_or_skipped_and_counted(image_tree, tmp_path, capfd,
+                                                                                      target):
+    link = image_tree / "train" / "dog" / "itself.png"
+    link.symlink_to(target)
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
+                       str(run_dir))
+    assert result.returncode == 2 and not run_dir.exists(), result.stderr[-3000:]
+    assert result.stderr == (f"error: imagefolder: broken symbolic link {link} -> {target} (no such file); remove it "
+                             f"or fix its target, or set data.skip_bad_images=true to skip such files\n")
+    assert len(_samples(image_tree, skip_bad_images=True)) == 8
+    assert f"skipped 1 broken symlinks (data.skip_bad_images) (e.g. {link})" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 megapixels: PIL warns; 400: PIL refuses
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_decompression_bomb_is_one_line_naming_the_file_or_skipped_and_counted(image_tree, tmp_path, skip, side):
+    bomb = image_tree / "train" / "cat" / "1.png"
+    Image.new("1", (side, side)).save(bomb)  # a few kilobytes
+    assert bomb.stat().st_size < 100_000
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
+                       f"data.skip_bad_images={str(skip).lower()}", "train.epochs=1", "train.batch_size=4",
+                       "--run-dir", str(run_dir))
+    if skip:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "skipped 1 unreadable image files (data.skip_bad_images)" in (run_dir / "log.txt").read_text()
+    else:
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.startswith(f"error: unreadable image {bomb} (a decompression bomb: ")
+        assert len(result.stderr.splitlines()) == 1
