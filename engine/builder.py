@@ -70,17 +70,72 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def profile_model(model: nn.Module, image_size: int) -> ModelProfile:
+_TOO_SMALL = ("Output size is too small", "can't be greater than actual input size")  # torch's pooling, convolution
+
+
+def profile_model(model: nn.Module, image_size: int, name: str = "the model") -> ModelProfile:
+    """Parameters, FLOPs and stage shapes from one forward pass of one image in eval mode; an image too small
+    for the model's pooling is a ``ConfigError``."""
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        _, feats = model(torch.zeros(1, 3, image_size, image_size))
+    try:
+        with torch.no_grad(), counter:
+            _, feats = model(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as error:
+        if not any(text in str(error) for text in _TOO_SMALL):
+            raise
+        raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images: its pooling shrinks them "
+                          f"to nothing ({str(error).splitlines()[0]}); use a larger data.image_size or another "
+                          f"model") from None
     model.train()
     return ModelProfile(
         parameters=sum(p.numel() for p in model.parameters()),
         forward_flops=counter.get_total_flops(),
         feature_shapes=[tuple(f.shape[1:]) for f in feats],
     )
+
+
+def smallest_train_batch(num_train: int, world_size: int, batch: int) -> int:
+    """The fewest images of any training batch of one rank: the last one, where the rank's share of the data
+    (data/sharding.py) is not a multiple of the batch size. Every forward pass of the model trains on at least
+    this many: a term's partners and second views (data/samplers.py) come on top of a batch's images, and DLB's
+    parts each hold a whole batch's."""
+    per_rank = num_train // world_size
+    return per_rank % batch or min(batch, per_rank)
+
+
+def check_trains_on_smallest_batch(model: nn.Module, image_size: int, smallest: int, num_train: int,
+                                   world_size: int, batch: int, name: str) -> None:
+    """Refuse a model that cannot train on the run's smallest batch: where that batch holds one image, a
+    BatchNorm layer whose feature map has shrunk to 1x1 sees one value per channel in train mode and PyTorch
+    stops. Checked by a forward pass in train mode of one image on the CPU, the model's state (its BatchNorm
+    statistics) and the random generator left as they were. (The last batch is never dropped: a run sees
+    every image each epoch, as the published protocols do.)"""
+    if smallest >= 2:  # BatchNorm sees at least two values per channel; nothing else depends on the batch size
+        return
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    try:
+        model(torch.zeros(1, 3, image_size, image_size))
+    except ValueError as error:
+        if "Expected more than 1 value per channel" not in str(error):
+            raise
+        per_rank = num_train // world_size
+        if per_rank == 1:
+            what, fix = "1 training image per process", "give it more training images"
+        elif batch == 1:
+            what, fix = "batches of 1 image", "use train.batch_size >= 2"
+        else:
+            better = next(b for b in range(batch + 1, batch + per_rank + 2) if per_rank % b != 1)
+            what = (f"its last training batch of each epoch, 1 image ({per_rank} images per process, "
+                    f"train.batch_size={batch * world_size})")
+            fix = f"choose a train.batch_size that leaves no single image over (e.g. {better * world_size})"
+        raise ConfigError(f"model.name={name} cannot train on {what} at data.image_size={image_size}: a BatchNorm "
+                          f"layer's 1x1 feature map then gives it one value per channel; {fix}, or use a larger "
+                          f"data.image_size") from None
+    finally:
+        model.load_state_dict(state)
+        torch.set_rng_state(rng)
 
 
 def sampler_of(terms: list[LossTerm], names: list[str]):
@@ -130,7 +185,10 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     model = build_model(config.model.name, loaders.num_classes)
     if config.model.weights:
         load_model_weights(model, config.model.weights, what="model.weights")
-    profile = profile_model(model, loaders.image_size)
+    profile = profile_model(model, loaders.image_size, config.model.name)
+    check_trains_on_smallest_batch(model, loaders.image_size,
+                                   smallest_train_batch(loaders.num_train, dist.world_size, batch),
+                                   loaders.num_train, dist.world_size, batch, config.model.name)
     setup = TrainingSetup(loaders.num_train, loaders.num_classes, train_cfg.epochs, tuple(profile.feature_shapes))
     for term in terms:
         term.check_features(profile.feature_shapes)

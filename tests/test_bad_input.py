@@ -118,6 +118,37 @@ def test_sizes_and_exponents_past_what_an_experiment_uses_are_refused_by_the_ran
     assert_refused(result, run_dir, message)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name=resnet18", "train.batch_size=1"], "model.name=resnet18 cannot train on batches of 1 image at "
+     "data.image_size=16: a BatchNorm layer's 1x1 feature map then gives it one value per channel; use "
+     "train.batch_size >= 2, or use a larger data.image_size"),
+    (["model.name=resnet18", "data.num_train=65"], "cannot train on its last training batch of each epoch, 1 image "
+     "(65 images per process, train.batch_size=32) at data.image_size=16"),
+    (["model.name=resnet18", "data.num_train=65"], "choose a train.batch_size that leaves no single image over (e.g. 33)"),
+    (["model.name=resnet50", "data.num_train=97", "loss.terms=[dlb]"], "1 image (97 images per process"),
+    (["model.name=resnet50", "data.num_train=97", "loss.terms=[cs_kd]"], "1 image (97 images per process"),
+    (["model.name=resnet18", "data.num_train=1"], "cannot train on 1 training image per process"),
+    (["model.name=vgg8", "data.image_size=4"], "model.name=vgg8 cannot take 4x4 images: its pooling shrinks them to "
+     "nothing (Given input size: (256x1x1)"),
+])
+def test_a_model_that_cannot_train_on_the_data_is_refused_before_anything_is_written(tmp_path, overrides, message):
+    result, run_dir = refused(tmp_path, *overrides)
+    assert_refused(result, run_dir, message)
+
+
+def test_the_smallest_batch_check_leaves_the_model_and_the_random_stream_as_they_were():
+    from engine.builder import check_trains_on_smallest_batch, smallest_train_batch
+
+    assert [smallest_train_batch(n, w, b) for n, w, b in [(65, 1, 32), (64, 1, 32), (20, 1, 32), (130, 2, 32),
+                                                           (131, 2, 32)]] == [1, 32, 20, 1, 1]
+    model = build_model("resnet20", 10)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_trains_on_smallest_batch(model, 16, 1, 65, 1, 32, "resnet20")  # 4x4 at the end: trains
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
 def test_label_smoothing_to_the_other_classes_leaves_the_target_the_most(tmp_path):
     """With ``others`` the target keeps 1 - eps and each of the K - 1 others eps / (K - 1): past eps = (K-1)/K
     the target would get less than each other class (and torch's smoothing would be out of range)."""
