@@ -217,8 +217,9 @@ def _second_class_is_a_link_to_the_first(root: Path) -> None:
 ])
 def test_fewer_than_two_classes_is_refused_before_anything_is_written(image_tree, tmp_path, breakage, message):
     breakage(image_tree)
-    with pytest.raises(DataError, match=message):
-        build_dataset(folder_config(image_tree))
+    for name in ("imagefolder", "imagenet"):
+        with pytest.raises(DataError, match=message.replace("imagefolder", name)):
+            build_dataset(folder_config(image_tree, name=name))
     run_dir = tmp_path / "run"
     result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
                        str(run_dir))
