@@ -6,6 +6,7 @@ unfinished run with the same config is resumed; one holding a run of another con
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -151,6 +152,32 @@ def check_writable(run_dir: Path) -> None:
         raise RunDirError(f"--run-dir {run_dir}: no permission to write in {ancestor}; choose another place")
 
 
+def check_run_paths(run_dir: Path) -> None:
+    """Raise ``RunDirError`` naming the path where ``run_dir`` (or a folder above it) is a dangling symlink
+    or a symlink loop, or where a run file (config, log, metrics, checkpoints, lock) is anything but a
+    regular file (a directory, a dangling symlink, a loop, a fifo): checked before anything is written."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if os.path.islink(path) and not os.path.exists(path):
+            raise RunDirError(f"--run-dir {run_dir}: {path} is {_broken_link(path)}; fix or remove the link, "
+                              f"or choose another --run-dir")
+    for name in (*RUN_FILES, LOCK):
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_file():
+            kind = _broken_link(path) if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+            raise RunDirError(f"{path} is {kind}, where the run keeps its {name}; move it away "
+                              f"or choose another --run-dir")
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop"
+    return "a symlink to nothing (dangling)"
+
+
 class RunLock:
     """An OS lock (``fcntl.flock``) on the run directory's ``.lock`` file, whose text (host and pid)
     names the holder in the message another run gets.
@@ -195,9 +222,19 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still locked: a run that opened it sees it is gone
+            try:
+                self.path.unlink(missing_ok=True)  # while still locked: a run that opened it sees it is gone
+            except OSError:
+                pass  # a read-only directory: the file stays, and a lock file nobody holds never wedges it
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def clear_run_files(run_dir: Path) -> None:

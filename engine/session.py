@@ -20,7 +20,9 @@ from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
 from .distributed import barrier, broadcast_from_main, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
-from .run_dir import CONFIG_FILE, LAST, RunLock, check_run_dir, check_writable, clear_run_files, default_run_dir
+from .previous_run import pending, set_aside, settle
+from .run_dir import (CONFIG_FILE, LAST, RunLock, check_run_dir, check_run_paths, check_writable, clear_run_files,
+                      default_run_dir)
 from .trainer import HPARAM_METRICS, NonFiniteLoss, Trainer, load_resume_state, tensorboard_hparams
 
 
@@ -28,7 +30,11 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config_path, overrides)
     resolved = to_dict(config)
-    check_writable(run_dir)  # these two raise before anything is built or written
+    check_writable(run_dir)  # these raise before anything is built or written
+    check_run_paths(run_dir)
+    if pending(run_dir):  # an --overwrite killed or failed before its first checkpoint: finish or undo it
+        with RunLock(run_dir):
+            report_settled(run_dir, settle(run_dir))
     check_run_dir(run_dir, overwrite, resolved)
     dist = init_distributed(config.train.device)
     code = _run(config, resolved, dist, run_dir, overwrite, [o.partition("=")[0].strip() for o in overrides])
@@ -59,6 +65,7 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
     if dist.is_main:
         lock.acquire()
         try:  # again, holding the lock: a run that held it meanwhile may have finished this directory
+            report_settled(run_dir, settle(run_dir))
             mode = check_run_dir(run_dir, overwrite, resolved)
         except BaseException:
             lock.release()
@@ -69,7 +76,9 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
         resume_state = load_resume_state(run_dir / LAST, dist.world_size) if mode == "resume" else None
         if dist.is_main:
             remove_unfinished_writes(run_dir)
-            if mode in ("overwrite", "restart"):
+            if mode == "overwrite":
+                set_aside(run_dir)  # kept until this run's first checkpoint (engine/previous_run.py)
+            elif mode == "restart":
                 clear_run_files(run_dir)
             text = yaml.safe_dump(resolved, sort_keys=False)
             atomic_write(run_dir / CONFIG_FILE, lambda out: out.write(text.encode()))
@@ -88,7 +97,24 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
         finally:
             logger.close()
     finally:
+        if dist.is_main and lock.held:
+            undo_unfinished_overwrite(run_dir)
         lock.release()
+
+
+def undo_unfinished_overwrite(run_dir: Path) -> None:
+    """After a run that ended (in any way) before its first checkpoint: the files it replaced come back."""
+    if not pending(run_dir):
+        return
+    try:
+        report_settled(run_dir, settle(run_dir))
+    except OSError:
+        pass  # the directory went away or read-only: what is set aside stays, and the next run settles it
+
+
+def report_settled(run_dir: Path, outcome: str | None) -> None:
+    if outcome == "restored":
+        print(f"{run_dir}: the previous run's files are back (an --overwrite run wrote no checkpoint)", flush=True)
 
 
 def term_parameters(experiment) -> str:

@@ -19,6 +19,7 @@ from .calibration import aurc, calibration_sums, confidences_and_hits, expected_
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
+from .previous_run import drop_previous
 from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses, epoch_tensor
@@ -228,6 +229,7 @@ class Trainer:
             if is_best:
                 self._copy_last_to_best()
             self._write_metrics(finished=False)
+            drop_previous(self.run_dir)  # an --overwrite run's first checkpoint: the old files may go
         self.log.flush()
 
     def _rank_term_states(self) -> list | None:
