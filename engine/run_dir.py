@@ -84,6 +84,17 @@ def config_differences(old: dict, new: dict) -> list[str]:
             if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)]
 
 
+def check_same_config(run_dir: Path, saved: dict, new: dict) -> None:
+    """``RunDirError`` unless a run saved under ``saved`` may resume under ``new`` (``RESUME_MAY_CHANGE`` aside)."""
+    differences = config_differences(saved, new)
+    if differences:
+        raise RunDirError(
+            f"{run_dir} holds an unfinished run of another config ({differences[0]}"
+            f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
+            f"pass --overwrite to replace it or choose another --run-dir"
+        )
+
+
 def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
     """Decide, without writing anything: 'fresh', 'resume', 'restart' (same config, no epoch finished,
     no result) or 'overwrite'. Raises ``RunDirError``. The session decides before it builds anything
@@ -101,13 +112,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
             f"pass --overwrite to replace it or choose another --run-dir"
         )
     if saved_config is not None:
-        differences = config_differences(saved_config, new_config)
-        if differences:
-            raise RunDirError(
-                f"{run_dir} holds an unfinished run of another config ({differences[0]}"
-                f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
-                f"pass --overwrite to replace it or choose another --run-dir"
-            )
+        check_same_config(run_dir, saved_config, new_config)
     if not (run_dir / LAST).is_file():
         results = held_results(run_dir, metrics)
         if results:

@@ -73,7 +73,9 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
     mode = broadcast_from_main(mode)
     try:
         # Every rank reads the checkpoint it resumes from before rank 0 writes anything.
-        resume_state = load_resume_state(run_dir / LAST, dist.world_size) if mode == "resume" else None
+        resume_state = (load_resume_state(run_dir / LAST, dist.world_size, experiment, resolved,
+                                          config_file_checked=(run_dir / CONFIG_FILE).is_file())
+                        if mode == "resume" else None)
         if dist.is_main:
             remove_unfinished_writes(run_dir)
             if mode == "overwrite":
