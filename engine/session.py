@@ -6,13 +6,14 @@ the first byte is written, so a failed start leaves no half-made run directory b
 from __future__ import annotations
 
 import errno
+import os
 import platform
 from pathlib import Path
 
 import torch
 import yaml
 
-from core.errors import DiskFullError
+from core.errors import DiskFullError, RunDirError
 from core.typed_config import to_dict
 
 from .builder import build_experiment
@@ -49,13 +50,37 @@ def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_
     try:
         return _run_in(config, resolved, dist, run_dir, overwrite, override_keys)
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        last = run_dir / LAST
-        kept = (f"{last} is intact and holds the last finished epoch" if last.is_file()
-                else "no epoch had finished, so there is no checkpoint")
-        raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {error.filename or 'a file'}); "
-                            f"{kept}. Free some space and run the same command again") from None
+        writing = os.fsdecode(error.filename) if error.filename else "its log or TensorBoard events"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {writing}); "
+                                f"{kept_checkpoint(run_dir)}. Free some space and run the same command again") from None
+        if lost_while_training(run_dir, error):
+            raise RunDirError(f"{run_dir} was deleted, or made read-only, while the run trained (writing {writing}: "
+                              f"{error.strerror}); {kept_checkpoint(run_dir)}. Restore the directory (or its "
+                              f"permissions) and run the same command again") from None
+        raise
+
+
+# What writing into a run directory that was deleted, or made read-only, while the run trained raises.
+DIRECTORY_LOST = (errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def lost_while_training(run_dir: Path, error: OSError) -> bool:
+    """Whether ``error`` is a write into ``run_dir`` (checked writable before the run began) that failed
+    because the directory went away or read-only since."""
+    if error.errno not in DIRECTORY_LOST:
+        return False
+    if error.filename is None:  # a file object's write or close: ours are all in the run directory
+        return error.errno == errno.EROFS or not os.access(run_dir, os.W_OK | os.X_OK)
+    return Path(os.fsdecode(error.filename)).resolve().parent == run_dir.resolve() or not run_dir.is_dir()
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    last = run_dir / LAST
+    if last.is_file():
+        return f"{last} is intact and holds the last finished epoch"
+    return ("the directory is gone, and its last.pt with it" if not run_dir.is_dir()
+            else "no epoch had finished, so there is no checkpoint")
 
 
 def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
