@@ -13,6 +13,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Self
 
 from core.errors import ConfigError, RunDirError
 from core.typed_config import flatten, read_yaml
@@ -234,7 +235,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

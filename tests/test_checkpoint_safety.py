@@ -9,12 +9,12 @@ import pickle
 import shutil
 import sys
 
+import forkserver
 import pytest
 import torch
-
-import forkserver
-import train
 from conftest import REPO, SMOKE, run_train, train_env
+
+import train
 from engine.cli import status_of
 from models import build_model
 

@@ -9,17 +9,16 @@ import shutil
 import signal
 import sys
 
+import forkserver
 import pytest
-
-import engine.trainer
-import train
 from conftest import REPO, run_train, train_command, train_env
-from engine.cli import status_of
-from engine.previous_run import ASIDE, PARTIAL, RESTORING, set_aside, settle
 from test_faults import FAULT, start_with_terminal, wait_for_mid_epoch, watchdog
 from test_run_safety import assert_one_line_refusal, snapshot
 
-import forkserver
+import engine.trainer
+import train
+from engine.cli import status_of
+from engine.previous_run import ASIDE, PARTIAL, RESTORING, set_aside, settle
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import SMOKE
+from test_run_safety import snapshot
 
 import train
-from conftest import SMOKE
 from engine.checkpoint import load_checkpoint
 from engine.cli import status_of
 from models import build_model
-from test_run_safety import snapshot
 
 TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
 

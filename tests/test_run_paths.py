@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import SMOKE
 
 import train
-from conftest import SMOKE
 from engine.cli import status_of
 
 TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.batch_size=32", "train.epochs=1"]

@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, SMOKE, train_env
 
 import engine.checkpoint
 import engine.logger
 import engine.session
 import train
-from conftest import REPO, SMOKE, train_env
 from core.errors import CheckpointError
 from engine.checkpoint import load_checkpoint
 from engine.cli import status_of
@@ -63,7 +63,7 @@ def fail_log_write(monkeypatch):
 
 
 def fail_event_write(monkeypatch):
-    import tensorboard.summary.writer.record_writer as record_writer
+    from tensorboard.summary.writer import record_writer
     monkeypatch.setattr(record_writer.RecordWriter, "write", full_disk)  # in TensorBoard's writer thread
 
 
@@ -180,7 +180,7 @@ def test_a_second_ctrl_c_during_the_shutdown_is_one_line(tmp_path):
             if line.startswith("shutting down"):
                 process.send_signal(signal.SIGINT)
                 break
-        stdout, stderr = process.communicate(timeout=120)
+        stderr = process.communicate(timeout=120)[1]
     finally:
         process.kill()
     assert process.returncode == 130, stderr
