@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 from typing import Self
 
@@ -177,11 +178,10 @@ def check_run_paths(run_dir: Path) -> None:
 
 def _broken_link(path: Path) -> str:
     try:
-        os.stat(path)
+        target = os.stat(path)
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "a symlink loop"
-    return "a symlink to nothing (dangling)"
+        return "a symlink loop" if error.errno == errno.ELOOP else "a symlink to nothing (dangling)"
+    return "a symlink to a directory" if stat.S_ISDIR(target.st_mode) else "a symlink to something not a regular file"
 
 
 class RunLock:

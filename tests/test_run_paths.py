@@ -31,7 +31,19 @@ def make_loop(path):
     return "is a symlink loop"
 
 
-KINDS = {"directory": make_directory, "dangling": make_dangling, "loop": make_loop}
+def make_link_to_directory(path):
+    (path.parent / "elsewhere").mkdir()
+    path.symlink_to(path.parent / "elsewhere")
+    return "is a symlink to a directory"
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return "is not a regular file"
+
+
+KINDS = {"directory": make_directory, "dangling": make_dangling, "loop": make_loop,
+         "link to a directory": make_link_to_directory, "fifo": make_fifo}
 
 
 def listing(root):
