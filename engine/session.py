@@ -19,7 +19,7 @@ from core.typed_config import to_dict
 from .builder import build_experiment
 from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
-from .distributed import barrier, broadcast_from_main, init_distributed, shutdown
+from .distributed import barrier, broadcast_from_main, environment_ranks, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
 from .previous_run import pending, set_aside, settle
 from .run_dir import (CONFIG_FILE, LAST, RunLock, check_run_dir, check_run_paths, check_writable, clear_run_files,
@@ -33,10 +33,13 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     resolved = to_dict(config)
     check_writable(run_dir)  # these raise before anything is built or written
     check_run_paths(run_dir)
-    if pending(run_dir):  # an --overwrite killed or failed before its first checkpoint: finish or undo it
+    if not pending(run_dir):
+        check_run_dir(run_dir, overwrite, resolved)
+    elif environment_ranks()[0] == 0:  # an --overwrite killed before its first checkpoint: finish or undo it
         with RunLock(run_dir):
             report_settled(run_dir, settle(run_dir))
-    check_run_dir(run_dir, overwrite, resolved)
+        check_run_dir(run_dir, overwrite, resolved)
+    # (other ranks leave a directory rank 0 is settling alone: rank 0 decides under the lock, for all)
     dist = init_distributed(config.train.device)
     code = _run(config, resolved, dist, run_dir, overwrite, [o.partition("=")[0].strip() for o in overrides])
     # Only after a run that returned: after an exception, other ranks may sit in a collective that never
