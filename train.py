@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from engine.cli import exit_with
+from engine.cli import exit_with, record_bugs
 from engine.session import run_experiment
 
 
@@ -29,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-@record  # under torchrun, the failing rank's traceback heads torchrun's failure summary
+@record_bugs  # under torchrun, a failing rank's traceback (never a UserError's) heads torchrun's summary
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.help_config:

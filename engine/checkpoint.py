@@ -1,11 +1,14 @@
 """Checkpoints: atomic writes, safe reads (``weights_only=True``), clear errors on bad files."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -70,28 +73,65 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        unsafe = _unsafe_global(str(error), path)
         if unsafe:
             raise CheckpointError(
-                f"{what} {path} refused for safety: loading it would call {unsafe.group(1)}, which only arbitrary "
-                f"unpickling (code execution) allows. Re-save it as a plain state_dict of tensors"
+                f"{what} {path} needs arbitrary unpickling (it would call {unsafe}, which can run any code) and is "
+                f"refused for safety. Re-save it as a plain state_dict of tensors"
             ) from None
         raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({_unpickler_reason(error)})") from None
+                              f"({_reason(error)})") from None
     except Exception as error:  # damaged files surface as RuntimeError, EOFError, KeyError, struct.error, ...
         raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({_first_line(error)})") from None
+                              f"({_reason(error)})") from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+# torch's own advice in its messages, which would run the code this module refuses to: never repeated.
+_TORCH_ADVICE = ("weights_only", "trusted source", "Check the documentation", "file an issue")
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict")  # what a weights-only checkpoint itself refers to
 
 
-def _unpickler_reason(error: pickle.UnpicklingError) -> str:
-    """The weights-only unpickler's own reason, without torch's generic advice to retry unsafely."""
-    reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return reason.group(1).strip()[:200] if reason else _first_line(error)
+def _reason(error: BaseException) -> str:
+    """The first line of ``error`` that says what is wrong, without torch's advice to load unsafely."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [found.group(1)] if found else [line for line in text.strip().splitlines()
+                                            if line.strip() and not any(a in line for a in _TORCH_ADVICE)]
+    return f"{type(error).__name__}: {lines[0].strip()[:200]}" if lines else type(error).__name__
+
+
+def _unsafe_global(message: str, path: Path) -> str | None:
+    """The callable (``module.name``) a checkpoint would import when unpickled, if it names one that a
+    weights-only load refuses: from torch's message, else from the pickle's opcodes (read, never run)."""
+    named = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+?)(?: |$|\n)", message)
+    if named:
+        return named.group(1)
+    try:
+        stream = _pickle_stream(path)
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in ("GLOBAL", "INST"):
+                name = arg.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = ".".join(strings[-2:])
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if not name.startswith(_SAFE_GLOBALS):
+                return name
+    except Exception:  # noqa: BLE001 - a probe of hostile bytes; what it cannot parse is reported as corrupt
+        return None
+    return None
+
+
+def _pickle_stream(path: Path) -> io.BytesIO:
+    """The pickle inside a torch zip checkpoint (``*/data.pkl``), or the whole file."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+            return io.BytesIO(archive.read(member))
+    return io.BytesIO(path.read_bytes())
 
 
 def state_dict_from(checkpoint, path, what: str) -> dict[str, torch.Tensor]:
@@ -119,8 +159,16 @@ def load_model_weights(model: nn.Module, path: str | Path, what: str, *, model_n
     for a one-line diagnosis. Returns the whole checkpoint (for its metadata)."""
     checkpoint = load_checkpoint(path, what)
     if isinstance(checkpoint, dict):
-        _check_trained_for(checkpoint, model_name, num_classes, path, what)
+        check_trained_for(checkpoint, model_name, num_classes, path, what)
     weights = state_dict_from(checkpoint, path, what)
+    check_fits(model, weights, path, what)
+    unwrap(model).load_state_dict(weights)
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def check_fits(model: nn.Module, weights: dict[str, torch.Tensor], path, what: str) -> None:
+    """``CheckpointError`` naming the missing, unexpected or misshapen keys unless ``weights`` load into
+    ``model`` strictly, and naming the tensor unless every floating-point one is finite."""
     expected = unwrap(model).state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
@@ -135,11 +183,13 @@ def load_model_weights(model: nn.Module, path: str | Path, what: str, *, model_n
         if misshapen:
             problems.append(f"shape mismatches (file vs model) {_few(misshapen)}")
         raise CheckpointError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
-    unwrap(model).load_state_dict(weights)
-    return checkpoint if isinstance(checkpoint, dict) else {}
+    not_finite = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise CheckpointError(f"{what} {path} holds NaN or Inf values in {_few(not_finite)}: the weights of a run "
+                              f"that diverged; use a checkpoint from before it did")
 
 
-def _check_trained_for(checkpoint: dict, model_name: str | None, num_classes: int | None, path, what: str) -> None:
+def check_trained_for(checkpoint: dict, model_name: str | None, num_classes: int | None, path, what: str) -> None:
     """Run checkpoints record ``model_name`` and ``num_classes``: name the real cause of a mismatch
     instead of listing every key of a wrong architecture or a classifier of the wrong width."""
     saved_name, saved_classes = checkpoint.get("model_name"), checkpoint.get("num_classes")

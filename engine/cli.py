@@ -1,6 +1,7 @@
 """What every command-line entry point does with its main()."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -17,6 +18,34 @@ def status_of(main: Callable[..., int], *args) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+
+
+class _Passing(BaseException):
+    """A ``UserError`` on its way past torchrun's ``@record``, which records only ``Exception``s."""
+
+    def __init__(self, error: UserError):
+        self.error = error
+
+
+def record_bugs(main: Callable[..., int]) -> Callable[..., int]:
+    """torchrun's ``@record`` (the failing rank's traceback heads torchrun's failure summary) for bugs only:
+    a ``UserError`` is one line, and torchrun would otherwise print its traceback too."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def recorded(*args):
+        try:
+            return main(*args)
+        except UserError as error:
+            raise _Passing(error) from None
+
+    @functools.wraps(main)
+    def wrapper(*args):
+        try:
+            return recorded(*args)
+        except _Passing as passing:
+            raise passing.error from None
+    return wrapper
 
 
 def exit_with(main: Callable[[], int]) -> NoReturn:

@@ -3,6 +3,7 @@ Other ranks get a logger that does nothing, so callers never test the rank thems
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,14 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        self._thread_hook = threading.excepthook
+        threading.excepthook = _quiet_event_writer_errors
+        try:
+            self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        except BaseException:
+            threading.excepthook = self._thread_hook
+            raise
         self._session_end = None
 
     def info(self, message: str, stream=None) -> None:
@@ -54,8 +61,20 @@ class RunLogger:
         self.log_file.flush()
 
     def close(self) -> None:
-        self.writer.close()
-        self.log_file.close()
+        try:
+            self.writer.close()
+            self.log_file.close()
+        finally:
+            threading.excepthook = self._thread_hook
+
+
+def _quiet_event_writer_errors(args) -> None:
+    """TensorBoard writes its events in a thread of its own; a write that fails there (a full disk, a
+    directory gone) is raised again in the main thread at the writer's next call, where the session
+    reports it in one line: the thread's own traceback would only repeat it."""
+    if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    threading.__excepthook__(args)
 
 
 class NullLogger:

@@ -6,12 +6,15 @@ unfinished run with the same config is resumed; one holding a run of another con
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import socket
+import stat
 from pathlib import Path
+from typing import Self
 
 from core.errors import ConfigError, RunDirError
 from core.typed_config import flatten, read_yaml
@@ -90,6 +93,17 @@ def config_differences(old: dict, new: dict) -> list[str]:
             if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)]
 
 
+def check_same_config(run_dir: Path, saved: dict, new: dict) -> None:
+    """``RunDirError`` unless a run saved under ``saved`` may resume under ``new`` (``RESUME_MAY_CHANGE`` aside)."""
+    differences = config_differences(saved, new)
+    if differences:
+        raise RunDirError(
+            f"{run_dir} holds an unfinished run of another config ({differences[0]}"
+            f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
+            f"pass --overwrite to replace it or choose another --run-dir"
+        )
+
+
 def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
     """Decide, without writing anything: 'fresh', 'resume', 'restart' (same config, no epoch finished,
     no result) or 'overwrite'. Raises ``RunDirError``. The session decides before it builds anything
@@ -107,13 +121,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
             f"pass --overwrite to replace it or choose another --run-dir"
         )
     if saved_config is not None:
-        differences = config_differences(saved_config, new_config)
-        if differences:
-            raise RunDirError(
-                f"{run_dir} holds an unfinished run of another config ({differences[0]}"
-                f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
-                f"pass --overwrite to replace it or choose another --run-dir"
-            )
+        check_same_config(run_dir, saved_config, new_config)
     if not (run_dir / LAST).is_file():
         results = held_results(run_dir, metrics)
         if results:
@@ -156,6 +164,31 @@ def check_writable(run_dir: Path) -> None:
                           f"files; choose another place")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirError(f"--run-dir {run_dir}: no permission to write in {ancestor}; choose another place")
+
+
+def check_run_paths(run_dir: Path) -> None:
+    """Raise ``RunDirError`` naming the path where ``run_dir`` (or a folder above it) is a dangling symlink
+    or a symlink loop, or where a run file (config, log, metrics, checkpoints, lock) is anything but a
+    regular file (a directory, a dangling symlink, a loop, a fifo): checked before anything is written."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if os.path.islink(path) and not os.path.exists(path):
+            raise RunDirError(f"--run-dir {run_dir}: {path} is {_broken_link(path)}; fix or remove the link, "
+                              f"or choose another --run-dir")
+    for name in (*RUN_FILES, LOCK):
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_file():
+            kind = _broken_link(path) if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+            raise RunDirError(f"{path} is {kind}, where the run keeps its {name}; move it away "
+                              f"or choose another --run-dir")
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        target = os.stat(path)
+    except OSError as error:
+        return "a symlink loop" if error.errno == errno.ELOOP else "a symlink to nothing (dangling)"
+    return "a symlink to a directory" if stat.S_ISDIR(target.st_mode) else "a symlink to something not a regular file"
 
 
 class RunLock:
@@ -202,9 +235,19 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still locked: a run that opened it sees it is gone
+            try:
+                self.path.unlink(missing_ok=True)  # while still locked: a run that opened it sees it is gone
+            except OSError:
+                pass  # a read-only directory: the file stays, and a lock file nobody holds never wedges it
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def clear_run_files(run_dir: Path) -> None:

@@ -6,21 +6,24 @@ the first byte is written, so a failed start leaves no half-made run directory b
 from __future__ import annotations
 
 import errno
+import os
 import platform
 from pathlib import Path
 
 import torch
 import yaml
 
-from core.errors import DiskFullError
+from core.errors import DiskFullError, RunDirError
 from core.typed_config import to_dict
 
 from .builder import build_experiment
 from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
-from .distributed import barrier, broadcast_from_main, init_distributed, shutdown
+from .distributed import barrier, broadcast_from_main, environment_ranks, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
-from .run_dir import CONFIG_FILE, LAST, RunLock, check_run_dir, check_writable, clear_run_files, default_run_dir
+from .previous_run import pending, set_aside, settle
+from .run_dir import (CONFIG_FILE, LAST, RunLock, check_run_dir, check_run_paths, check_writable, clear_run_files,
+                      default_run_dir)
 from .trainer import HPARAM_METRICS, NonFiniteLoss, Trainer, load_resume_state, tensorboard_hparams
 
 
@@ -28,8 +31,15 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config_path, overrides)
     resolved = to_dict(config)
-    check_writable(run_dir)  # these two raise before anything is built or written
-    check_run_dir(run_dir, overwrite, resolved)
+    check_writable(run_dir)  # these raise before anything is built or written
+    check_run_paths(run_dir)
+    if not pending(run_dir):
+        check_run_dir(run_dir, overwrite, resolved)
+    elif environment_ranks()[0] == 0:  # an --overwrite killed before its first checkpoint: finish or undo it
+        with RunLock(run_dir):
+            report_settled(run_dir, settle(run_dir))
+        check_run_dir(run_dir, overwrite, resolved)
+    # (other ranks leave a directory rank 0 is settling alone: rank 0 decides under the lock, for all)
     dist = init_distributed(config.train.device)
     code = _run(config, resolved, dist, run_dir, overwrite, [o.partition("=")[0].strip() for o in overrides])
     # Only after a run that returned: after an exception, other ranks may sit in a collective that never
@@ -43,13 +53,37 @@ def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_
     try:
         return _run_in(config, resolved, dist, run_dir, overwrite, override_keys)
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        last = run_dir / LAST
-        kept = (f"{last} is intact and holds the last finished epoch" if last.is_file()
-                else "no epoch had finished, so there is no checkpoint")
-        raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {error.filename or 'a file'}); "
-                            f"{kept}. Free some space and run the same command again") from None
+        writing = os.fsdecode(error.filename) if error.filename else "its log or TensorBoard events"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {writing}); "
+                                f"{kept_checkpoint(run_dir)}. Free some space and run the same command again") from None
+        if lost_while_training(run_dir, error):
+            raise RunDirError(f"{run_dir} was deleted, or made read-only, while the run trained (writing {writing}: "
+                              f"{error.strerror}); {kept_checkpoint(run_dir)}. Restore the directory (or its "
+                              f"permissions) and run the same command again") from None
+        raise
+
+
+# What writing into a run directory that was deleted, or made read-only, while the run trained raises.
+DIRECTORY_LOST = (errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def lost_while_training(run_dir: Path, error: OSError) -> bool:
+    """Whether ``error`` is a write into ``run_dir`` (checked writable before the run began) that failed
+    because the directory went away or read-only since."""
+    if error.errno not in DIRECTORY_LOST:
+        return False
+    if error.filename is None:  # a file object's write or close: ours are all in the run directory
+        return error.errno == errno.EROFS or not os.access(run_dir, os.W_OK | os.X_OK)
+    return Path(os.fsdecode(error.filename)).resolve().parent == run_dir.resolve() or not run_dir.is_dir()
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    last = run_dir / LAST
+    if last.is_file():
+        return f"{last} is intact and holds the last finished epoch"
+    return ("the directory is gone, and its last.pt with it" if not run_dir.is_dir()
+            else "no epoch had finished, so there is no checkpoint")
 
 
 def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
@@ -59,6 +93,7 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
     if dist.is_main:
         lock.acquire()
         try:  # again, holding the lock: a run that held it meanwhile may have finished this directory
+            report_settled(run_dir, settle(run_dir))
             mode = check_run_dir(run_dir, overwrite, resolved)
         except BaseException:
             lock.release()
@@ -66,10 +101,14 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
     mode = broadcast_from_main(mode)
     try:
         # Every rank reads the checkpoint it resumes from before rank 0 writes anything.
-        resume_state = load_resume_state(run_dir / LAST, dist.world_size) if mode == "resume" else None
+        resume_state = (load_resume_state(run_dir / LAST, dist.world_size, experiment, resolved,
+                                          config_file_checked=(run_dir / CONFIG_FILE).is_file())
+                        if mode == "resume" else None)
         if dist.is_main:
             remove_unfinished_writes(run_dir)
-            if mode in ("overwrite", "restart"):
+            if mode == "overwrite":
+                set_aside(run_dir)  # kept until this run's first checkpoint (engine/previous_run.py)
+            elif mode == "restart":
                 clear_run_files(run_dir)
             text = yaml.safe_dump(resolved, sort_keys=False)
             atomic_write(run_dir / CONFIG_FILE, lambda out: out.write(text.encode()))
@@ -88,7 +127,24 @@ def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, overri
         finally:
             logger.close()
     finally:
+        if dist.is_main and lock.held:
+            undo_unfinished_overwrite(run_dir)
         lock.release()
+
+
+def undo_unfinished_overwrite(run_dir: Path) -> None:
+    """After a run that ended (in any way) before its first checkpoint: the files it replaced come back."""
+    if not pending(run_dir):
+        return
+    try:
+        report_settled(run_dir, settle(run_dir))
+    except OSError:
+        pass  # the directory went away or read-only: what is set aside stays, and the next run settles it
+
+
+def report_settled(run_dir: Path, outcome: str | None) -> None:
+    if outcome == "restored":
+        print(f"{run_dir}: the previous run's files are back (an --overwrite run wrote no checkpoint)", flush=True)
 
 
 def term_parameters(experiment) -> str:

@@ -16,10 +16,12 @@ from core.typed_config import flatten, to_dict
 
 from .builder import Experiment
 from .calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import (atomic_write, check_fits, check_trained_for, load_checkpoint, save_checkpoint, state_dict_from,
+                         unwrap)
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
-from .run_dir import BEST, LAST, METRICS_FILE, RESUME_MAY_CHANGE
+from .previous_run import drop_previous
+from .run_dir import BEST, CONFIG_FILE, LAST, METRICS_FILE, RESUME_MAY_CHANGE, check_same_config
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses, epoch_tensor
 
@@ -63,8 +65,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
             "ece": ece, "aurc": area, "count": int(count)}
 
 
-def load_resume_state(path: Path, world_size: int = 1) -> dict:
-    """The run checkpoint a resume starts from, checked before the run writes anything."""
+def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | None = None,
+                      config: dict | None = None, config_file_checked: bool = True) -> dict:
+    """The run checkpoint a resume starts from, checked before the run writes anything: its format, its
+    number of processes and, when given, the ``config`` (resolved) it was trained under and that its model
+    weights fit ``experiment``'s model. ``config_file_checked``: the run directory's config.yaml was
+    compared already; a checkpoint from before they recorded their config is refused without it."""
     try:
         state = load_checkpoint(path, "run checkpoint")
     except CheckpointError as error:
@@ -77,6 +83,20 @@ def load_resume_state(path: Path, world_size: int = 1) -> dict:
         raise CheckpointError(f"{path} holds the per-process state of a loss term (loss.terms) from {saved_ranks} "
                               f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
                               f"or pass --overwrite to start over")
+    if config is not None:
+        if isinstance(state.get("config"), dict):
+            check_same_config(Path(path).parent, state["config"], config)
+        elif not config_file_checked:
+            raise CheckpointError(f"{path} does not record the config it was trained under (an older checkpoint) and "
+                                  f"{Path(path).parent / CONFIG_FILE} is gone; put that file back, "
+                                  f"or pass --overwrite to start over")
+    if experiment is not None:
+        try:
+            model_name = (config or {}).get("model", {}).get("name")
+            check_trained_for(state, model_name, experiment.loaders.num_classes, path, "run checkpoint")
+            check_fits(experiment.model, state_dict_from(state, path, "run checkpoint"), path, "run checkpoint")
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}; pass --overwrite to start over, or choose another --run-dir") from None
     return state
 
 
@@ -228,6 +248,7 @@ class Trainer:
             if is_best:
                 self._copy_last_to_best()
             self._write_metrics(finished=False)
+            drop_previous(self.run_dir)  # an --overwrite run's first checkpoint: the old files may go
         self.log.flush()
 
     def _rank_term_states(self) -> list | None:
@@ -248,6 +269,7 @@ class Trainer:
             "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
             "history": self.history, "torch_rng": torch.get_rng_state(),
             "model_name": self.config.model.name, "num_classes": self.exp.loaders.num_classes,
+            "config": to_dict(self.config),  # what it was trained under: a resume is checked against it
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
