@@ -41,7 +41,6 @@ import argparse
 import csv
 import io
 import itertools
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -60,6 +59,7 @@ sys.path.insert(0, str(REPO))
 import plots  # noqa: E402
 from protocols import file_settings, tffd_protocol  # noqa: E402
 from engine.checkpoint import atomic_write  # noqa: E402
+from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
@@ -1032,18 +1032,6 @@ def parse_metrics(text: str) -> tuple[Metric, ...]:
     return tuple(METRICS[name] for name in dict.fromkeys(names) if name != ACC1.key)
 
 
-def check_out_file(path: Path, flag: str) -> None:
-    """``path`` can be written as a file: not a directory, in a directory that exists and is writable."""
-    parent = path.absolute().parent
-    if path.is_dir():
-        raise RunDirError(f"{flag} {path} is a directory; name a file")
-    if not parent.is_dir():
-        problem = "is not a directory" if parent.exists() else "does not exist"
-        raise RunDirError(f"{flag} {path}: its directory {parent} {problem}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"{flag} {path}: its directory {parent} is not writable")
-
-
 def write_file(path: Path, text: str, flag: str) -> None:
     try:
         atomic_write(path, lambda out: out.write(text.encode()))
@@ -1069,9 +1057,9 @@ def main(argv=None) -> int:
     metrics = parse_metrics(args.metrics)
     for flag, path in (("--out", args.out), ("--csv", args.csv)):
         if path is not None:
-            check_out_file(path, flag)
+            check_output_file(path, flag)
     if args.plots is not None:
-        plots.check_out_dir(args.plots, "--plots")
+        check_output_dir(args.plots, "--plots")
     roots = [Path(root) for root in args.roots]
     absent = [root for root in roots if not root.is_dir()]
     if absent:

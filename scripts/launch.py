@@ -42,7 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import RunDirError, UserError  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
+from engine.builder import check_terms_combine  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
 from engine.run_dir import read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
@@ -77,11 +79,11 @@ def parse_job(line: str) -> Job | None:
     needs = []
     while words and words[0] == "--needs":
         if len(words) < 2:
-            raise ValueError(f"--needs without a run directory in job line {line.strip()!r}")
+            raise UserError(f"--needs without a run directory in job line {line.strip()!r}")
         needs.append(Path(words[1]))
         words = words[2:]
     if len(words) < 2:
-        raise ValueError(f"a job line needs RUN_DIR and CONFIG, got {line.strip()!r}")
+        raise UserError(f"a job line needs RUN_DIR and CONFIG, got {line.strip()!r}")
     return Job(Path(words[0]), words[1], tuple(words[2:]), tuple(needs))
 
 
@@ -143,7 +145,7 @@ def check_jobs(jobs: list[Job]) -> None:
     seen = set()
     for job in jobs:
         if job.run_dir in seen:
-            raise ValueError(f"two jobs write to the same run directory {job.run_dir}")
+            raise UserError(f"two jobs write to the same run directory {job.run_dir}")
         seen.add(job.run_dir)
 
 
@@ -286,14 +288,31 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
     gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus is not None else None
     if gpus is not None and not all(gpu.isdigit() for gpu in gpus):
         raise UserError(f"--gpus takes GPU ids like 0,1,2, got {args.gpus!r}")
+    check_jobs(jobs)
     for job in jobs:
         try:
-            load_config(job.config, list(job.overrides))
+            check_keys_once(job.overrides)
+            check_terms_combine(load_config(job.config, list(job.overrides)))
         except UserError as error:
             raise UserError(f"job {job.run_dir}: {error}") from None
+    for job in jobs:
+        if not is_finished(job.run_dir):  # where it will write: its run directory and its console log
+            check_output_dir(job.run_dir, "job")
+            check_output_file(job.log_path, f"job {job.run_dir}'s log", make_parents=True)
     if args.executor == "slurm":
         return _submit_to_slurm(jobs, args)
     return run_jobs(jobs, gpus, args.jobs, args.dry_run)
+
+
+def check_keys_once(overrides: tuple[str, ...]) -> None:
+    """A job's KEY=VALUE overrides name each key once: of two, the last would win unseen (a sweep's run
+    directory or a reproduction's --set saying one value while the run trains another)."""
+    seen = {}
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in seen:
+            raise UserError(f"{seen[key]!r} and {override!r} both set {key}; keep one of them")
+        seen[key] = override
 
 
 SLURM_ONLY = ("partition", "gpus_per_job", "timeout_min", "nodes", "slurm_log_dir")
@@ -344,16 +363,19 @@ def main(argv=None) -> int:
     parser.add_argument("job_file", help="file of job lines, or - for standard input")
     add_launch_options(parser)
     args = parser.parse_args(argv)
-    if args.job_file != "-" and not Path(args.job_file).is_file():
-        raise UserError(f"job file not found: {args.job_file}")
-    text = sys.stdin.read() if args.job_file == "-" else Path(args.job_file).read_text()
-    try:
-        jobs = [job for job in map(parse_job, text.splitlines()) if job is not None]
-        check_jobs(jobs)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    jobs = [job for job in map(parse_job, read_job_file(args.job_file).splitlines()) if job is not None]
     return launch_from_args(jobs, args)
+
+
+def read_job_file(name: str) -> str:
+    if name != "-" and not Path(name).is_file():
+        raise UserError(f"job file not found: {name}")
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"job file {name} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise UserError(f"cannot read job file {name}: {error.strerror}") from None
 
 
 if __name__ == "__main__":
