@@ -27,6 +27,7 @@ Executors (``--executor``), one job list and one skip rule for both:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shlex
 import shutil
@@ -45,7 +46,7 @@ from engine.cli import exit_with  # noqa: E402
 from engine.builder import check_terms_combine  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
-from engine.run_dir import read_metrics  # noqa: E402
+from engine.run_dir import LOCK, read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
 POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
@@ -93,6 +94,24 @@ def is_finished(run_dir: Path) -> bool:
     except RunDirError:
         return False  # damaged: its job is run, and train.py says what is wrong with it
     return bool(metrics and metrics.get("finished"))
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The live process that holds ``run_dir``'s lock (engine/run_dir.py's RunLock: flock on .lock), as
+    the file names it; None when none does. Probes with a shared flock for an instant and creates nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def default_gpus() -> list[str]:
@@ -158,7 +177,9 @@ def run_jobs(jobs: list[Job], gpus: list[str] | None = None, parallel: int | Non
     if dry_run:
         done = [job for job in jobs if is_finished(job.run_dir)]
         for job in jobs:
-            print(("# finished: " if job in done else "") + job.shown(), file=out)
+            holder = None if job in done else lock_holder(job.run_dir)
+            mark = "# finished: " if job in done else f"# running in another process ({holder}): " if holder else ""
+            print(mark + job.shown(), file=out)
         print(f"# {len(jobs)} runs: {len(jobs) - len(done)} to run, {len(done)} already finished", file=out)
         return 0
     gpus = default_gpus() if gpus is None else gpus
@@ -174,6 +195,7 @@ class _Pool:
         self.tag = {job: f"[{index}/{len(jobs)}]" for index, job in enumerate(jobs, 1)}
         self.waiting = [job for job in jobs if not is_finished(job.run_dir)]
         self.running: dict[int, tuple[Job, subprocess.Popen, float]] = {}  # slot -> (job, process, start)
+        self.elsewhere: list[Job] = []  # runs that another live process holds (an earlier launch's): watched
         self.failed: list[Job] = []
         self.blocked: list[Job] = []
         where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
@@ -186,8 +208,9 @@ class _Pool:
     def run(self) -> int:
         terminated: set[int] = set()
         with _Stop() as stop:
-            while self.running or (self.waiting and not stop.signum):
+            while self.running or (not stop.signum and (self.waiting or self.elsewhere)):
                 self._reap(stopping=bool(stop.signum))
+                self._watch_elsewhere()
                 if stop.signum:  # once per job: train.py saves last.pt and exits
                     for _, process, _ in self.running.values():
                         if process.pid not in terminated:
@@ -196,10 +219,11 @@ class _Pool:
                 else:
                     self._block_unreachable()
                     self._start_ready()
-                if self.running:
+                if self.running or self.elsewhere:
                     time.sleep(POLL_SECONDS)
         if stop.signum:
-            self.say(f"stopped by {signal.Signals(stop.signum).name}; launch the same jobs again to resume")
+            others = f" ({len(self.elsewhere)} go on in other processes)" if self.elsewhere else ""
+            self.say(f"stopped by {signal.Signals(stop.signum).name}{others}; launch the same jobs again to resume")
             return 128 + stop.signum
         finished = len(self.jobs) - len(self.failed) - len(self.blocked)
         self.say(f"{len(self.jobs)} runs: {finished} finished, {len(self.failed)} failed, {len(self.blocked)} blocked")
@@ -215,16 +239,41 @@ class _Pool:
                 self.say(f"{self.tag[job]} finished {job.run_dir} in {took}{_summary(job.run_dir)}")
             elif stopping:
                 self.say(f"{self.tag[job]} stopped {job.run_dir} after {took}; the next launch resumes it")
+            elif self._held_elsewhere(job):  # another process took its lock first: train.py refused to start
+                pass
             else:
                 self.failed.append(job)
                 self.say(f"{self.tag[job]} FAILED (exit {process.returncode}) {job.run_dir}: "
                          f"{_last_line(job.log_path)} (log: {job.log_path})")
+
+    def _held_elsewhere(self, job: Job) -> bool:
+        """If another live process holds ``job``'s run (a launch killed and relaunched while its runs go
+        on), watch it as running instead of starting it."""
+        holder = lock_holder(job.run_dir)
+        if holder is not None:
+            self.elsewhere.append(job)
+            self.say(f"{self.tag[job]} running in another process ({holder}): {job.run_dir}; waiting for it")
+        return holder is not None
+
+    def _watch_elsewhere(self) -> None:
+        for job in list(self.elsewhere):
+            if lock_holder(job.run_dir) is not None:
+                continue
+            self.elsewhere.remove(job)
+            if is_finished(job.run_dir):
+                self.say(f"{self.tag[job]} finished {job.run_dir} in another process{_summary(job.run_dir)}")
+            else:
+                self.waiting.insert(0, job)
+                self.say(f"{self.tag[job]} {job.run_dir} was left unfinished by the other process; resuming it here")
 
     def _start_ready(self) -> None:
         for slot, gpu in enumerate(self.slots):
             if slot in self.running:
                 continue
             job = next((j for j in self.waiting if all(is_finished(n) for n in j.needs)), None)
+            while job is not None and self._held_elsewhere(job):
+                self.waiting.remove(job)
+                job = next((j for j in self.waiting if all(is_finished(n) for n in j.needs)), None)
             if job is None:
                 return
             self.waiting.remove(job)
@@ -237,10 +286,11 @@ class _Pool:
         waiting (failed, or not part of this launch). With nothing running and no job ready, the rest wait
         on each other (a cycle): drop them too."""
         while True:
-            active = {j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
+            active = ({j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
+                      | {j.run_dir for j in self.elsewhere})
             stuck = [j for j in self.waiting if any(not is_finished(n) and n not in active for n in j.needs)]
             ready = any(all(is_finished(n) for n in j.needs) for j in self.waiting)
-            if not stuck and not self.running and not ready:
+            if not stuck and not self.running and not self.elsewhere and not ready:
                 stuck = list(self.waiting)
             if not stuck:
                 return
@@ -291,7 +341,6 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
     check_jobs(jobs)
     for job in jobs:
         try:
-            check_keys_once(job.overrides)
             check_terms_combine(load_config(job.config, list(job.overrides)))
         except UserError as error:
             raise UserError(f"job {job.run_dir}: {error}") from None
@@ -302,17 +351,6 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
     if args.executor == "slurm":
         return _submit_to_slurm(jobs, args)
     return run_jobs(jobs, gpus, args.jobs, args.dry_run)
-
-
-def check_keys_once(overrides: tuple[str, ...]) -> None:
-    """A job's KEY=VALUE overrides name each key once: of two, the last would win unseen (a sweep's run
-    directory or a reproduction's --set saying one value while the run trains another)."""
-    seen = {}
-    for override in overrides:
-        key = override.partition("=")[0].strip()
-        if key in seen:
-            raise UserError(f"{seen[key]!r} and {override!r} both set {key}; keep one of them")
-        seen[key] = override
 
 
 SLURM_ONLY = ("partition", "gpus_per_job", "timeout_min", "nodes", "slurm_log_dir")
