@@ -340,14 +340,14 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
         raise UserError(f"--gpus takes GPU ids like 0,1,2, got {args.gpus!r}")
     check_jobs(jobs)
     for job in jobs:
+        if not is_finished(job.run_dir):  # where it will write: its run directory and its console log
+            check_output_dir(job.run_dir, "job")
+            check_output_file(job.log_path, f"job {job.run_dir}'s log", make_parents=True)
+    for job in jobs:
         try:
             check_terms_combine(load_config(job.config, list(job.overrides)))
         except UserError as error:
             raise UserError(f"job {job.run_dir}: {error}") from None
-    for job in jobs:
-        if not is_finished(job.run_dir):  # where it will write: its run directory and its console log
-            check_output_dir(job.run_dir, "job")
-            check_output_file(job.log_path, f"job {job.run_dir}'s log", make_parents=True)
     if args.executor == "slurm":
         return _submit_to_slurm(jobs, args)
     return run_jobs(jobs, gpus, args.jobs, args.dry_run)
