@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 import plots  # noqa: E402
 from protocols import file_settings, tffd_protocol  # noqa: E402
 from engine.checkpoint import atomic_write  # noqa: E402
-from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
+from engine.output_paths import check_output_dir, check_output_file, kind_of  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
@@ -1061,10 +1061,11 @@ def main(argv=None) -> int:
     if args.plots is not None:
         check_output_dir(args.plots, "--plots")
     roots = [Path(root) for root in args.roots]
-    absent = [root for root in roots if not root.is_dir()]
-    if absent:
-        print(f"error: no such directory: {absent[0]}", file=sys.stderr)
-        return 2
+    for root in roots:  # a dangling symlink or a loop is named by kind_of
+        kind = kind_of(root, f"ROOT {root}")
+        if kind != "dir":
+            raise RunDirError(f"no such directory: {root}" if kind is None else
+                              f"ROOT {root} is a file, not a directory; name a directory of run directories")
     found = find_runs(roots)
     if not found:
         print(f"error: no run directories (with a {CONFIG_FILE}) under {', '.join(map(str, roots))}", file=sys.stderr)

@@ -419,6 +419,7 @@ PATH_PROBLEMS = {"a file": "is a file, not a directory", "a directory": "is a di
 
 
 @pytest.mark.parametrize("where, kind", [
+    ("collect ROOT", "a file"), ("collect ROOT", "a dangling symlink"), ("collect ROOT", "a symlink loop"),
     ("collect --out", "a directory"), ("collect --out", "a dangling symlink"), ("collect --csv", "a symlink loop"),
     ("collect --plots", "a file"), ("collect --plots", "a dangling symlink"), ("collect --plots", "a symlink loop"),
     ("sweep --root", "a file"), ("sweep --root", "a dangling symlink"), ("sweep --root", "a symlink loop"),
@@ -432,7 +433,8 @@ def test_an_output_path_of_the_wrong_kind_is_one_line_naming_it_before_anything_
     path = _odd(tmp_path, kind, "odd.log")
     script, option = where.split(" ", 1)
     if script == "collect":
-        main, args, shown = collect_results.main, [str(tmp_path / "runs"), option, str(path)], f"{option} {path}"
+        args = [str(path)] if option == "ROOT" else [str(tmp_path / "runs"), option, str(path)]
+        main, shown = collect_results.main, f"{option} {path}"
     elif script == "sweep":
         main, shown = sweep.main, f"--root {path}"
         args = ["--config", str(REPO / "configs/quickstart.yaml"), "--grid", "train.lr=0.1,0.2", "--root", str(path)]
