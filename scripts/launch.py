@@ -8,7 +8,9 @@ A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...
 ``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
 with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run (e.g. its teacher's)
 has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
-train.py. scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
+train.py; one whose lock another live process holds (a run of an earlier launch that was killed) is
+watched as running until that process ends, and resumed here if it is left unfinished. Every job's config,
+run directory and log path are checked before any job starts (``--dry-run`` too). scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
 this file.
 
 Executors (``--executor``), one job list and one skip rule for both:
