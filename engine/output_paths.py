@@ -92,7 +92,7 @@ def check_not_run_file(path: Path, what: str) -> None:
     if real is not None:
         via = "" if Path(os.path.abspath(path)) == real else f" (a link to {real})"
         raise RunDirError(f"{what}{via} is the run's {real.name} in {real.parent}, which only that run writes; "
-                          f"name another file")
+                          f"name another path")
 
 
 def check_output_dir(path: Path, flag: str, names: tuple[str, ...] = ()) -> None:
@@ -102,6 +102,7 @@ def check_output_dir(path: Path, flag: str, names: tuple[str, ...] = ()) -> None
     kind = kind_of(path, what)
     if kind == "file":
         raise RunDirError(f"{what} is a file, not a directory; name a directory")
+    check_not_run_file(path, what)  # e.g. a run's metrics.json not written yet: a directory there would block it
     if kind is None:
         _check_makeable(Path(os.path.abspath(path)), what)
         return

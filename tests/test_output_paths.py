@@ -47,6 +47,14 @@ def test_a_runs_file_not_written_yet_is_refused_too(tmp_path):
         check_output_file(run / "best.pt", "--json")
 
 
+def test_a_directory_where_a_runs_file_will_be_written_is_refused(tmp_path):
+    run = a_run(tmp_path, "last.pt")  # an unfinished run: no metrics.json yet
+    (run / "metrics.json").unlink()
+    with pytest.raises(RunDirError, match="is the run's metrics.json"):
+        check_output_dir(run / "metrics.json", "job")
+    assert not (run / "metrics.json").exists()
+
+
 def test_the_same_names_outside_a_run_and_other_names_inside_one_are_fine(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")  # e.g. an earlier benchmark --json: no run beside it
     check_output_file(tmp_path / "metrics.json", "--json")
