@@ -173,7 +173,7 @@ def test_slurm_outputs_of_the_wrong_kind_or_over_a_runs_file_are_refused_before_
     job_file.write_text(_table(tmp_path / "runs"))
     _finish(run)
     (run / "config.yaml").write_text("the run's config")
-    log_dir, args = tmp_path / "slurm_logs", []
+    log_dir = tmp_path / "slurm_logs"
     if where.endswith("is a file"):
         log_dir.write_text("keep me")
         message = f"--slurm-log-dir {log_dir} is a file, not a directory"
