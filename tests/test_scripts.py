@@ -505,6 +505,36 @@ def test_a_relaunch_watches_a_run_that_another_live_process_holds_as_running(fin
     assert "1 runs: 1 finished, 0 failed, 0 blocked" in out
 
 
+def test_a_run_whose_lock_another_process_takes_first_is_running_not_failed(tmp_path, capfd, monkeypatch):
+    """The other process takes the lock between the launcher's look and train.py's start: train.py
+    refuses (exit 2), and the launcher watches that process's run instead of calling it failed."""
+    import threading
+
+    import launch
+
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, "configs/quickstart.yaml", [], None, None, epochs_done=1)
+    done = {**read_metrics(run_dir), "finished": True, "best_acc1": 61.0, "last_acc1": 60.0, "best_epoch": 2}
+    held = []
+
+    def other_process_finishes():
+        (run_dir / "metrics.json").write_text(json.dumps(done))
+        held.clear()
+
+    def start_here(job, gpu):
+        held.append("otherhost pid 7")
+        threading.Timer(1.0, other_process_finishes).start()
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+
+    monkeypatch.setattr(launch, "lock_holder", lambda run_dir: held[0] if held else None)
+    monkeypatch.setattr(launch, "_start", start_here)
+    code = launch.run_jobs([launch.Job(run_dir, "configs/quickstart.yaml")], gpus=[])
+    out, _ = capfd.readouterr()
+    assert code == 0 and "FAILED" not in out, out
+    assert f"[1/1] running in another process (otherhost pid 7): {run_dir}; waiting for it" in out
+    assert f"[1/1] finished {run_dir} in another process: best top-1 61.00%" in out
+
+
 QUICKSTART = str(REPO / "configs/quickstart.yaml")
 
 
