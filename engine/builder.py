@@ -159,6 +159,15 @@ def check_transforms_fit_terms(terms: list[LossTerm], names: list[str], transfor
                               f"and break its pairs; remove {', '.join(clash)} from batch.transforms")
 
 
+def check_terms_combine(config) -> None:
+    """What ``build_experiment`` refuses about how the loss terms and batch transforms combine, from the
+    config alone (no data, no model): the launchers check every job with it before any starts."""
+    terms = build_loss_terms(config.loss.terms, config.loss)
+    build_batch_transforms(config.batch.transforms, config.batch)
+    check_transforms_fit_terms(terms, config.loss.terms, config.batch.transforms)
+    sampler_of(terms, config.loss.terms)
+
+
 def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
     if global_batch % world_size:
         raise ConfigError(f"{key}={global_batch} is not divisible by the {world_size} processes; "

@@ -49,7 +49,8 @@ from engine.checkpoint import unwrap  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
-from core.errors import ConfigError, UserError  # noqa: E402
+from engine.output_paths import check_output_file  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
 from engine.step import apply_gradients, compute_losses, epoch_tensor  # noqa: E402
 from losses import StepOutput  # noqa: E402
 from losses.tffd import TeacherFreeFD  # noqa: E402
@@ -424,8 +425,8 @@ def targets(methods: dict, compiled: bool) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.json and not args.json.parent.is_dir():
-        raise UserError(f"--json {args.json}: no directory {args.json.parent}")
+    if args.json:
+        check_output_file(args.json, "--json")
     result = run(args)
     print(table(result))
     if args.json:

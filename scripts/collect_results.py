@@ -41,7 +41,6 @@ import argparse
 import csv
 import io
 import itertools
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -59,6 +58,7 @@ sys.path.insert(0, str(REPO))
 import plots  # noqa: E402
 from protocols import file_settings, tffd_protocol  # noqa: E402
 from engine.checkpoint import atomic_write  # noqa: E402
+from engine.output_paths import check_output_dir, check_output_file, kind_of  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
 from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
@@ -1031,18 +1031,6 @@ def parse_metrics(text: str) -> tuple[Metric, ...]:
     return tuple(METRICS[name] for name in dict.fromkeys(names) if name != ACC1.key)
 
 
-def check_out_file(path: Path, flag: str) -> None:
-    """``path`` can be written as a file: not a directory, in a directory that exists and is writable."""
-    parent = path.absolute().parent
-    if path.is_dir():
-        raise RunDirError(f"{flag} {path} is a directory; name a file")
-    if not parent.is_dir():
-        problem = "is not a directory" if parent.exists() else "does not exist"
-        raise RunDirError(f"{flag} {path}: its directory {parent} {problem}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"{flag} {path}: its directory {parent} is not writable")
-
-
 def write_file(path: Path, text: str, flag: str) -> None:
     try:
         atomic_write(path, lambda out: out.write(text.encode()))
@@ -1068,14 +1056,15 @@ def main(argv=None) -> int:
     metrics = parse_metrics(args.metrics)
     for flag, path in (("--out", args.out), ("--csv", args.csv)):
         if path is not None:
-            check_out_file(path, flag)
+            check_output_file(path, flag)
     if args.plots is not None:
-        plots.check_out_dir(args.plots, "--plots")
+        check_output_dir(args.plots, "--plots")
     roots = [Path(root) for root in args.roots]
-    absent = [root for root in roots if not root.is_dir()]
-    if absent:
-        print(f"error: no such directory: {absent[0]}", file=sys.stderr)
-        return 2
+    for root in roots:  # a dangling symlink or a loop is named by kind_of
+        kind = kind_of(root, f"ROOT {root}")
+        if kind != "dir":
+            raise RunDirError(f"no such directory: {root}" if kind is None else
+                              f"ROOT {root} is a file, not a directory; name a directory of run directories")
     found = find_runs(roots)
     if not found:
         print(f"error: no run directories (with a {CONFIG_FILE}) under {', '.join(map(str, roots))}", file=sys.stderr)

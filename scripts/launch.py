@@ -8,7 +8,9 @@ A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...
 ``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
 with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run (e.g. its teacher's)
 has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
-train.py. scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
+train.py; one whose lock another live process holds (a run of an earlier launch that was killed) is
+watched as running until that process ends, and resumed here if it is left unfinished. Every job's config,
+run directory and log path are checked before any job starts (``--dry-run`` too). scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
 this file.
 
 Executors (``--executor``), one job list and one skip rule for both:
@@ -27,6 +29,7 @@ Executors (``--executor``), one job list and one skip rule for both:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shlex
 import shutil
@@ -42,8 +45,10 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import RunDirError, UserError  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
+from engine.builder import check_terms_combine  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.run_dir import read_metrics  # noqa: E402
+from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
+from engine.run_dir import LOCK, read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
 POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
@@ -77,11 +82,11 @@ def parse_job(line: str) -> Job | None:
     needs = []
     while words and words[0] == "--needs":
         if len(words) < 2:
-            raise ValueError(f"--needs without a run directory in job line {line.strip()!r}")
+            raise UserError(f"--needs without a run directory in job line {line.strip()!r}")
         needs.append(Path(words[1]))
         words = words[2:]
     if len(words) < 2:
-        raise ValueError(f"a job line needs RUN_DIR and CONFIG, got {line.strip()!r}")
+        raise UserError(f"a job line needs RUN_DIR and CONFIG, got {line.strip()!r}")
     return Job(Path(words[0]), words[1], tuple(words[2:]), tuple(needs))
 
 
@@ -91,6 +96,24 @@ def is_finished(run_dir: Path) -> bool:
     except RunDirError:
         return False  # damaged: its job is run, and train.py says what is wrong with it
     return bool(metrics and metrics.get("finished"))
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The live process that holds ``run_dir``'s lock (engine/run_dir.py's RunLock: flock on .lock), as
+    the file names it; None when none does. Probes with a shared flock for an instant and creates nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def default_gpus() -> list[str]:
@@ -143,7 +166,7 @@ def check_jobs(jobs: list[Job]) -> None:
     seen = set()
     for job in jobs:
         if job.run_dir in seen:
-            raise ValueError(f"two jobs write to the same run directory {job.run_dir}")
+            raise UserError(f"two jobs write to the same run directory {job.run_dir}")
         seen.add(job.run_dir)
 
 
@@ -156,7 +179,9 @@ def run_jobs(jobs: list[Job], gpus: list[str] | None = None, parallel: int | Non
     if dry_run:
         done = [job for job in jobs if is_finished(job.run_dir)]
         for job in jobs:
-            print(("# finished: " if job in done else "") + job.shown(), file=out)
+            holder = None if job in done else lock_holder(job.run_dir)
+            mark = "# finished: " if job in done else f"# running in another process ({holder}): " if holder else ""
+            print(mark + job.shown(), file=out)
         print(f"# {len(jobs)} runs: {len(jobs) - len(done)} to run, {len(done)} already finished", file=out)
         return 0
     gpus = default_gpus() if gpus is None else gpus
@@ -172,6 +197,7 @@ class _Pool:
         self.tag = {job: f"[{index}/{len(jobs)}]" for index, job in enumerate(jobs, 1)}
         self.waiting = [job for job in jobs if not is_finished(job.run_dir)]
         self.running: dict[int, tuple[Job, subprocess.Popen, float]] = {}  # slot -> (job, process, start)
+        self.elsewhere: list[Job] = []  # runs that another live process holds (an earlier launch's): watched
         self.failed: list[Job] = []
         self.blocked: list[Job] = []
         where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
@@ -184,8 +210,9 @@ class _Pool:
     def run(self) -> int:
         terminated: set[int] = set()
         with _Stop() as stop:
-            while self.running or (self.waiting and not stop.signum):
+            while self.running or (not stop.signum and (self.waiting or self.elsewhere)):
                 self._reap(stopping=bool(stop.signum))
+                self._watch_elsewhere()
                 if stop.signum:  # once per job: train.py saves last.pt and exits
                     for _, process, _ in self.running.values():
                         if process.pid not in terminated:
@@ -194,10 +221,11 @@ class _Pool:
                 else:
                     self._block_unreachable()
                     self._start_ready()
-                if self.running:
+                if self.running or self.elsewhere:
                     time.sleep(POLL_SECONDS)
         if stop.signum:
-            self.say(f"stopped by {signal.Signals(stop.signum).name}; launch the same jobs again to resume")
+            others = f" ({len(self.elsewhere)} go on in other processes)" if self.elsewhere else ""
+            self.say(f"stopped by {signal.Signals(stop.signum).name}{others}; launch the same jobs again to resume")
             return 128 + stop.signum
         finished = len(self.jobs) - len(self.failed) - len(self.blocked)
         self.say(f"{len(self.jobs)} runs: {finished} finished, {len(self.failed)} failed, {len(self.blocked)} blocked")
@@ -213,16 +241,41 @@ class _Pool:
                 self.say(f"{self.tag[job]} finished {job.run_dir} in {took}{_summary(job.run_dir)}")
             elif stopping:
                 self.say(f"{self.tag[job]} stopped {job.run_dir} after {took}; the next launch resumes it")
+            elif self._held_elsewhere(job):  # another process took its lock first: train.py refused to start
+                pass
             else:
                 self.failed.append(job)
                 self.say(f"{self.tag[job]} FAILED (exit {process.returncode}) {job.run_dir}: "
                          f"{_last_line(job.log_path)} (log: {job.log_path})")
+
+    def _held_elsewhere(self, job: Job) -> bool:
+        """If another live process holds ``job``'s run (a launch killed and relaunched while its runs go
+        on), watch it as running instead of starting it."""
+        holder = lock_holder(job.run_dir)
+        if holder is not None:
+            self.elsewhere.append(job)
+            self.say(f"{self.tag[job]} running in another process ({holder}): {job.run_dir}; waiting for it")
+        return holder is not None
+
+    def _watch_elsewhere(self) -> None:
+        for job in list(self.elsewhere):
+            if lock_holder(job.run_dir) is not None:
+                continue
+            self.elsewhere.remove(job)
+            if is_finished(job.run_dir):
+                self.say(f"{self.tag[job]} finished {job.run_dir} in another process{_summary(job.run_dir)}")
+            else:
+                self.waiting.insert(0, job)
+                self.say(f"{self.tag[job]} {job.run_dir} was left unfinished by the other process; resuming it here")
 
     def _start_ready(self) -> None:
         for slot, gpu in enumerate(self.slots):
             if slot in self.running:
                 continue
             job = next((j for j in self.waiting if all(is_finished(n) for n in j.needs)), None)
+            while job is not None and self._held_elsewhere(job):
+                self.waiting.remove(job)
+                job = next((j for j in self.waiting if all(is_finished(n) for n in j.needs)), None)
             if job is None:
                 return
             self.waiting.remove(job)
@@ -235,10 +288,11 @@ class _Pool:
         waiting (failed, or not part of this launch). With nothing running and no job ready, the rest wait
         on each other (a cycle): drop them too."""
         while True:
-            active = {j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
+            active = ({j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
+                      | {j.run_dir for j in self.elsewhere})
             stuck = [j for j in self.waiting if any(not is_finished(n) and n not in active for n in j.needs)]
             ready = any(all(is_finished(n) for n in j.needs) for j in self.waiting)
-            if not stuck and not self.running and not ready:
+            if not stuck and not self.running and not self.elsewhere and not ready:
                 stuck = list(self.waiting)
             if not stuck:
                 return
@@ -286,9 +340,14 @@ def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:
     gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus is not None else None
     if gpus is not None and not all(gpu.isdigit() for gpu in gpus):
         raise UserError(f"--gpus takes GPU ids like 0,1,2, got {args.gpus!r}")
+    check_jobs(jobs)
+    for job in jobs:
+        if not is_finished(job.run_dir):  # where it will write: its run directory and its console log
+            check_output_dir(job.run_dir, "job")
+            check_output_file(job.log_path, f"job {job.run_dir}'s log", make_parents=True)
     for job in jobs:
         try:
-            load_config(job.config, list(job.overrides))
+            check_terms_combine(load_config(job.config, list(job.overrides)))
         except UserError as error:
             raise UserError(f"job {job.run_dir}: {error}") from None
     if args.executor == "slurm":
@@ -344,16 +403,19 @@ def main(argv=None) -> int:
     parser.add_argument("job_file", help="file of job lines, or - for standard input")
     add_launch_options(parser)
     args = parser.parse_args(argv)
-    if args.job_file != "-" and not Path(args.job_file).is_file():
-        raise UserError(f"job file not found: {args.job_file}")
-    text = sys.stdin.read() if args.job_file == "-" else Path(args.job_file).read_text()
-    try:
-        jobs = [job for job in map(parse_job, text.splitlines()) if job is not None]
-        check_jobs(jobs)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    jobs = [job for job in map(parse_job, read_job_file(args.job_file).splitlines()) if job is not None]
     return launch_from_args(jobs, args)
+
+
+def read_job_file(name: str) -> str:
+    if name != "-" and not Path(name).is_file():
+        raise UserError(f"job file not found: {name}")
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"job file {name} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise UserError(f"cannot read job file {name}: {error.strerror}") from None
 
 
 if __name__ == "__main__":

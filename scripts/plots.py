@@ -32,9 +32,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from core.errors import RunDirError
-from visualize import DPI, FORMATS, check_out_dir, new_figure, save
+from engine.output_paths import check_output_dir
+from visualize import DPI, FORMATS, new_figure, save
 
-__all__ = ["DPI", "FORMATS", "check_out_dir", "Curve", "Curves", "Heatmap", "Bar", "Bars", "seed_band",
+__all__ = ["DPI", "FORMATS", "Curve", "Curves", "Heatmap", "Bar", "Bars", "seed_band",
            "write_figures", "CURVES_SIZE", "HEATMAP_SIZE", "bars_size"]
 
 CURVES_SIZE = (7.0, 4.4)
@@ -219,6 +220,7 @@ def write_figures(out: Path, curves: list[Curves], heatmaps: list[Heatmap], bars
                 if any(bar.stat.mean is not None for bar in spec.bars.values())]
     if not figures:
         return {}
+    check_output_dir(out, "--plots", tuple(f"{file_name(name)}.{suffix}" for name, _ in figures for suffix in FORMATS))
     try:
         out.mkdir(parents=True, exist_ok=True)
         return {file_name(name): save(figure, out, file_name(name)) for name, figure in figures}

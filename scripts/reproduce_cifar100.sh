@@ -71,6 +71,7 @@ if [[ -n $EPOCHS ]]; then
   ROOT=${ROOT:-runs/cifar100_e$EPOCHS}
 fi
 ROOT=${ROOT:-runs/cifar100}
+check_extra_keys seed teacher.checkpoint ${COMMON[@]+"${COMMON[@]}"}
 COMMON+=(${EXTRA[@]+"${EXTRA[@]}"})
 
 jobs() {

@@ -32,6 +32,20 @@ check_common_options() {
     echo "error: --epochs takes a positive integer, got '$EPOCHS'" >&2; exit 2; }
 }
 
+# check_extra_keys KEY[=VALUE]...: stop on a --set whose key is one of these (those the script or its other
+# options set) or that an earlier --set names: of two, the last would win, unlike what the run directory says.
+check_extra_keys() {
+  local taken=" " given set key
+  for given in "$@"; do taken+="${given%%=*} "; done
+  for set in ${EXTRA[@]+"${EXTRA[@]}"}; do
+    key=${set%%=*} key=${key// /}
+    [[ $taken != *" $key "* ]] || {
+      echo "error: --set '$set': $key is set already (by this script, one of its options or another --set); drop it" >&2
+      exit 2; }
+    taken+="$key "
+  done
+}
+
 # scaled EPOCHS_OF_THE_FULL_SCHEDULE: the same point of a quick pass of EPOCHS epochs (rounded down).
 scaled() { echo $(( $1 * EPOCHS / FULL_EPOCHS )); }
 

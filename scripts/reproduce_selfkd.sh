@@ -66,6 +66,7 @@ if [[ -n $EPOCHS ]]; then
   ROOT=${ROOT:-runs/cifar100_selfkd_e$EPOCHS}
 fi
 ROOT=${ROOT:-runs/cifar100_selfkd}
+check_extra_keys seed ${COMMON[@]+"${COMMON[@]}"}
 COMMON+=(${EXTRA[@]+"${EXTRA[@]}"})
 
 jobs() {

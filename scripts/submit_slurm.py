@@ -26,6 +26,8 @@ from pathlib import Path
 import cloudpickle
 import submitit
 
+from engine.output_paths import check_output_dir, check_output_file
+
 STATE_SUFFIX = ".slurm.json"
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: enough for train.py to save last.pt
 STOP_WAIT_S = 100  # how long checkpoint() waits for train.py to exit after SIGTERM
@@ -218,6 +220,9 @@ def submit_jobs(jobs, options, is_finished, out=None) -> int:
         raise RuntimeError("squeue not found")
     plan = Plan(jobs, is_finished, queue)
     log_dir = Path(options.slurm_log_dir) if options.slurm_log_dir else default_log_dir([j.run_dir for j in jobs])
+    check_output_dir(log_dir, "--slurm-log-dir")
+    for job in plan.submit:
+        check_output_file(state_path(job.run_dir), f"job {job.run_dir}: its SLURM state file", make_parents=True)
     parameters = sbatch_parameters(options)
     for job in jobs:
         if job in plan.finished:

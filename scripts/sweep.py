@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.cli import exit_with  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from engine.output_paths import check_output_dir  # noqa: E402
 from engine.run_dir import default_run_dir, overrides_name  # noqa: E402
 
 
@@ -46,11 +47,15 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
     for spec in specs:
         key, sep, values = spec.partition("=")
         values = split_values(values) if sep else []
-        if not key.strip() or not values or not all(values):
+        key = key.strip()
+        if not key or not values or not all(values):
             raise UserError(f"--grid {spec!r} must look like KEY=V1,V2,... (e.g. loss.tffd.lambda_intra=1e-4,4e-4)")
         if key in (k for k, _ in axes):
-            raise UserError(f"--grid names {key} twice")
-        axes.append((key.strip(), values))
+            raise UserError(f"--grid names {key} twice; give all its values in one --grid {key}=V1,V2,...")
+        twice = next((value for index, value in enumerate(values) if value in values[:index]), None)
+        if twice is not None:
+            raise UserError(f"--grid {key} lists {twice} twice")
+        axes.append((key, values))
     return axes
 
 
@@ -100,6 +105,7 @@ def main(argv=None) -> int:
         raise UserError(f"{clash[0]} sets a key the sweep varies (--grid / --seeds)")
     default_root = Path("runs", "sweeps", *default_run_dir(args.config, args.overrides).parts[1:])
     root = Path(args.root) if args.root else default_root
+    check_output_dir(root, "--root")
     jobs = sweep_jobs(args.config, axes, args.overrides, seeds, root)
     return launch_from_args(jobs, args)
 

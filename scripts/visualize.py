@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from core.errors import CheckpointError, ConfigError, RunDirError  # noqa: E402
 from engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
 from engine.cli import exit_with  # noqa: E402
+from engine.output_paths import check_output_dir  # noqa: E402
 from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained  # noqa: E402
 from losses.tffd import channel_salience, salience_order, salient_and_redundant  # noqa: E402
 from models import build_model  # noqa: E402
@@ -51,6 +51,7 @@ from models import build_model  # noqa: E402
 DPI = 100
 FORMATS = ("png", "pdf")
 JSON_FILE = "features.json"
+FIGURE_NAMES = ("salience", "similarity", "maps", "maps_compare")  # the last with --compare only
 MAX_PANELS_PER_ROW = 4
 DEFINITIONS = {
     "salience": "losses.tffd.channel_salience: per channel, the mean over images and positions of the map scaled "
@@ -94,23 +95,6 @@ class Run:
 def positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
-
-
-def check_out_dir(out: Path, flag: str = "--out") -> None:
-    """The directory of option ``flag`` must be a writable directory, or a path where one can be made."""
-    if out.exists():
-        if not out.is_dir():
-            raise RunDirError(f"{flag} {out} is a file, not a directory; name a directory for the figures")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise RunDirError(f"{flag} {out} is not writable")
-        return
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunDirError(f"cannot make {flag} {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot make {flag} {out}: {parent} is not writable")
 
 
 def default_label(path: Path) -> str:
@@ -303,6 +287,11 @@ def maps_figure(run: Run, images: torch.Tensor, per_side: int) -> Figure:
     return figure
 
 
+def output_names() -> tuple[str, ...]:
+    """Every file main() may write into --out."""
+    return (JSON_FILE, *(f"{name}.{suffix}" for name in FIGURE_NAMES for suffix in FORMATS))
+
+
 def save(figure: Figure, out: Path, name: str) -> dict:
     for suffix in FORMATS:
         # No creation date in the PDF: the same inputs give the same file.
@@ -346,7 +335,7 @@ def main(argv=None) -> int:
         positive(name, value)
     if args.images > args.num_images:
         raise ConfigError(f"--images {args.images} is more than --num-images {args.num_images}")
-    check_out_dir(args.out)
+    check_output_dir(args.out, "--out", output_names())
     if args.compare is not None and not args.compare.is_file():
         raise CheckpointError(f"--compare checkpoint not found: {args.compare}")
 

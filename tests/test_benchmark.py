@@ -80,12 +80,41 @@ def test_reference_check_catches_a_wrong_loss(monkeypatch, tmp_path):
     (["--methods", "ce,dkd"], "ce included"),
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--teacher", "resnet111"], "unknown model 'resnet111'"),
-    (["--json", "/nonexistent/dir/out.json"], "no directory"),
+    (["--json", "/nonexistent/dir/out.json"], "its directory /nonexistent/dir does not exist"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
-    assert status_of(benchmark.main, [*TINY, "--loader-images", "0", *args]) == 2
+    try:
+        code = status_of(benchmark.main, [*TINY, "--loader-images", "0", *args])
+    except SystemExit as exit:  # argparse's own errors: its usage line, then one error line
+        code = exit.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in lines[-1] and "error: " in lines[-1]
+    assert all(line.startswith(("usage: ", " ")) for line in lines[:-1])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("a run's metrics.json", "is the run's metrics.json in {run}, which only that run writes"),
+    ("a link to a run's best.pt", "(a link to {run}/best.pt) is the run's best.pt"),
+    ("a directory", "is a directory; name a file"),
+    ("a dangling symlink", "is a symlink to {tmp}/nowhere, which does not exist"),
+])
+def test_json_never_replaces_a_runs_file_nor_goes_where_a_file_cannot(case, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "metrics.json", "best.pt"):
+        (run / name).write_text(f"the run's {name}")
+    path = {"a run's metrics.json": run / "metrics.json", "a link to a run's best.pt": tmp_path / "out.json",
+            "a directory": run, "a dangling symlink": tmp_path / "out.json"}[case]
+    if case.startswith("a link"):
+        path.symlink_to(run / "best.pt")
+    elif case == "a dangling symlink":
+        path.symlink_to(tmp_path / "nowhere")
+    assert status_of(benchmark.main, [*TINY, "--loader-images", "0", "--json", str(path)]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert err.startswith(f"error: --json {path}") and message.format(run=run, tmp=tmp_path) in err, err
+    assert err.count("\n") == 1
+    assert all((run / name).read_text() == f"the run's {name}" for name in ("config.yaml", "metrics.json", "best.pt"))
 
 
 @contextlib.contextmanager

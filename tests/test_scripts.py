@@ -3,10 +3,12 @@ KD + Tf-FD from its checkpoint, evaluate, sweep, collect the table; the reproduc
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -306,6 +308,10 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     (["--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
     (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     (["--set", "loss.tffd.lambda_intra=-1"], "loss.tffd.lambda_intra must be >= 0, got -1"),
+    (["--set", "loss.terms=[ce,dlb,cs_kd]"], "dlb and cs_kd each compose the training batch in their own way"),
+    (["--set", "train.lr=0.1", "--set", " train.lr=0.2"], "--set ' train.lr=0.2': train.lr is set already"),
+    (["--set", "seed=3"], "--set 'seed=3': seed is set already"),
+    (["--epochs", "2", "--set", "loss.tffd.warmup_epochs=1"], "loss.tffd.warmup_epochs is set already"),
 ])
 def test_reproduce_rejects_bad_options_before_launching_anything(args, message, tmp_path):
     _assert_rejected("reproduce_cifar100.sh", ["--root", str(tmp_path / "table"), *args], message, tmp_path / "table")
@@ -324,6 +330,15 @@ def _assert_rejected(script: str, args: list[str], message: str, root: Path) -> 
     (["--grid", "train.momentum=0.9,1.0"], "train.momentum must be < 1, got 1"),
     (["--grid", "seed=0,1", "--seeds", "0,1"], "--grid seed=... and --seeds both set the seed"),
     (["--grid", "train.epochs=1", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--grid", "train.epochs=1", "--seeds", "a,b"], "--seeds takes a list like 0,1,2, got 'a,b'"),
+    (["--grid", "train.epochs=1", "--gpus", "junk"], "--gpus takes GPU ids like 0,1,2, got 'junk'"),
+    (["--grid", "loss.tffd.lambda_intra=1e-4,4e-4", "--grid", " loss.tffd.lambda_intra=8e-4"],
+     "--grid names loss.tffd.lambda_intra twice"),
+    (["--grid", "train.lr=0.1", "--grid", "train.lr=0.2"], "--grid names train.lr twice"),
+    (["--grid", "train.lr=0.1,0.05,0.1"], "--grid train.lr lists 0.1 twice"),
+    (["--grid", "loss.terms=[ce,dlb],[ce,dlb,cs_kd]"], "dlb and cs_kd each compose the training batch"),
+    (["--grid", "batch.transforms=[mixup],[cutmix]", "loss.terms=[ce,mixskd]"],
+     "loss.mixskd mixes its own batch, and batch.transforms ['mixup'] would mix across it"),
 ])
 def test_sweep_rejects_bad_grids_before_launching_anything(args, message, tmp_path, capfd):
     root = tmp_path / "sweep"
@@ -348,6 +363,255 @@ def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path):
     assert result.returncode == 1
     assert f"BLOCKED {student}: needs the finished run {tmp_path / 'teacher'}" in result.stdout
     assert not student.exists() and not os.path.exists(f"{student}.log")
+
+
+# ---------------------------------------------------------------- what the scripts write, and where
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    """A finished run with every file a run writes, under tmp_path/runs."""
+    run = tmp_path / "runs" / "resnet20_ce" / "seed0"
+    fake_run(run, "configs/cifar100/resnet20_ce.yaml", [], 69.0, 69.5)
+    for name in ("best.pt", "last.pt", "log.txt", "events.out.tfevents.1.host.1", ".lock"):
+        (run / name).write_bytes(f"the run's {name}".encode())
+    return run
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(path) for path in root.rglob("*"))
+
+
+@pytest.mark.parametrize("option, name", [("--out", "metrics.json"), ("--out", "best.pt"), ("--csv", "config.yaml"),
+                                          ("--csv", "last.pt"), ("--out", "log.txt"), ("--csv", ".lock"),
+                                          ("--out", "events.out.tfevents.1.host.1")])
+@pytest.mark.parametrize("through_a_link", [False, True])
+def test_collect_results_never_writes_over_a_runs_file(finished_run, tmp_path, capfd, option, name, through_a_link):
+    path = finished_run / name
+    if through_a_link:
+        (tmp_path / "table.md").symlink_to(path)
+        path = tmp_path / "table.md"
+    before = _contents(finished_run)
+    _, err = call(collect_results.main, capfd, str(tmp_path / "runs"), option, str(path), code=2)
+    assert err.startswith(f"error: {option} {path}") and len(err.splitlines()) == 1, err
+    assert f"is the run's {name} in {finished_run}, which only that run writes" in err
+    assert _contents(finished_run) == before
+
+
+def test_collect_results_plots_never_write_through_a_link_to_a_runs_file(finished_run, tmp_path, capfd):
+    first = tmp_path / "first"  # the bars beside the paper's numbers
+    call(collect_results.main, capfd, str(tmp_path / "runs"), "--plots", str(first))
+    figure = sorted(first.iterdir())[0].name
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / figure).symlink_to(finished_run / "best.pt")
+    before = _contents(finished_run)
+    _, err = call(collect_results.main, capfd, str(tmp_path / "runs"), "--plots", str(second), code=2)
+    assert err.startswith(f"error: --plots {second / figure} (a link to {finished_run / 'best.pt'}) is the run's "
+                          f"best.pt"), err
+    assert _contents(finished_run) == before and [path.name for path in second.iterdir()] == [figure]
+
+
+def test_launch_never_writes_a_log_through_a_link_to_a_runs_file(finished_run, tmp_path, capfd):
+    import launch
+
+    job_file = tmp_path / "jobs.txt"
+    job_file.write_text(f"{tmp_path / 'job'} configs/quickstart.yaml\n")
+    (tmp_path / "job.log").symlink_to(finished_run / "last.pt")
+    _, err = call(launch.main, capfd, str(job_file), "--gpus=", code=2)
+    assert err.startswith(f"error: job {tmp_path / 'job'}'s log {tmp_path / 'job.log'} (a link to "
+                          f"{finished_run / 'last.pt'}) is the run's last.pt"), err
+    assert (finished_run / "last.pt").read_bytes() == b"the run's last.pt" and not (tmp_path / "job").exists()
+
+
+def _odd(tmp_path: Path, kind: str, name: str = "odd") -> Path:
+    """tmp_path / name, made ``kind``: a file, a directory, a dangling symlink or a symlink loop."""
+    path = tmp_path / name
+    if kind == "a file":
+        path.write_text("keep me")
+    elif kind == "a directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "nowhere" if kind == "a dangling symlink" else path)
+    return path
+
+
+PATH_PROBLEMS = {"a file": "is a file, not a directory", "a directory": "is a directory; name a file",
+                 "a dangling symlink": "which does not exist", "a symlink loop": "leads into a symlink loop"}
+
+
+@pytest.mark.parametrize("where, kind", [
+    ("collect ROOT", "a file"), ("collect ROOT", "a dangling symlink"), ("collect ROOT", "a symlink loop"),
+    ("collect --out", "a directory"), ("collect --out", "a dangling symlink"), ("collect --csv", "a symlink loop"),
+    ("collect --plots", "a file"), ("collect --plots", "a dangling symlink"), ("collect --plots", "a symlink loop"),
+    ("sweep --root", "a file"), ("sweep --root", "a dangling symlink"), ("sweep --root", "a symlink loop"),
+    ("launch run dir", "a file"), ("launch run dir", "a dangling symlink"), ("launch log", "a directory"),
+    ("launch log", "a symlink loop"),
+])
+def test_an_output_path_of_the_wrong_kind_is_one_line_naming_it_before_anything_is_written(
+        where, kind, finished_run, tmp_path, capfd):
+    import launch
+
+    path = _odd(tmp_path, kind, "odd.log")
+    script, option = where.split(" ", 1)
+    if script == "collect":
+        args = [str(path)] if option == "ROOT" else [str(tmp_path / "runs"), option, str(path)]
+        main, shown = collect_results.main, f"{option} {path}"
+    elif script == "sweep":
+        main, shown = sweep.main, f"--root {path}"
+        args = ["--config", str(REPO / "configs/quickstart.yaml"), "--grid", "train.lr=0.1,0.2", "--root", str(path)]
+    else:
+        run_dir = path if option == "run dir" else path.with_suffix("")
+        (tmp_path / "jobs.txt").write_text(f"{run_dir} configs/quickstart.yaml\n")
+        main, args = launch.main, [str(tmp_path / "jobs.txt"), "--gpus="]
+        shown = f"job {path}" if option == "run dir" else f"job {run_dir}'s log {path}"
+    before = _tree(tmp_path)
+    _, err = call(main, capfd, *args, code=2)
+    assert err.startswith(f"error: {shown} ") and PATH_PROBLEMS[kind] in err and len(err.splitlines()) == 1, err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("script, kind", [("reproduce_cifar100.sh", "a file"), ("reproduce_selfkd.sh", "a dangling symlink"),
+                                          ("reproduce_selfkd.sh", "a symlink loop")])
+def test_reproduce_refuses_a_root_of_the_wrong_kind_before_launching_anything(script, kind, tmp_path):
+    root = _odd(tmp_path, kind)
+    result = run_script(script, "--root", str(root), "--dry-run", check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: job {root}/") and PATH_PROBLEMS[kind] in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("finishes", [True, False])
+def test_a_relaunch_watches_a_run_that_another_live_process_holds_as_running(finishes, tmp_path, capfd, monkeypatch):
+    """A launcher killed and relaunched while its runs go on: the run's lock is held, so the relaunch
+    waits for that process instead of starting the run again and calling it failed; if that process ends
+    without finishing the run, the relaunch resumes it."""
+    import threading
+
+    import launch
+    from engine.run_dir import RunLock
+
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, "configs/quickstart.yaml", [], None, None, epochs_done=1)
+    done = {**read_metrics(run_dir), "finished": True, "best_acc1": 61.0, "last_acc1": 60.0, "best_epoch": 2}
+    lock = RunLock(run_dir)
+    lock.acquire()
+    job = launch.Job(run_dir, "configs/quickstart.yaml")
+    started = []
+
+    def start_here(job, gpu):  # stands for train.py resuming the run: it finishes it
+        started.append(job)
+        return subprocess.Popen([sys.executable, "-c", f"open({str(run_dir / 'metrics.json')!r}, 'w')"
+                                                       f".write({json.dumps(done)!r})"])
+
+    monkeypatch.setattr(launch, "_start", start_here)
+    assert launch.run_jobs([job], gpus=[], dry_run=True) == 0
+    holder = f"{socket.gethostname()} pid {os.getpid()}"
+    assert capfd.readouterr().out.startswith(f"# running in another process ({holder}): python train.py ")
+
+    def other_process_ends():
+        if finishes:
+            (run_dir / "metrics.json").write_text(json.dumps(done))
+        lock.release()
+
+    threading.Timer(1.0, other_process_ends).start()
+    code = launch.run_jobs([job], gpus=[])
+    out, _ = capfd.readouterr()
+    assert code == 0 and "FAILED" not in out, out
+    assert f"[1/1] running in another process ({holder}): {run_dir}; waiting for it" in out
+    if finishes:
+        assert f"[1/1] finished {run_dir} in another process: best top-1 61.00%" in out and not started
+    else:
+        assert f"[1/1] {run_dir} was left unfinished by the other process; resuming it here" in out
+        assert started == [job] and f"[1/1] finished {run_dir} in " in out
+    assert "1 runs: 1 finished, 0 failed, 0 blocked" in out
+
+
+def test_a_run_whose_lock_another_process_takes_first_is_running_not_failed(tmp_path, capfd, monkeypatch):
+    """The other process takes the lock between the launcher's look and train.py's start: train.py
+    refuses (exit 2), and the launcher watches that process's run instead of calling it failed."""
+    import threading
+
+    import launch
+
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, "configs/quickstart.yaml", [], None, None, epochs_done=1)
+    done = {**read_metrics(run_dir), "finished": True, "best_acc1": 61.0, "last_acc1": 60.0, "best_epoch": 2}
+    held = []
+
+    def other_process_finishes():
+        (run_dir / "metrics.json").write_text(json.dumps(done))
+        held.clear()
+
+    def start_here(job, gpu):
+        held.append("otherhost pid 7")
+        threading.Timer(1.0, other_process_finishes).start()
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+
+    monkeypatch.setattr(launch, "lock_holder", lambda run_dir: held[0] if held else None)
+    monkeypatch.setattr(launch, "_start", start_here)
+    code = launch.run_jobs([launch.Job(run_dir, "configs/quickstart.yaml")], gpus=[])
+    out, _ = capfd.readouterr()
+    assert code == 0 and "FAILED" not in out, out
+    assert f"[1/1] running in another process (otherhost pid 7): {run_dir}; waiting for it" in out
+    assert f"[1/1] finished {run_dir} in another process: best top-1 61.00%" in out
+
+
+QUICKSTART = str(REPO / "configs/quickstart.yaml")
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("collect_results", ["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    ("collect_results", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("collect_results", ["--metrics", "acc1,top5"], "--metrics takes a list of acc1, ece, nll, aurc"),
+    ("sweep", ["--config", QUICKSTART], "the following arguments are required: --grid"),
+    ("sweep", ["--config", QUICKSTART, "--grid", "train.lr=0.1", "--jobs", "x"], "argument --jobs: invalid int value"),
+    ("sweep", ["--config", QUICKSTART, "--grid", "train.lr=0.1", "--seeds", "a,b"], "--seeds takes a list like 0,1,2"),
+    ("sweep", ["--config", QUICKSTART, "--grid", "train.lr"], "--grid 'train.lr' must look like KEY=V1,V2,..."),
+    ("launch", ["-", "--executor", "pbs"], "argument --executor: invalid choice: 'pbs'"),
+    ("launch", ["-", "--gpus", "junk"], "--gpus takes GPU ids like 0,1,2, got 'junk'"),
+    ("launch", ["-", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    ("launch", ["-", "--timeout-min", "5"], "--timeout-min needs --executor slurm"),
+    ("benchmark", ["--rounds", "0"], "--rounds must be >= 1"),
+    ("benchmark", ["--rounds", "x"], "argument --rounds: invalid int value: 'x'"),
+    ("benchmark", ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ("evaluate", [], "the following arguments are required: checkpoint"),
+    ("evaluate", ["missing.pt"], "checkpoint not found: missing.pt"),
+    ("visualize", ["missing.pt"], "the following arguments are required: --out"),
+    ("visualize", ["missing.pt", "--out", "figures", "--images", "0"], "--images must be at least 1, got 0"),
+])
+def test_every_entry_point_reports_bad_input_as_one_error_line_and_exit_2(script, args, message, tmp_path,
+                                                                          monkeypatch, capfd):
+    """argparse's own errors and ours alike: one ``error:`` line (argparse's usage before it), exit 2."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{tmp_path / 'run'} {QUICKSTART}\n"))
+    try:
+        code = status_of(importlib.import_module(script).main, args)
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capfd.readouterr()
+    *usage, last = err.strip().splitlines()
+    assert code == 2 and out == "", err
+    assert re.match(r"([\w.-]+: )?error: ", last) and message in last, err
+    assert all(line.startswith(("usage: ", " ")) for line in usage), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_file_that_is_not_utf8_or_not_a_file_is_one_line(tmp_path, capfd):
+    import launch
+
+    job_file = tmp_path / "jobs.txt"
+    good_line = f"{tmp_path / 'run'} configs/quickstart.yaml\n".encode()
+    job_file.write_bytes(good_line + b"\xff\xfe caf\xe9\n")
+    _, err = call(launch.main, capfd, str(job_file), code=2)
+    assert err == f"error: job file {job_file} is not UTF-8 text (byte {len(good_line)}); save it as UTF-8\n"
+    _, err = call(launch.main, capfd, str(tmp_path), code=2)
+    assert err == f"error: job file not found: {tmp_path}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["jobs.txt"]
 
 
 @pytest.mark.parametrize("command", [
@@ -425,6 +689,9 @@ def test_selfkd_dry_run_lists_every_method_alone_and_with_tffd_per_seed_on_a_sca
     (["--seeds", "0-2"], "error: --seeds takes a list like 0,1,2, got '0-2'"),
     (["--root"], "error: --root needs a value (see --help)"),
     (["--bogus"], "error: unknown option --bogus (see --help)"),
+    (["--methods", "mixskd", "--set", "batch.transforms=[cutmix]"], "loss.mixskd mixes its own batch"),
+    (["--methods", "dlb", "--set", "loss.terms=[ce,dlb,ddgsd]"], "dlb and ddgsd each compose the training batch"),
+    (["--epochs", "2", "--set", "train.epochs=3"], "--set 'train.epochs=3': train.epochs is set already"),
 ])
 def test_selfkd_rejects_bad_options_before_launching_anything(args, message, tmp_path):
     root = ["--root", str(tmp_path / "table")] if args != ["--root"] else []

@@ -164,6 +164,32 @@ def test_bad_executor_options_exit_2_before_submitting_anything(args, message, t
     assert out == "" and submissions() == [] and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("where", ["--slurm-log-dir is a file", "--slurm-log-dir is a dangling symlink",
+                                   "a state file links to a run's metrics.json"])
+def test_slurm_outputs_of_the_wrong_kind_or_over_a_runs_file_are_refused_before_submitting(where, tmp_path, slurm,
+                                                                                          capfd):
+    submissions, _ = slurm
+    job_file, run = tmp_path / "jobs.txt", tmp_path / "finished"
+    job_file.write_text(_table(tmp_path / "runs"))
+    _finish(run)
+    (run / "config.yaml").write_text("the run's config")
+    log_dir = tmp_path / "slurm_logs"
+    if where.endswith("is a file"):
+        log_dir.write_text("keep me")
+        message = f"--slurm-log-dir {log_dir} is a file, not a directory"
+    elif where.endswith("dangling symlink"):
+        log_dir.symlink_to(tmp_path / "nowhere")
+        message = f"--slurm-log-dir {log_dir} is a symlink to {tmp_path / 'nowhere'}, which does not exist"
+    else:
+        (tmp_path / "runs").mkdir()
+        state = tmp_path / "runs" / "t1.slurm.json"
+        state.symlink_to(run / "metrics.json")
+        message = f"job {tmp_path / 'runs' / 't1'}: its SLURM state file {state} (a link to {run / 'metrics.json'})"
+    out, err = _launch(capfd, job_file, *SLURM_ARGS, "--slurm-log-dir", str(log_dir), code=2)
+    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
+    assert submissions() == [] and json.loads((run / "metrics.json").read_text()) == {"finished": True}
+
+
 def test_slurm_without_sbatch_is_one_error_line(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("PATH", str(tmp_path))
     job_file = tmp_path / "jobs.txt"

@@ -119,7 +119,8 @@ def other_architectures(runs):
     return run_checkpoint, bare
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "out is a file", "out below a file", "no compare",
+@pytest.mark.parametrize("case", ["no checkpoint", "out is a file", "out below a file", "out is a dangling symlink",
+                                  "out is a symlink loop", "out holds a link to a run's file", "no compare",
                                   "compare resnet32", "compare bare resnet8x4", "num-images 0", "images 0",
                                   "channels -1", "more images shown than used"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_architectures, tmp_path, capfd):
@@ -130,7 +131,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_archi
     expected = {
         "no checkpoint": f"checkpoint not found: {tmp_path / 'missing.pt'}",
         "out is a file": f"--out {blocker} is a file, not a directory",
-        "out below a file": f"cannot make --out {blocker / 'figures'}: {blocker} is a file, not a directory",
+        "out below a file": f"--out {blocker / 'figures'}: {blocker} is a file, not a directory",
+        "out is a dangling symlink": f"--out {out} is a symlink to {tmp_path / 'nowhere'}, which does not exist",
+        "out is a symlink loop": f"--out {out} leads into a symlink loop",
+        "out holds a link to a run's file": f"--out {out / 'features.json'} (a link to {runs / 'tffd' / 'config.yaml'})"
+                                            f" is the run's config.yaml in {runs / 'tffd'}, which only that run writes",
         "no compare": f"--compare checkpoint not found: {tmp_path / 'missing.pt'}",
         "compare resnet32": f"--compare checkpoint {other_architectures[0]} holds a resnet32, but {checkpoint} "
                             f"is a resnet20",
@@ -146,6 +151,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_archi
         out = blocker
     elif case == "out below a file":
         out = blocker / "figures"
+    elif case == "out is a dangling symlink":
+        out.symlink_to(tmp_path / "nowhere")
+    elif case == "out is a symlink loop":
+        out.symlink_to(out)
+    elif case == "out holds a link to a run's file":
+        out.mkdir()
+        (out / "features.json").symlink_to(runs / "tffd" / "config.yaml")
     elif case == "no compare":
         compare = tmp_path / "missing.pt"
     elif case.startswith("compare "):
@@ -154,12 +166,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_archi
         options = {"num-images 0": ["--num-images", "0"], "images 0": ["--images", "0"],
                    "channels -1": ["--channels", "-1"],
                    "more images shown than used": ["--images", "5", "--num-images", "4"]}[case]
-    before = sorted(tmp_path.rglob("*"))
+    before, run_config = sorted(tmp_path.rglob("*")), (runs / "tffd" / "config.yaml").read_bytes()
     code = status_of(visualize.main, [str(checkpoint), "--compare", str(compare), "--out", str(out), *options])
     _, err = capfd.readouterr()
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {expected}"), err
     assert sorted(tmp_path.rglob("*")) == before and blocker.read_text() == "keep me"
+    assert (runs / "tffd" / "config.yaml").read_bytes() == run_config
 
 
 def test_data_is_short_for_data_root_and_an_explicit_override_wins():
