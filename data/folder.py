@@ -98,16 +98,16 @@ def _class_of(real: str, class_dirs: dict[str, str]) -> str | None:
 
 
 def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...], what: str,
-                       skip_broken: bool, skipped: Skipped) -> list[tuple[str, int]]:
+                       skip_broken: bool, skipped: Skipped, counted: set[str]) -> list[tuple[str, int]]:
     """(path, class index) of every image file under ``directory/<class>/`` once, by its real path, under the
     class folder that really holds it (an image linked from another class's folder counts there only), in
     torchvision's order. Symlinked folders are followed, each real folder once per class (a loop ends);
-    what was left out goes to ``skipped``; a broken symlink is a ``DataError`` unless ``skip_broken``."""
+    what was left out goes to ``skipped``, the real paths of what was counted to ``counted``; a broken
+    symlink is a ``DataError`` unless ``skip_broken``."""
     class_dirs: dict[str, str] = {}  # real folder -> the class that holds it: not a link to it, if one is not
     for name in sorted(class_to_idx, key=lambda name: (os.path.islink(os.path.join(directory, name)), name)):
         class_dirs.setdefault(os.path.realpath(os.path.join(directory, name)), name)
     class_dirs = dict(sorted(class_dirs.items(), key=lambda item: -len(item[0])))  # the innermost first
-    counted: set[str] = set()
     samples = []
     for name in sorted(class_to_idx):
         visited: set[str] = set()
@@ -153,11 +153,12 @@ class CheckedImageFolder(ImageFolder):
 
     def __init__(self, root: str, transform, what: str, skip_broken: bool):
         self.what, self.skip_broken, self.skipped = what, skip_broken, Skipped()
+        self.real_paths: set[str] = set()  # of the counted files, for the check across splits (then dropped)
         super().__init__(root, transform=transform, allow_empty=True)
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         return scan_class_folders(str(directory), class_to_idx, extensions or IMG_EXTENSIONS, self.what,
-                                  self.skip_broken, self.skipped)
+                                  self.skip_broken, self.skipped, self.real_paths)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
@@ -203,6 +204,12 @@ def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_siz
         side = test_dir if differing in test.classes else train_dir
         raise DataError(f"{what}: {test_dir} and {train_dir} must hold the same class folders; "
                         f"{side / differing} has no counterpart")
+    in_both = train.real_paths & test.real_paths
+    train.real_paths = test.real_paths = set()
+    if in_both:  # e.g. a training folder of symlinks into the test split
+        raise DataError(f"{what}: {len(in_both)} image files are both in {train_dir} and in {test_dir} (by their real "
+                        f"paths, through symlinks), e.g. {sorted(in_both)[0]}: the test split would be trained on; "
+                        f"keep each image in one split")
     skipped = Skipped(*(a + b for a, b in zip(dataclasses.astuple(train.skipped), dataclasses.astuple(test.skipped))))
     warning = skipped.line(what)
     if warning:

@@ -200,6 +200,31 @@ def test_an_outside_image_linked_into_a_class_counts_there(image_tree, tmp_path)
     assert (str(outside), "cat") in _samples(image_tree)
 
 
+def _link_a_test_image(root: Path) -> None:
+    (root / "train" / "cat" / "4.png").symlink_to(root / "val" / "cat" / "0.png")
+
+
+def _link_the_test_class_folder(root: Path) -> None:
+    (root / "train" / "dog" / "more").symlink_to(root / "val" / "dog")
+
+
+def _test_image_links_to_a_training_image(root: Path) -> None:
+    (root / "val" / "cat" / "2.png").symlink_to(root / "train" / "cat" / "1.png")
+
+
+@pytest.mark.parametrize("leak", [_link_a_test_image, _link_the_test_class_folder, _test_image_links_to_a_training_image])
+def test_an_image_in_both_splits_is_refused_before_anything_is_written(image_tree, tmp_path, leak):
+    """By real path, through symlinks (files or folders, either way round): a test image would be trained on."""
+    leak(image_tree)
+    with pytest.raises(DataError, match=r"image files are both in .*/train and in .*/val .* keep each image in one"):
+        build_dataset(folder_config(image_tree))
+    run_dir = tmp_path / "run"
+    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
+                       str(run_dir))
+    assert result.returncode == 2 and "both in" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not run_dir.exists()
+
+
 def _one_class(root: Path) -> None:
     for split in SPLITS:
         shutil.rmtree(root / split / "dog")
