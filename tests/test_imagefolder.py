@@ -212,7 +212,8 @@ def _test_image_links_to_a_training_image(root: Path) -> None:
     (root / "val" / "cat" / "2.png").symlink_to(root / "train" / "cat" / "1.png")
 
 
-@pytest.mark.parametrize("leak", [_link_a_test_image, _link_the_test_class_folder, _test_image_links_to_a_training_image])
+@pytest.mark.parametrize("leak", [_link_a_test_image, _link_the_test_class_folder,
+                                  _test_image_links_to_a_training_image])
 def test_an_image_in_both_splits_is_refused_before_anything_is_written(image_tree, tmp_path, leak):
     """By real path, through symlinks (files or folders, either way round): a test image would be trained on."""
     leak(image_tree)
