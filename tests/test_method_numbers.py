@@ -1,7 +1,8 @@
 """Every batch-composing method's numbers, bit for bit: short deterministic CPU runs of ce, tffd, cs_kd, bake,
 ddgsd, dlb, mixskd, ps_kd and byot on synthetic data, with both loaders, against the metrics recorded in
-tests/golden/method_numbers/<method>_<loader>.json. A refactoring of how a step's batch is made (issue 25's batch plans) must
-leave each of them unchanged; a change that is meant to change a method's numbers records them again:
+tests/golden/method_numbers/<method>_<loader>.json. A refactoring of how a step's batch is made (issue 25's
+batch plans) must leave each of them unchanged; a change that is meant to change a method's numbers records
+them again:
 
     UPDATE_GOLDEN=1 python -m pytest -q tests/test_method_numbers.py
 
@@ -34,7 +35,8 @@ def numbers(method: str, loader: str, tmp_path) -> dict:
     """The per-epoch figures of a fresh run of ``method`` (its configs/_base_/methods file over the
     quickstart) with ``loader``, in a process of its own with the portable kernels."""
     config = tmp_path / f"{method}.yaml"
-    config.write_text(f"_base_: [{REPO / 'configs/quickstart.yaml'}, {REPO / f'configs/_base_/methods/{method}.yaml'}]\n")
+    bases = [REPO / "configs/quickstart.yaml", REPO / f"configs/_base_/methods/{method}.yaml"]
+    config.write_text(f"_base_: [{bases[0]}, {bases[1]}]\n")
     run_dir = tmp_path / f"{method}_{loader}"
     env = dict(train_env(), ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config), *RUN,
