@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,8 +51,17 @@ def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, 
 
 
 def _run(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
+    experiment = build_experiment(config, dist)  # before the run directory is touched: its errors are its own
+    with run_dir_faults(run_dir):
+        return _run_in(config, resolved, dist, experiment, run_dir, overwrite, override_keys)
+
+
+@contextmanager
+def run_dir_faults(run_dir: Path):
+    """A full disk, or the run directory deleted or made read-only, while the run writes into it: one line
+    saying where, and what of ``last.pt`` is left; every other OSError as it is."""
     try:
-        return _run_in(config, resolved, dist, run_dir, overwrite, override_keys)
+        yield
     except OSError as error:
         writing = os.fsdecode(error.filename) if error.filename else "its log or TensorBoard events"
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -86,8 +96,8 @@ def kept_checkpoint(run_dir: Path) -> str:
             else "no epoch had finished, so there is no checkpoint")
 
 
-def _run_in(config, resolved: dict, dist, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
-    experiment = build_experiment(config, dist)
+def _run_in(config, resolved: dict, dist, experiment, run_dir: Path, overwrite: bool,
+            override_keys: list[str]) -> int:
     lock = RunLock(run_dir)
     mode = None
     if dist.is_main:

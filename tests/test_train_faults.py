@@ -137,6 +137,23 @@ def test_a_bug_writing_elsewhere_keeps_its_traceback(tmp_path, monkeypatch):
         train.main(["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
 
 
+@pytest.mark.parametrize("error", [
+    FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/imagenet/train/n01/x.JPEG"),
+    PermissionError(errno.EACCES, "Permission denied", "/data/imagenet/train"),
+    OSError(errno.ENOSPC, "No space left on device"),  # e.g. a dataset download into another disk
+])
+def test_an_os_error_before_the_run_directory_exists_is_not_taken_for_one_in_it(tmp_path, monkeypatch, error):
+    """The run directory's fault lines are for writes into it: an OSError while the experiment is built (the
+    data, a download) keeps its own traceback, and no run directory appears."""
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(engine.session, "build_experiment", fail)
+    run_dir = tmp_path / "run"
+    with pytest.raises(type(error)) as raised:
+        train.main(["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
+    assert raised.value is error and not run_dir.exists()
+
+
 def test_a_one_process_dlb_checkpoint_resumed_by_two_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     assert train_into(run_dir, "loss.terms=[ce,dlb]", "train.epochs=1") == 0
