@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Self
 
@@ -191,6 +192,27 @@ def _broken_link(path: Path) -> str:
     return "a symlink to a directory" if stat.S_ISDIR(target.st_mode) else "a symlink to something not a regular file"
 
 
+PROBE_SECONDS = 0.2  # how long acquire waits out another process's probe of the lock (RunLock.holder)
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock on ``fd``, retrying for ``seconds`` while it is held: a probe holds it for an
+    instant, a run for as long as it trains."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _holder_text(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
+
+
 class RunLock:
     """An OS lock (``fcntl.flock``) on the run directory's ``.lock`` file, whose text (host and pid)
     names the holder in the message another run gets.
@@ -210,10 +232,8 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
+            if not _lock_within(fd, PROBE_SECONDS):
+                holder = _holder_text(fd)
                 os.close(fd)
                 raise RunDirError(f"another run ({holder}) is writing to {self.path.parent}; wait for it or "
                                   f"choose another --run-dir") from None
@@ -226,6 +246,24 @@ class RunLock:
             os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # a full disk: the lock holds all the same, only its note is missing
+
+    @staticmethod
+    def holder(run_dir: Path) -> str | None:
+        """The live process that holds ``run_dir``'s lock, as the file names it; None when none does. Probes
+        with a shared lock for an instant (which ``acquire`` waits out) and creates nothing."""
+        try:
+            fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(fd)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def _still_the_file(self, fd: int) -> bool:
         try:

@@ -29,7 +29,6 @@ Executors (``--executor``), one job list and one skip rule for both:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shlex
 import shutil
@@ -48,7 +47,7 @@ from engine.cli import exit_with  # noqa: E402
 from engine.builder import check_terms_combine  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
-from engine.run_dir import LOCK, read_metrics  # noqa: E402
+from engine.run_dir import RunLock, read_metrics  # noqa: E402
 
 TRAIN = REPO / "train.py"
 POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
@@ -96,24 +95,6 @@ def is_finished(run_dir: Path) -> bool:
     except RunDirError:
         return False  # damaged: its job is run, and train.py says what is wrong with it
     return bool(metrics and metrics.get("finished"))
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """The live process that holds ``run_dir``'s lock (engine/run_dir.py's RunLock: flock on .lock), as
-    the file names it; None when none does. Probes with a shared flock for an instant and creates nothing."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run that is starting"
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def default_gpus() -> list[str]:
@@ -179,7 +160,7 @@ def run_jobs(jobs: list[Job], gpus: list[str] | None = None, parallel: int | Non
     if dry_run:
         done = [job for job in jobs if is_finished(job.run_dir)]
         for job in jobs:
-            holder = None if job in done else lock_holder(job.run_dir)
+            holder = None if job in done else RunLock.holder(job.run_dir)
             mark = "# finished: " if job in done else f"# running in another process ({holder}): " if holder else ""
             print(mark + job.shown(), file=out)
         print(f"# {len(jobs)} runs: {len(jobs) - len(done)} to run, {len(done)} already finished", file=out)
@@ -251,7 +232,7 @@ class _Pool:
     def _held_elsewhere(self, job: Job) -> bool:
         """If another live process holds ``job``'s run (a launch killed and relaunched while its runs go
         on), watch it as running instead of starting it."""
-        holder = lock_holder(job.run_dir)
+        holder = RunLock.holder(job.run_dir)
         if holder is not None:
             self.elsewhere.append(job)
             self.say(f"{self.tag[job]} running in another process ({holder}): {job.run_dir}; waiting for it")
@@ -259,7 +240,7 @@ class _Pool:
 
     def _watch_elsewhere(self) -> None:
         for job in list(self.elsewhere):
-            if lock_holder(job.run_dir) is not None:
+            if RunLock.holder(job.run_dir) is not None:
                 continue
             self.elsewhere.remove(job)
             if is_finished(job.run_dir):

@@ -339,3 +339,18 @@ def test_a_lock_file_nobody_holds_never_wedges_the_directory(tmp_path, left_behi
     lock.acquire()
     assert (tmp_path / ".lock").read_text() == f"{socket.gethostname()} pid {os.getpid()}\n"
     lock.release()
+
+
+def test_a_probe_of_the_lock_never_makes_a_starting_run_fail(tmp_path):
+    """A launcher asks who holds a run's lock (RunLock.holder) with a shared lock held for an instant; a run
+    that starts in that instant waits it out instead of taking the prober for another run. The probe's
+    lock is held here for 50 ms, from another open file, as another process's would be."""
+    (tmp_path / ".lock").write_text("")
+    probe = os.open(tmp_path / ".lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.05, lambda: (fcntl.flock(probe, fcntl.LOCK_UN), os.close(probe))).start()
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held and RunLock.holder(tmp_path) == f"{socket.gethostname()} pid {os.getpid()}"
+    lock.release()
+    assert RunLock.holder(tmp_path) is None

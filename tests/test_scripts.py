@@ -550,7 +550,7 @@ def test_a_run_whose_lock_another_process_takes_first_is_running_not_failed(tmp_
         threading.Timer(1.0, other_process_finishes).start()
         return subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
 
-    monkeypatch.setattr(launch, "lock_holder", lambda run_dir: held[0] if held else None)
+    monkeypatch.setattr(launch.RunLock, "holder", staticmethod(lambda run_dir: held[0] if held else None))
     monkeypatch.setattr(launch, "_start", start_here)
     code = launch.run_jobs([launch.Job(run_dir, "configs/quickstart.yaml")], gpus=[])
     out, _ = capfd.readouterr()
