@@ -2,6 +2,7 @@
 Other ranks get a logger that does nothing, so callers never test the rank themselves."""
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ class RunLogger:
 
         self.run_dir = Path(run_dir)
         self._thread_hook = threading.excepthook
-        threading.excepthook = _quiet_event_writer_errors
+        threading.excepthook = functools.partial(_quiet_event_writer_errors, otherwise=self._thread_hook)
         try:
             self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
@@ -68,13 +69,13 @@ class RunLogger:
             threading.excepthook = self._thread_hook
 
 
-def _quiet_event_writer_errors(args) -> None:
+def _quiet_event_writer_errors(args, otherwise) -> None:
     """TensorBoard writes its events in a thread of its own; a write that fails there (a full disk, a
     directory gone) is raised again in the main thread at the writer's next call, where the session
     reports it in one line: the thread's own traceback would only repeat it."""
     if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
         return
-    threading.__excepthook__(args)
+    otherwise(args)  # the hook that was installed before (the interpreter's, or a test runner's)
 
 
 class NullLogger:

@@ -22,17 +22,10 @@ from pathlib import Path
 
 from core.errors import RunDirError
 
-from .run_dir import LAST, RUN_FILES
+from .run_dir import LAST, run_outputs
 
 ASIDE, PARTIAL, RESTORING = ".previous-run", ".previous-run.partial", ".previous-run.restoring"
 _SUFFIX = ".previous"
-
-
-def run_outputs(run_dir: Path) -> list[Path]:
-    """A run's own files in ``run_dir`` (not the lock): config, log, metrics, checkpoints, TensorBoard events."""
-    run_dir = Path(run_dir)
-    return [run_dir / name for name in RUN_FILES if os.path.lexists(run_dir / name)] + \
-        sorted(run_dir.glob("events.out.tfevents.*"))
 
 
 def set_aside(run_dir: Path) -> None:

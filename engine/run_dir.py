@@ -288,10 +288,15 @@ class RunLock:
         self.release()
 
 
-def clear_run_files(run_dir: Path) -> None:
-    """Remove a previous run's outputs (for --overwrite); the lock stays."""
+def run_outputs(run_dir: Path) -> list[Path]:
+    """A run's own files in ``run_dir`` (not the lock): config, log, metrics, checkpoints, TensorBoard events."""
     run_dir = Path(run_dir)
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for event_file in run_dir.glob("events.out.tfevents.*"):
-        event_file.unlink()
+    return [run_dir / name for name in RUN_FILES if os.path.lexists(run_dir / name)] + \
+        sorted(run_dir.glob("events.out.tfevents.*"))
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Remove an unfinished run's outputs before it starts over (a ``restart``); the lock stays.
+    ``--overwrite`` sets them aside instead (engine/previous_run.py)."""
+    for path in run_outputs(run_dir):
+        path.unlink()

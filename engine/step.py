@@ -11,6 +11,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from data.batch_transforms import apply_batch_transforms
+from losses.base import epoch_tensor
 
 from .builder import Experiment
 from .network import joined
@@ -52,11 +53,6 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
         logits, terms = exp.network(parts, targets, epoch, indices, teacher_logits, target_probs, extras)
         total = sum(terms.values())
     return Losses(logits, terms, total, targets)
-
-
-def epoch_tensor(epoch: int, device: torch.device) -> torch.Tensor:
-    """The epoch as the step takes it: a 0-d float tensor on the device."""
-    return torch.tensor(float(epoch), device=device)
 
 
 def mark_batch_dynamic(*inputs) -> None:

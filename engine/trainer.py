@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from core.errors import CheckpointError
 from core.typed_config import flatten, to_dict
+from losses.base import epoch_tensor
 
 from .builder import Experiment
 from .calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
@@ -23,7 +24,7 @@ from .meters import DeviceMeter, add_sums, correct_topk, means
 from .previous_run import drop_previous
 from .run_dir import BEST, CONFIG_FILE, LAST, METRICS_FILE, RESUME_MAY_CHANGE, check_same_config
 from .signals import StopRequest
-from .step import apply_gradients, compute_losses, epoch_tensor
+from .step import apply_gradients, compute_losses
 
 CHECKPOINT_FORMAT = 2  # 2: the lr schedule steps per batch (engine/schedule.py)
 

@@ -23,6 +23,11 @@ class TrainingSetup:
     feature_shapes: tuple[tuple[int, int, int], ...]  # the model's stage features, C x H x W, shallow to deep
 
 
+def epoch_tensor(epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch as a step takes it (``StepOutput.epoch``): a 0-d float tensor on the device."""
+    return torch.tensor(float(epoch), device=device)
+
+
 @dataclass
 class StepOutput:
     logits: torch.Tensor
@@ -47,7 +52,7 @@ class StepOutput:
 
     def __post_init__(self):
         if not isinstance(self.epoch, torch.Tensor):
-            self.epoch = torch.tensor(float(self.epoch), device=self.logits.device)
+            self.epoch = epoch_tensor(self.epoch, self.logits.device)
 
     @property
     def labels(self) -> torch.Tensor:

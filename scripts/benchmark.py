@@ -51,8 +51,9 @@ from engine.config import load_config  # noqa: E402
 from engine.distributed import DistContext, choose_device  # noqa: E402
 from engine.output_paths import check_output_file  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from engine.step import apply_gradients, compute_losses, epoch_tensor  # noqa: E402
+from engine.step import apply_gradients, compute_losses  # noqa: E402
 from losses import StepOutput  # noqa: E402
+from losses.base import epoch_tensor  # noqa: E402
 from losses.tffd import TeacherFreeFD  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from released_tffd import ReleasedTfFD  # noqa: E402
