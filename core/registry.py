@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from .errors import ConfigError
-from .typed_config import shown
+from .errors import ConfigError, shown
 
 T = TypeVar("T")
 

@@ -51,9 +51,9 @@ from typing import Callable
 import torch
 from torchvision.transforms import v2
 
-from core.errors import ConfigError
+from core.errors import ConfigError, shown
 from core.registry import Registry
-from core.typed_config import Options, option, shown
+from core.typed_config import Options, option
 
 from .sharding import epoch_generator, rank_positions
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.errors import ConfigError
+from core.errors import ConfigError, shown
 from core.registry import Registry
-from core.typed_config import BETA_ALPHA, Options, option, shown
+from core.typed_config import BETA_ALPHA, Options, option
 
 BATCH_TRANSFORMS = Registry("batch transform")  # name -> (transform class, config dataclass)
 

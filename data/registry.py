@@ -9,9 +9,8 @@ from typing import Union
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, shown
 from core.registry import Registry
-from core.typed_config import shown
 
 
 @dataclass

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.errors import ConfigError
-from core.typed_config import Options, apply_overrides, build, describe, load_yaml_tree, option, shown
+from core.errors import ConfigError, shown
+from core.typed_config import Options, apply_overrides, build, describe, option
+from core.yaml_files import load_yaml_tree
 from data.augmentations import AUGMENTATIONS, check_augment_names
 from data.batch_transforms import BATCH_TRANSFORMS
 from losses.registry import LOSSES

@@ -3,7 +3,7 @@
 it, never a traceback in whatever reads a number from it. Keys it does not know are left alone."""
 from __future__ import annotations
 
-from core.typed_config import shown
+from core.errors import shown
 
 _RATES = ("acc1", "acc5", "nll", "ece", "aurc")
 NUMBERS = ("wall_time_s", "teacher_acc1", *(f"{which}_{key}" for which in ("best", "last") for key in _RATES))

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Self
 
 from core.errors import ConfigError, RunDirError
-from core.typed_config import flatten, read_yaml
+from core.typed_config import flatten
+from core.yaml_files import read_yaml
 
 from .metrics_file import metrics_problem
 

@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.errors import ConfigError
-from core.typed_config import shown
+from core.errors import ConfigError, shown
 from models.cifar_resnet import BasicBlock  # conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU
 
 Shape = tuple[int, int, int]  # C x H x W

@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.errors import ConfigError
-from core.typed_config import LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option, shown
+from core.errors import ConfigError, shown
+from core.typed_config import LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .branches import Branch, check_branches, rebuilt_stages

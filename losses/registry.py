@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from core.errors import ConfigError
+from core.errors import ConfigError, shown
 from core.registry import Registry
-from core.typed_config import shown
 
 from .base import LossTerm
 

@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from core.errors import ConfigError
-from core.typed_config import LOSS_WEIGHT, STAGE, Options, option, shown
+from core.errors import ConfigError, shown
+from core.typed_config import LOSS_WEIGHT, STAGE, Options, option
 
 from .base import LossTerm, StepOutput
 from .registry import register_loss

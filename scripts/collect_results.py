@@ -64,7 +64,8 @@ from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
 from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
 from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
 from engine.trainer import hparams_of  # noqa: E402
-from core.typed_config import all_keys, read_yaml  # noqa: E402
+from core.typed_config import all_keys  # noqa: E402
+from core.yaml_files import read_yaml  # noqa: E402
 from data.augmentations import AUGMENTATIONS  # noqa: E402
 from data.batch_transforms import BATCH_TRANSFORMS  # noqa: E402
 from losses import LOSSES  # noqa: E402

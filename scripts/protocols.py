@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from core.typed_config import flatten, load_yaml_tree
+from core.typed_config import flatten
+from core.yaml_files import load_yaml_tree
 from engine.config import load_config
 from engine.run_dir import RESUME_MAY_CHANGE
 from engine.trainer import hparams_of

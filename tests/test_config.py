@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.typed_config import describe, flatten, load_yaml_tree, to_dict
+from core.typed_config import describe, flatten, to_dict
+from core.yaml_files import load_yaml_tree
 from engine.config import ExperimentConfig, TrainConfig, load_config
 from engine.run_dir import default_run_dir
 from losses.kd import KDConfig
