@@ -26,17 +26,17 @@ class Loaders:
 
 
 def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: int, eval_batch_size: int,
-                  device, seed: int, rank: int = 0, world_size: int = 1, sampler=None) -> Loaders:
-    """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank (anchors, where a
-    ``sampler`` (data/samplers.py) adds partners to each batch)."""
+                  device, seed: int, plan, rank: int = 0, world_size: int = 1) -> Loaders:
+    """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank (anchors, where the batch
+    ``plan`` (data/plans/) adds extra samples to each)."""
     workers = data_config.num_workers
     if isinstance(data, InMemoryData):
         augment = build_augmentations(data_config)  # FolderData's transforms hold theirs (data/folder.py)
         num_train, num_test = len(data.train_labels), len(data.test_labels)
         if data_config.loader in ("auto", "device"):
             train = DeviceTrainLoader(data.train_images, data.train_labels, data.mean, data.std, batch_size, device,
-                                      seed, rank, world_size, data_config.padding, data_config.pad_mode, data_config.hflip,
-                                      sampler, augment)
+                                      seed, plan, rank, world_size, data_config.padding, data_config.pad_mode,
+                                      data_config.hflip, augment)
             test = DeviceEvalLoader(data.test_images, data.test_labels, data.mean, data.std, eval_batch_size,
                                     device, rank, world_size)
         else:
@@ -46,7 +46,7 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
                 return TensorImageDataset(images, labels, transform)
 
             train = TorchTrainLoader(dataset(data.train_images, data.train_labels, True), batch_size, device, seed,
-                                     rank, world_size, workers, labels=data.train_labels, sampler=sampler)
+                                     plan, data.train_labels, rank, world_size, workers)
             test = TorchEvalLoader(dataset(data.test_images, data.test_labels, False), eval_batch_size, device,
                                    rank, world_size, workers)
     else:
@@ -56,7 +56,7 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
         num_train, num_test = len(data.train), len(data.test)
         skip = data_config.skip_bad_images
         labels = torch.as_tensor(data.train.targets, dtype=torch.int64)
-        train = TorchTrainLoader(data.train, batch_size, device, seed, rank, world_size, workers, skip, labels, sampler)
+        train = TorchTrainLoader(data.train, batch_size, device, seed, plan, labels, rank, world_size, workers, skip)
         test = TorchEvalLoader(data.test, eval_batch_size, device, rank, world_size, workers, skip)
     return Loaders(train, test, data.num_classes, data.image_size, num_train, num_test)
 

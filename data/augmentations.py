@@ -59,9 +59,6 @@ from .sharding import epoch_generator, rank_positions
 
 STAGES = ("uint8", "normalised")  # the order the stages run in
 AUGMENTATIONS = Registry("augmentation")  # name -> (builder(config) -> v2 transform, config dataclass, stage)
-# epoch_generator stream of the device loader's per-image seeds (+1 for the partners' images), beyond
-# the order's (0), the crops' (1, 2), the workers' (1 + rank) and the partners' (data/samplers.py).
-AUGMENT_STREAM = 2**21
 
 
 def register_augmentation(name: str, config: type, stage: str):

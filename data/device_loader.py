@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .augmentations import AUGMENT_STREAM, apply_per_image, draw_seeds
-from .sharding import epoch_generator, eval_indices, num_batches, rank_positions, train_indices
+from .augmentations import apply_per_image, draw_seeds
+from .sharding import Stream, epoch_generator, epoch_indices, eval_indices, extra_layout, num_batches, rank_positions
 
 
 def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
@@ -53,11 +53,12 @@ class Normalizer:
 
 
 class DeviceTrainLoader:
-    """Yields ``(images, labels, indices)`` per batch, ``indices`` the samples' dataset indices."""
+    """Yields ``(images, labels, indices)`` per batch, ``indices`` the samples' dataset indices: the batch's
+    anchors, then the extra samples the batch plan (data/plans/) draws for them, each with crops, flips and
+    augmentations of its own."""
 
-    def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, rank: int = 0,
-                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True,
-                 sampler=None, augment=()):
+    def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, plan, rank: int = 0,
+                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True, augment=()):
         self.device = torch.device(device)
         self.size = images.shape[-1]
         self.padding, self.hflip = padding, hflip
@@ -65,7 +66,7 @@ class DeviceTrainLoader:
         self.labels = labels.to(self.device)
         self.normalize = Normalizer(mean, std, self.device)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.sampler, self.cpu_labels = sampler, labels.cpu()  # data/samplers.py: partners for each anchor
+        self.plan, self.cpu_labels = plan, labels.cpu()
         self.augment = list(augment)  # data/augmentations.py, in order (uint8 ones first)
         self.epoch = 1
 
@@ -76,32 +77,27 @@ class DeviceTrainLoader:
         return num_batches(len(self.labels) // self.world_size, self.batch_size)
 
     def __iter__(self):
-        total = len(self.labels)
-        order = train_indices(total, self.seed, self.epoch, self.rank, self.world_size).to(self.device)
-        count = len(order)
+        epoch = epoch_indices(self.cpu_labels, self.seed, self.epoch, self.rank, self.world_size, self.plan)
+        epoch = epoch.to(self.device)
+        extra = epoch.extra.shape[1]
         # Augmentation parameters for the whole epoch at once, on the CPU generator (reproducible on any
         # device). They are drawn for every position of the epoch's global order, which all ranks share,
         # and sliced like the order: each sample gets its own crop and flip, and the same ones whatever
         # the number of ranks, so a W-process run trains on the very images of the 1-process run.
-        top, left, flip = (values[0] for values in self._augmentation(stream=1, copies=1))
-        partners = None
-        if self.sampler is not None:  # each partner gets crops and flips of its own (stream 2)
-            partners = self.sampler(self.cpu_labels, self.seed, self.epoch, self.rank, self.world_size).to(self.device)
-            partner_top, partner_left, partner_flip = self._augmentation(stream=2, copies=partners.shape[1])
+        crops = self._augmentation(Stream.CROPS, copies=1)
         # data.augment: one seed per augmentation and image (len(augment) x copies x count, on the CPU)
-        seeds = self._seeds(AUGMENT_STREAM, 1)
-        partner_seeds = self._seeds(AUGMENT_STREAM + 1, partners.shape[1]) if partners is not None else None
-        for start in range(0, count, self.batch_size):
-            batch = slice(start, start + self.batch_size)
-            index = order[batch]
-            images = crop_flip(self.padded, index, top[batch], left[batch], flip[batch], self.size)
-            image_seeds = seeds[:, 0, batch]
-            if partners is not None:  # the batch's anchors, then all their partners
-                partner_index = partners[batch].T.reshape(-1)
-                augment = [values[:, batch].reshape(-1) for values in (partner_top, partner_left, partner_flip)]
-                images = torch.cat([images, crop_flip(self.padded, partner_index, *augment, self.size)])
-                index = torch.cat([index, partner_index])
-                image_seeds = torch.cat([image_seeds, partner_seeds[:, :, batch].flatten(1)], 1)
+        seeds = self._seeds(Stream.AUGMENT, 1)
+        if extra:  # the extra samples' own crops, flips and seeds: M draws for each anchor
+            extra_crops = self._augmentation(Stream.EXTRA_CROPS, copies=extra)
+            extra_seeds = self._seeds(Stream.EXTRA_AUGMENT, extra)
+        for span, index in epoch.batches(self.batch_size):
+            anchors = len(epoch.anchors[span])
+            images = crop_flip(self.padded, index[:anchors], *(values[0, span] for values in crops), self.size)
+            image_seeds = seeds[:, 0, span]
+            if extra:  # the batch's anchors, then their extra samples (data/sharding.py extra_layout)
+                augment = [extra_layout(values[:, span].T) for values in extra_crops]
+                images = torch.cat([images, crop_flip(self.padded, index[anchors:], *augment, self.size)])
+                image_seeds = torch.cat([image_seeds, extra_seeds[:, :, span].flatten(1)], 1)
             yield self._augment_and_normalize(images, image_seeds), self.labels[index], index
 
     def _seeds(self, stream: int, copies: int) -> torch.Tensor:

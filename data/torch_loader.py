@@ -11,7 +11,7 @@ from core.errors import DataError
 
 from .augmentations import stage_transforms
 from .registry import BadImage
-from .sharding import epoch_generator, eval_indices, num_batches, train_indices
+from .sharding import Stream, epoch_generator, epoch_indices, eval_indices, num_batches
 
 
 class TensorImageDataset(Dataset):
@@ -103,14 +103,13 @@ class _DeviceIterator:
 
 
 class TorchTrainLoader(_DeviceIterator):
-    """Yields ``(images, labels, indices)``. ``labels`` and ``sampler`` (data/samplers.py): each batch of
-    anchors is followed by their partners."""
+    """Yields ``(images, labels, indices)``: each batch's anchors, then the extra samples the batch plan
+    (data/plans/) draws for them; ``labels`` are the training set's, which the plan may draw from."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4, skip_bad_images: bool = False, labels: torch.Tensor | None = None,
-                 sampler=None):
+    def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, plan, labels: torch.Tensor,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 4, skip_bad_images: bool = False):
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
-        self.labels, self.sampler = labels, sampler
+        self.labels, self.plan = labels, plan
         self.epoch = 1
         self.generator = torch.Generator()
         self.batch_size = batch_size
@@ -123,21 +122,13 @@ class TorchTrainLoader(_DeviceIterator):
         super().__init__(loader, device, skip_bad_images)
 
     def _batches(self) -> list[list[int]]:
-        order = train_indices(len(self.dataset), self.seed, self.epoch, self.rank, self.world_size)
-        partners = (self.sampler(self.labels, self.seed, self.epoch, self.rank, self.world_size)
-                    if self.sampler is not None else None)
-        batches = []
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size].tolist()
-            if partners is not None:  # the batch's anchors, then all their partners
-                batch += partners[start : start + self.batch_size].T.reshape(-1).tolist()
-            batches.append(batch)
-        return batches
+        epoch = epoch_indices(self.labels, self.seed, self.epoch, self.rank, self.world_size, self.plan)
+        return [index.tolist() for _, index in epoch.batches(self.batch_size)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         # Worker augmentation seeds derive from this generator: same (seed, epoch, rank), same epoch.
-        self.generator.manual_seed(epoch_generator(self.seed, epoch, stream=1 + self.rank).initial_seed())
+        self.generator.manual_seed(epoch_generator(self.seed, epoch, Stream.WORKERS + self.rank).initial_seed())
 
     def __len__(self) -> int:
         return num_batches(len(self.dataset) // self.world_size, self.batch_size)

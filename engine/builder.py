@@ -2,7 +2,6 @@
 bad input fails early and leaves no trace."""
 from __future__ import annotations
 
-import functools
 import os
 import random
 from contextlib import nullcontext
@@ -18,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from core.errors import ConfigError
 from data import Loaders, build_dataset, build_loaders
 from data.batch_transforms import build_batch_transforms
-from data.samplers import SAMPLERS
+from data.plans import BatchPlan, build_plan, choose_plan
 from losses import LossTerm, TrainingSetup, build_loss_terms
 from models import build_model
 
@@ -40,7 +39,8 @@ class ModelProfile:
 class Experiment:
     network: nn.Module  # what the step calls: the TrainingNetwork, possibly DDP- and compile-wrapped
     model: nn.Module  # the plain model inside it: what is evaluated and exported
-    terms: list[LossTerm]  # the plain terms inside it (their batch composition runs before the forward)
+    terms: list[LossTerm]  # the plain terms inside it
+    plan: BatchPlan  # the run's batch plan (data/plans/), inside it too: the step composes its batch with it
     teacher: Optional[FrozenTeacher]
     loaders: Loaders
     optimizer: torch.optim.Optimizer
@@ -98,7 +98,7 @@ def profile_model(model: nn.Module, image_size: int, name: str = "the model") ->
 def smallest_train_batch(num_train: int, world_size: int, batch: int) -> int:
     """The fewest images of any training batch of one rank: the last one, where the rank's share of the data
     (data/sharding.py) is not a multiple of the batch size. Every forward pass of the model trains on at least
-    this many: a term's partners and second views (data/samplers.py) come on top of a batch's images, and DLB's
+    this many: a batch plan's partners and second views (data/plans/) come on top of a batch's images, and DLB's
     parts each hold a whole batch's."""
     per_rank = num_train // world_size
     return per_rank % batch or min(batch, per_rank)
@@ -138,34 +138,27 @@ def check_trains_on_smallest_batch(model: nn.Module, image_size: int, smallest: 
         torch.set_rng_state(rng)
 
 
-def sampler_of(terms: list[LossTerm], names: list[str]):
-    """The data/samplers.py sampler the terms need, or None. At most one term may name a sampler or compose
-    the batch in its own way: each expects the loader's batch as its sampler made it (DLB's and DDGSD's
-    second views, CS-KD's partners), so two would take each other's images apart."""
-    composing = [name for name, term in zip(names, terms)
-                 if term.sampler is not None or type(term).compose_batch is not LossTerm.compose_batch]
-    if len(composing) > 1:
-        raise ConfigError(f"loss.terms: {' and '.join(composing)} each compose the training batch in their own way "
-                          "(partners, second views, mixed copies); combine at most one of them")
-    term = next((term for term in terms if term.sampler is not None), None)
-    return functools.partial(SAMPLERS.lookup(term.sampler), **term.sampler_options) if term else None
-
-
-def check_transforms_fit_terms(terms: list[LossTerm], names: list[str], transforms: list[str]) -> None:
-    for name, term in zip(names, terms):
-        clash = [transform for transform in transforms if transform in term.refuses_batch_transforms]
-        if clash:
-            raise ConfigError(f"loss.{name} mixes its own batch, and batch.transforms {clash} would mix across it "
-                              f"and break its pairs; remove {', '.join(clash)} from batch.transforms")
+def run_plan(config, terms: list[LossTerm]) -> BatchPlan:
+    """The run's batch plan: ``batch.plan``, or with ``auto`` the one its loss terms need (data/plans/
+    ``choose_plan``: a run has one), refused where it cannot take one of ``batch.transforms``."""
+    needs = {name: term.batch_plan for name, term in zip(config.loss.terms, terms) if term.batch_plan is not None}
+    name = choose_plan(config.batch.plan, needs)
+    plan = build_plan(name, config.batch)
+    clash = [transform for transform in config.batch.transforms if transform in plan.refuses_batch_transforms]
+    if clash:
+        needed = next((f" (loss.{term} needs it)" for term, needed in needs.items() if needed == name), "")
+        raise ConfigError(f"batch plan {name}{needed} pairs the images of its batch, and batch.transforms {clash} would "
+                          f"mix across its pairs; remove {', '.join(clash)} from batch.transforms")
+    return plan
 
 
 def check_terms_combine(config) -> None:
-    """What ``build_experiment`` refuses about how the loss terms and batch transforms combine, from the
-    config alone (no data, no model): the launchers check every job with it before any starts."""
+    """What ``build_experiment`` refuses about how the loss terms, the batch plan and the batch transforms
+    combine, from the config alone (no data, no model): the launchers check every job with it before any
+    starts."""
     terms = build_loss_terms(config.loss.terms, config.loss)
     build_batch_transforms(config.batch.transforms, config.batch)
-    check_transforms_fit_terms(terms, config.loss.terms, config.batch.transforms)
-    sampler_of(terms, config.loss.terms)
+    run_plan(config, terms)
 
 
 def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
@@ -185,11 +178,10 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
     terms = build_loss_terms(config.loss.terms, config.loss)
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
-    check_transforms_fit_terms(terms, config.loss.terms, config.batch.transforms)
-    sampler = sampler_of(terms, config.loss.terms)
+    plan = run_plan(config, terms)
     data = build_dataset(config.data)
-    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, dist.rank, dist.world_size,
-                            sampler)
+    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, plan, dist.rank,
+                            dist.world_size)
 
     model = build_model(config.model.name, loaders.num_classes)
     if config.model.weights:
@@ -209,7 +201,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
     if teacher is not None:
         teacher = teacher.to(memory_format=memory_format)
-    plain = TrainingNetwork(model, terms).to(dist.device, memory_format=memory_format)
+    plain = TrainingNetwork(model, terms, plan).to(dist.device, memory_format=memory_format)
     if dist.distributed and config.model.sync_bn:
         plain = nn.SyncBatchNorm.convert_sync_batchnorm(plain)
     network = plain
@@ -237,5 +229,5 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     scheduler = build_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(network, plain.model, list(plain.terms), teacher, loaders, optimizer, scheduler, scaler,
+    return Experiment(network, plain.model, list(plain.terms), plain.plan, teacher, loaders, optimizer, scheduler, scaler,
                       autocast_dtype, profile, lr, batch_transforms, memory_format)

@@ -1,7 +1,8 @@
 """The experiment schema: every config key, its type, default and meaning.
 
 ``python train.py --help-config`` prints this table. The ``loss`` section is assembled from the
-registered loss terms, so a new term brings its own documented options.
+registered loss terms, so a new term brings its own documented options; the ``batch`` section likewise
+from the batch transforms and the batch plans.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import ConfigError, shown
-from core.typed_config import Options, apply_overrides, build, describe, option
+from core.typed_config import Options, apply_overrides, build, describe, flatten, option
 from core.yaml_files import load_yaml_tree
 from data.augmentations import AUGMENTATIONS, check_augment_names
 from data.batch_transforms import BATCH_TRANSFORMS
+from data.plans import AUTO, PLANS, plans_with_options
 from losses.registry import LOSSES
 
 
@@ -126,9 +128,15 @@ LossConfig = _loss_schema()
 
 
 def _batch_schema() -> type:
-    fields = [("transforms", list[str], option([], "batch transforms applied on the device before the forward "
+    fields = [("plan", str, option(AUTO, "how each step makes its batch (data/plans/); auto: the plan the loss terms "
+                                         "need, else plain", choices=(AUTO, *sorted(PLANS)))),
+              ("transforms", list[str], option([], "batch transforms applied on the device before the forward "
                                                  "pass, in order: " + ", ".join(sorted(BATCH_TRANSFORMS))))]
-    for name, (_, config) in sorted(BATCH_TRANSFORMS.items()):
+    sections = {name: config for name, (_, config) in BATCH_TRANSFORMS.items()}
+    clash = sections.keys() & plans_with_options().keys()
+    assert not clash, f"a batch plan and a batch transform share the names {sorted(clash)}"
+    sections.update(plans_with_options())
+    for name, config in sorted(sections.items()):
         fields.append((name, config, dataclasses.field(default_factory=config)))
     return dataclasses.make_dataclass("BatchConfig", fields, bases=(Options,))
 
@@ -147,15 +155,46 @@ class ExperimentConfig(Options):
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
 
 
+# Options that moved from a loss term to the batch plan that now makes its batch: old key -> new key.
+MOVED_KEYS = {
+    "loss.bake.partners": "batch.same_class.partners",
+    "loss.dlb.joint_pass": "batch.last_batch.joint_pass",
+    "loss.mixskd.alpha": "batch.mix_pairs.alpha",
+}
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML experiment (with ``_base_`` files), apply ``KEY=VALUE`` overrides, check everything."""
     data = load_yaml_tree(Path(path))
+    keys = [*flatten(data), *(override.partition("=")[0].strip() for override in overrides)]
+    moved = next((key for key in keys if key in MOVED_KEYS), None)
+    if moved is not None:
+        raise ConfigError(f"{moved} is now {MOVED_KEYS[moved]} (an option of the batch plan); write "
+                          f"{MOVED_KEYS[moved]} instead")
     data = apply_overrides(data, list(overrides), ExperimentConfig)
     return build(ExperimentConfig, data)
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:
-    return build(ExperimentConfig, data)
+    """The config a run saved (config.yaml, a checkpoint's ``"config"``); one saved before an option moved
+    (``MOVED_KEYS``) is read with its value at the option's new key."""
+    return build(ExperimentConfig, with_moved_keys(data))
+
+
+def with_moved_keys(data: dict) -> dict:
+    """``data`` (a nested config) with the values of ``MOVED_KEYS``' old keys at their new keys."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_term, old_name), (new_section, new_plan, new_name) = old.split("."), new.split(".")
+        section, target = data.get(old_section), data.get(new_section, {})
+        term = section.get(old_term) if isinstance(section, dict) else None
+        if isinstance(term, dict) and old_name in term and isinstance(target, dict):  # else build() says what is wrong
+            data[old_section][old_term] = {key: value for key, value in term.items() if key != old_name}
+            plan = target.get(new_plan)
+            plan = dict(plan) if isinstance(plan, dict) else {}
+            plan.setdefault(new_name, term[old_name])
+            data[new_section] = {**target, new_plan: plan}
+    return data
 
 
 def print_schema() -> None:

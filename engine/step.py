@@ -21,19 +21,15 @@ class Losses(NamedTuple):
     logits: torch.Tensor
     terms: dict[str, torch.Tensor]  # named, weighted scalars, as the loss terms returned them
     total: torch.Tensor
-    targets: torch.Tensor  # the labels of the images trained on (the loader's, less what terms set aside)
+    targets: torch.Tensor  # the labels of the images trained on, as the batch plan composed them
 
 
 def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: torch.Tensor | int,
                    indices: torch.Tensor | None = None) -> Losses:
-    """The terms' batch composition, the batch transforms, the forward pass of the model (and of the
+    """The batch plan's composition, the batch transforms, the forward pass of the model (and of the
     teacher, if a term needs one) and every loss term. ``epoch`` (from 1) is best a 0-d tensor on the
     device, made once per epoch (``epoch_tensor``); an int is made one here."""
-    extras = {}
-    for term in exp.terms:  # a method's own batch composition (e.g. CS-KD sets its partners aside)
-        images, targets, indices, extra = term.compose_batch(images, targets, indices)
-        extras.update(extra)
-    parts = images if isinstance(images, tuple) else (images,)  # forwarded in separate passes (DLB)
+    parts, targets, indices, batch = exp.plan.compose(images, targets, indices)
     target_probs = None
     if exp.batch_transforms:
         mixed, target_probs = apply_batch_transforms(exp.batch_transforms, joined(parts), targets,
@@ -42,7 +38,7 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
     parts = tuple(part.contiguous(memory_format=exp.memory_format) for part in parts)
     if not isinstance(epoch, torch.Tensor):
         epoch = epoch_tensor(epoch, parts[0].device)
-    mark_batch_dynamic(parts, targets, indices, target_probs, extras)
+    mark_batch_dynamic(parts, targets, indices, target_probs, batch)
     with exp.autocast(parts[0].device):
         teacher_logits = None
         if exp.teacher is not None:
@@ -50,7 +46,7 @@ def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor,
             mark_batch_dynamic(whole)
             teacher_logits = exp.teacher(whole)
             mark_batch_dynamic(teacher_logits)
-        logits, terms = exp.network(parts, targets, epoch, indices, teacher_logits, target_probs, extras)
+        logits, terms = exp.network(parts, targets, epoch, indices, teacher_logits, target_probs, batch)
         total = sum(terms.values())
     return Losses(logits, terms, total, targets)
 

@@ -66,6 +66,19 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
             "ece": ece, "aurc": area, "count": int(count)}
 
 
+def with_plan_state(state: dict) -> dict:
+    """A run checkpoint from before the batch plans (data/plans/) kept DLB's last batch as its loss term's
+    per-rank state (``"rank_terms"``): that state is the ``last_batch`` plan's now (``"rank_plan"``)."""
+    if not state.get("rank_terms"):
+        return state
+    def extra_state(term_states):
+        return next(term["_extra_state"] for term in term_states if term is not None and "_extra_state" in term)
+    terms = [{key: value for key, value in term.items() if key != "_extra_state"} for term in state["terms"]]
+    rank_plan = [{"_extra_state": extra_state(term_states)} for term_states in state["rank_terms"]]
+    return {**{key: value for key, value in state.items() if key != "rank_terms"}, "terms": terms,
+            "rank_plan": rank_plan}
+
+
 def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | None = None,
                       config: dict | None = None, config_file_checked: bool = True) -> dict:
     """The run checkpoint a resume starts from, checked before the run writes anything: its format, its
@@ -79,9 +92,10 @@ def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
                               f"(resume needs one); pass --overwrite to start over")
-    saved_ranks = len(state.get("rank_terms") or []) or world_size
+    state = with_plan_state(state)
+    saved_ranks = len(state.get("rank_plan") or []) or world_size
     if saved_ranks != world_size:
-        raise CheckpointError(f"{path} holds the per-process state of a loss term (loss.terms) from {saved_ranks} "
+        raise CheckpointError(f"{path} holds the per-process state of the batch plan (batch.plan) from {saved_ranks} "
                               f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
                               f"or pass --overwrite to start over")
     if config is not None:
@@ -243,29 +257,29 @@ class Trainer:
         self.log.scalars({key: test[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}, epoch,
                          prefix="test/")
         self.log.scalars({tag: value for tag, value in zip(HPARAM_METRICS, (self.best_acc1, test["acc1"]))}, epoch)
-        rank_terms = self._rank_term_states()  # a collective: on every rank
+        rank_plan = self._rank_plan_states()  # a collective: on every rank
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / LAST, self._state(epoch, rank_terms))
+            save_checkpoint(self.run_dir / LAST, self._state(epoch, rank_plan))
             if is_best:
                 self._copy_last_to_best()
             self._write_metrics(finished=False)
             drop_previous(self.run_dir)  # an --overwrite run's first checkpoint: the old files may go
         self.log.flush()
 
-    def _rank_term_states(self) -> list | None:
-        """For terms whose state differs between ranks (``LossTerm.per_rank_state``): every rank's
-        ``state_dict()`` of each such term (None for the others), in rank order; None if no term is one."""
-        if not any(term.per_rank_state for term in self.exp.terms):
+    def _rank_plan_states(self) -> list | None:
+        """Every rank's ``state_dict()`` of the batch plan, in rank order, where it carries state from step to
+        step (DLB's last batch: each rank its own shard's); None where it has none."""
+        if not self.exp.plan.state_dict():
             return None
-        return gather_objects([term.state_dict() if term.per_rank_state else None for term in self.exp.terms])
+        return gather_objects(self.exp.plan.state_dict())
 
-    def _state(self, epoch: int, rank_terms: list | None = None) -> dict:
+    def _state(self, epoch: int, rank_plan: list | None = None) -> dict:
         exp = self.exp
         state = {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": self.global_step,
             "model": exp.model.state_dict(), "optimizer": exp.optimizer.state_dict(),
             "terms": [term.state_dict() for term in exp.terms],  # their parameters and per-sample state
-            "rank_terms": rank_terms,
+            "rank_plan": rank_plan,
             "scheduler": exp.scheduler.state_dict(), "scaler": exp.scaler.state_dict(),
             "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
             "history": self.history, "torch_rng": torch.get_rng_state(),
@@ -281,10 +295,8 @@ class Trainer:
         exp.model.load_state_dict(state["model"])
         for term, term_state in zip(exp.terms, state["terms"]):
             term.load_state_dict(term_state)
-        if state.get("rank_terms"):  # this rank's own state of the per-rank terms (checked: same world size)
-            for term, term_state in zip(exp.terms, state["rank_terms"][self.dist.rank]):
-                if term_state is not None:
-                    term.load_state_dict(term_state)
+        if state.get("rank_plan"):  # this rank's own state of the batch plan (checked: same world size)
+            exp.plan.load_state_dict(state["rank_plan"][self.dist.rank])
         exp.optimizer.load_state_dict(state["optimizer"])
         exp.scheduler.load_state_dict(state["scheduler"])
         exp.scaler.load_state_dict(state["scaler"])

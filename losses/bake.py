@@ -1,7 +1,7 @@
 """BAKE, self-distillation with batch knowledge ensembling (Ge et al., 2021).
 
-Each training sample (anchor) comes with M other samples of its own class (``data/samplers.py``
-``same_class``, with ``count`` M), and the whole batch, anchors and partners, trains with gradient, in
+Each training sample (anchor) comes with M other samples of its own class (the ``same_class`` batch
+plan, data/plans/same_class.py, with ``batch.same_class.partners`` M), and the whole batch, anchors and partners, trains with gradient, in
 one forward pass, as the authors' ``train.py`` forwards it (BatchNorm's statistics span anchors and
 partners). The soft target of every image is an ensemble of the whole batch's softened predictions,
 weighted by how alike the images' embeddings are, and propagated through the batch:
@@ -66,28 +66,22 @@ def bake_loss(logits: torch.Tensor, embedding: torch.Tensor, temperature: float,
     return F.kl_div(log_probs, targets, reduction="batchmean") * temperature**2
 
 
-MAX_PARTNERS = 31  # a step forwards (M + 1) x train.batch_size images
-
-
 @dataclass
 class BAKEConfig(Options):
     weight: float = option(1.0, "lambda, the weight of the batch-ensemble distillation", **LOSS_WEIGHT)
     temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
     omega: float = option(0.5, "omega, the weight of the propagated batch knowledge in the ensemble", min=0, below=1)
-    partners: int = option(3, "M, the other images of its class that join each anchor in the batch",
-                           min=1, max=MAX_PARTNERS)
 
 
 @register_loss("bake", BAKEConfig)
 class BatchKnowledgeEnsembling(LossTerm):
-    """Trains on the loader's whole batch, anchors and partners alike (the default ``compose_batch``)."""
+    """Trains on the plan's whole batch, anchors and partners alike."""
 
-    sampler = "same_class"
+    batch_plan = "same_class"
 
     def __init__(self, config: BAKEConfig):
         super().__init__()
         self.config = config
-        self.sampler_options = {"count": config.partners}
 
     def forward(self, step: StepOutput):
         loss = bake_loss(step.logits, step.embedding, self.config.temperature, self.config.omega)

@@ -2,16 +2,19 @@
 
 A method is a list of loss terms. Each term reads the ``StepOutput`` of one training step and returns
 named, already-weighted scalars; the trainer adds them up and logs each name. Adding a method means
-adding a file with a registered term, never a branch in the training loop.
+adding a file with a registered term, never a branch in the training loop. What the step trains on
+(partners, second views, mixed pairs, the last batch) is the run's batch plan's (data/plans/): a term
+names the plan it needs and reads its typed batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from data.plans import Plain
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,10 @@ class StepOutput:
     # N x K label distributions where a batch transform (Mixup, CutMix) mixed the labels, else None:
     # ``targets`` stay the hard labels of the unmixed images (data/batch_transforms.py)
     target_probs: Optional[torch.Tensor] = None
-    # What terms set aside in ``compose_batch`` (e.g. CS-KD's partner images), by name
-    extras: dict[str, Any] = field(default_factory=dict)
-    # The model as the step runs it, for a term's extra forward passes (e.g. under torch.no_grad)
+    # The batch plan's typed batch (data/plans/): what it composed beyond the images, e.g. CS-KD's partners'
+    # logits (``ClassPairs``) or DLB's last-batch teacher (``LastBatch``); ``Plain()`` for a plain batch
+    batch: Any = field(default_factory=Plain)
+    # The model as the step runs it, for a term that reads its classifier (e.g. Zipf's LS)
     model: Optional[Callable] = None
     # The dataset indices of the samples trained on (training steps), for terms with per-sample state
     indices: Optional[torch.Tensor] = None
@@ -71,29 +75,14 @@ class LossTerm(nn.Module):
 
     #: the trainer builds and runs a teacher only when an active term sets this
     requires_teacher: bool = False
-    #: the data/samplers.py sampler whose partners the loaders append to every batch, if the term needs one
-    sampler: Optional[str] = None
-    #: keyword options the sampler is called with (BAKE's number of partners per anchor)
-    sampler_options: Mapping[str, Any] = MappingProxyType({})
-    #: whether the term's state differs between DDP ranks (DLB's last batch): the checkpoint then keeps
-    #: every rank's ``state_dict()``, and a resume needs the same number of processes
-    per_rank_state: bool = False
-    #: batch transforms (data/batch_transforms.py) that would undo what the term's own batch composition
-    #: relies on (MixSKD's clean/mixed pairs): the builder refuses a config listing them with the term
-    refuses_batch_transforms: tuple[str, ...] = ()
+    #: the batch plan (data/plans/) the term needs, whose typed batch it reads (``StepOutput.batch``); None:
+    #: the term works on any plan's batch
+    batch_plan: Optional[str] = None
 
     def attach(self, setup: TrainingSetup) -> None:
         """Called once by the builder, before the optimizer is made, for a term with state of its own:
         per-sample buffers (PS-KD) or parameters (BYOT's heads), which the optimizer then trains.
         Its parameters and buffers are saved in every checkpoint, never in the exported model."""
-
-    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices: Optional[torch.Tensor]):
-        """What the step trains on, from the loader's batch: ``(images, targets, indices, extras)``. The
-        default trains on the whole batch; a term with a sampler splits off the partners into ``extras``.
-        ``images`` may be a tuple of parts, which the network forwards in separate passes (each with its own
-        BatchNorm statistics: DLB, as its authors run it); ``targets`` and ``indices`` then cover the parts
-        in order."""
-        return images, targets, indices, {}
 
     def check_features(self, feature_shapes: Sequence[tuple[int, int, int]]) -> None:
         """Raise ``ConfigError`` if the term's options do not fit the model, whose stage features have

@@ -1,7 +1,7 @@
 """DDGSD, data-distortion guided self-distillation (Xu & Liu, AAAI 2019).
 
-Every training image comes in two independently augmented views (``data/samplers.py`` ``second_view``:
-the loaders append a second crop and flip of each image, so a batch of B samples is [view 1; view 2],
+Every training image comes in two independently augmented views (the ``two_views`` batch plan,
+data/plans/two_views.py: the loaders append a second crop and flip of each image, so a batch of B samples is [view 1; view 2],
 2B images, all trained on with gradient, in one forward pass, as Self-KD-Lib concatenates the views into
 one forward). Each view's prediction teaches the
 other's, and the batch means of the two views' embeddings are pulled together:
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from core.typed_config import LOSS_WEIGHT, TEMPERATURE, Options, option
+from data.plans import TwoViews
 
 from .base import LossTerm, StepOutput
 from .kd import kd_loss
@@ -49,10 +50,10 @@ def ddgsd_loss(logits: torch.Tensor, embedding: torch.Tensor, temperature: float
     distillation ``T^2 * (KL_bm(sg p_2 || p_1) + KL_bm(sg p_1 || p_2))`` at temperature T (each
     direction's teacher detached), and the squared gap ``(mean(e_1) - mean(e_2))^2`` of the two views'
     embeddings, each mean a scalar over all B x D entries, neither side detached."""
-    half = logits.shape[0] // 2
-    first, second = logits[:half], logits[half:]
+    first, second = TwoViews.views(logits)
+    first_embedding, second_embedding = TwoViews.views(embedding)
     mutual = kd_loss(first, second.detach(), temperature) + kd_loss(second, first.detach(), temperature)
-    gap = (embedding[:half].mean() - embedding[half:].mean()) ** 2
+    gap = (first_embedding.mean() - second_embedding.mean()) ** 2
     return mutual, gap
 
 
@@ -66,9 +67,9 @@ class DDGSDConfig(Options):
 
 @register_loss("ddgsd", DDGSDConfig)
 class DataDistortionSelfDistillation(LossTerm):
-    """Trains on the loader's whole batch, [view 1; view 2] (the default ``compose_batch``): the
-    first half of the step's rows is view 1, the second half view 2 of the same samples."""
-    sampler = "second_view"
+    """Trains on the ``two_views`` plan's whole batch, [view 1; view 2] of the same samples."""
+
+    batch_plan = "two_views"
 
     def __init__(self, config: DDGSDConfig):
         super().__init__()

@@ -2,11 +2,8 @@
 and feature maps on a mixup image are matched with the same interpolation of its predictions and maps
 on the two clean images.
 
-Batch (``compose_batch``): [x; x~], x~ = lam x + (1 - lam) x[perm], lam ~ Beta(alpha, alpha) drawn on
-the CPU from torch's global generator and perm a device permutation (both from generators the
-checkpoint saves, so a resumed run draws the same). ``train.batch_size`` counts the clean images x:
-the step forwards twice as many, [x; x~] in one pass, as both of the authors' scripts do
-(``torch.cat([inputs, mix_inputs])`` into one forward: BatchNorm's statistics span clean and mixed).
+Batch: the ``mix_pairs`` plan (data/plans/mix_pairs.py): [x; x~], x~ = lam x + (1 - lam) x[perm],
+lam ~ Beta(alpha, alpha) (``batch.mix_pairs.alpha``), in one pass as both of the authors' scripts do.
 Exits: a branch (``losses/branches.py``) from each stage in ``stages`` (default: every stage but the
 deepest) rebuilds the later stages and ends in a map F_e of the deepest stage's shape and logits z_e;
 the backbone's deepest map and logits are the last exit.
@@ -47,10 +44,8 @@ stage, 2 on ResNet-18). Terms with parameters (branches, h, discriminators) are 
 optimizer, kept in the checkpoint's ``"terms"`` and never exported. The term is the whole loss: list
 it without ``ce``.
 
-Mixed labels from a batch transform: the term composes its batch before the transforms run, so
-Cutout (labels unchanged) works as usual, x and x~ getting their own holes. Mixup and CutMix would
-mix across the composed [x; x~] batch and break the correspondence the term relies on: the builder
-refuses them with this term (``refuses_batch_transforms``). Called with mixed labels all the same (on
+Mixed labels from a batch transform: the plan composes the batch before the transforms run, so Cutout
+(labels unchanged) works as usual; it refuses Mixup and CutMix. Called with mixed labels all the same (on
 tensors, outside the trainer), the clean CE is taken against the label distributions of the clean
 half, and the mixup CE against those distributions interpolated with lam and perm.
 """
@@ -63,18 +58,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.typed_config import BETA_ALPHA, LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option
-from data.batch_transforms import beta_sample
+from core.typed_config import LOSS_WEIGHT, STAGE, TEMPERATURE, Options, option
+from data.plans import MixPairs, interpolate
 
 from .base import LossTerm, StepOutput, TrainingSetup
 from .branches import Branch, check_branches, rebuilt_stages
 from .kd import kd_loss
 from .registry import register_loss
-
-
-def interpolate(x: torch.Tensor, lam, permutation: torch.Tensor) -> torch.Tensor:
-    """lam * x + (1 - lam) * x[perm]: mixup of a batch with its permutation (lam a float or 0-dim tensor)."""
-    return lam * x + (1 - lam) * x[permutation]
 
 
 def mixup_distillation(interpolated: Sequence[torch.Tensor], mixed: Sequence[torch.Tensor],
@@ -108,7 +98,6 @@ def discriminator_bce(discriminators: Sequence[nn.Module], interpolated: Sequenc
 
 @dataclass
 class MixSKDConfig(Options):
-    alpha: float = option(0.4, "lam ~ Beta(alpha, alpha) of the term's own mixup (0.4: the CIFAR script)", **BETA_ALPHA)
     temperature: float = option(3.0, "softmax temperature T of every distillation", **TEMPERATURE)
     kd_weight: float = option(1.0, "weight of the distillation terms", **LOSS_WEIGHT)
     feature_weight: float = option(1.0, "weight of the feature MSE", **LOSS_WEIGHT)
@@ -126,7 +115,7 @@ class MixSKDConfig(Options):
 
 @register_loss("mixskd", MixSKDConfig)
 class MixupSelfKD(LossTerm):
-    refuses_batch_transforms = ("mixup", "cutmix")
+    batch_plan = "mix_pairs"
 
     def __init__(self, config: MixSKDConfig):
         super().__init__()
@@ -161,20 +150,10 @@ class MixupSelfKD(LossTerm):
         if not cfg.mixup_ce:
             self.self_teacher.requires_grad_(False)
 
-    def compose_batch(self, images: torch.Tensor, targets: torch.Tensor, indices):
-        """[x; x~] with x~ = lam x + (1 - lam) x[perm]; the labels (and indices) of x~ are those of x,
-        as the hard labels of a Mixup batch, and the training top-1 counts against them."""
-        lam = beta_sample(self.config.alpha)
-        permutation = torch.randperm(images.shape[0], device=images.device)
-        extras = {"mixskd_lam": images.new_full((), lam, dtype=torch.float32),  # a tensor: no recompile per lam
-                  "mixskd_perm": permutation}
-        indices = torch.cat([indices, indices]) if indices is not None else None
-        return (torch.cat([images, interpolate(images, lam, permutation)]), torch.cat([targets, targets]), indices,
-                extras)
-
     def forward(self, step: StepOutput):
         cfg = self.config
-        lam, permutation = step.extras["mixskd_lam"], step.extras["mixskd_perm"]
+        batch: MixPairs = step.batch
+        lam, permutation = batch.lam, batch.permutation
         n = permutation.shape[0]  # clean images; the mixup images follow
         exits = [branch(step.feats[stage - 1]) for stage, branch in zip(self.stages, self.branches)]
         logits = [z.float() for z, _ in exits] + [step.logits.float()]
