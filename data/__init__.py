@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -11,6 +12,8 @@ from core.errors import ConfigError
 from . import cifar, digits, folder, synthetic  # noqa: F401  (registers datasets)
 from .augmentations import build_augmentations
 from .device_loader import DeviceEvalLoader, DeviceTrainLoader
+from .plans import BatchPlan
+from .plans.plain import PlainPlan
 from .registry import DATASETS, FolderData, InMemoryData, build_dataset, register_dataset
 from .torch_loader import TensorImageDataset, TorchEvalLoader, TorchTrainLoader, small_image_transforms
 
@@ -26,9 +29,10 @@ class Loaders:
 
 
 def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: int, eval_batch_size: int,
-                  device, seed: int, plan, rank: int = 0, world_size: int = 1) -> Loaders:
+                  device, seed: int, plan: Optional[BatchPlan] = None, rank: int = 0, world_size: int = 1) -> Loaders:
     """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank (anchors, where the batch
-    ``plan`` (data/plans/) adds extra samples to each)."""
+    ``plan`` (data/plans/; None: plain) adds extra samples to each)."""
+    plan = plan if plan is not None else PlainPlan()
     workers = data_config.num_workers
     if isinstance(data, InMemoryData):
         augment = build_augmentations(data_config)  # FolderData's transforms hold theirs (data/folder.py)

@@ -16,7 +16,8 @@ from data import InMemoryData, build_loaders
 from data.augmentations import Augmentation, RandomEraseConfig, apply_per_image, build_augmentations, draw_seeds
 from data.device_loader import DeviceTrainLoader
 from data.folder import padded_crop_transforms, resized_crop_transforms
-from data.samplers import second_view
+from data.plans.plain import PlainPlan
+from data.plans.two_views import TwoViewsPlan
 from data.torch_loader import small_image_transforms
 from engine.config import DataConfig, load_config
 
@@ -155,7 +156,7 @@ def test_seeds_are_drawn_for_the_global_order_and_sliced_like_it():
 def test_both_loaders_erase_some_training_images_and_no_test_image(loader):
     config = erase_config()
     config.loader, config.num_workers = loader, 0
-    loaders = build_loaders(config, in_memory(256), 64, 64, "cpu", seed=0)
+    loaders = build_loaders(config, in_memory(256), 64, 64, "cpu", 0)
     loaders.train.set_epoch(1)
     check_erasing(torch.cat([images for images, *_ in loaders.train]))
     assert all(box is None for images, _ in loaders.test for box in erased_boxes(images))
@@ -192,19 +193,20 @@ def test_each_stage_sees_the_image_it_needs_on_both_loaders():
     data = in_memory(32)
     spies = {"uint8": Spy(), "normalised": Spy()}
     augment = [Augmentation(f"spy_{stage}", stage, spy) for stage, spy in spies.items()]
-    for images, *_ in DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, augment=augment):
+    for images, *_ in DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, PlainPlan(),
+                                        augment=augment):
         pass
     transform = small_image_transforms(SIZE, *IDENTITY, 2, "constant", True, True, augment)
     transform(data.train_images[0])
     assert spies["uint8"].dtypes == {torch.uint8} and spies["normalised"].dtypes == {torch.float32}
 
 
-def device_images(augment_names, seed=0, epoch=1, rank=0, world_size=1, batch=16, sampler=None, data=None):
+def device_images(augment_names, seed=0, epoch=1, rank=0, world_size=1, batch=16, data=None):
     """{dataset index: the image the device loader made of it} for one epoch (anchors only)."""
     data = data or in_memory(64)
     config = DataConfig(augment=augment_names, random_erase=erase_config().random_erase)
-    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, batch, "cpu", seed, rank, world_size,
-                               padding=2, sampler=sampler, augment=build_augmentations(config))
+    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, batch, "cpu", seed, PlainPlan(), rank,
+                               world_size, padding=2, augment=build_augmentations(config))
     loader.set_epoch(epoch)
     out = {}
     for images, _, indices in loader:
@@ -233,8 +235,8 @@ def test_device_loader_is_reproducible_per_epoch_and_sharded_like_the_one_proces
 def test_device_loader_leaves_the_global_generator_and_augments_partners_apart():
     data = in_memory(64)
     config = erase_config(p=1.0)
-    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, padding=0, hflip=False,
-                               sampler=second_view, augment=build_augmentations(config))
+    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, TwoViewsPlan(), padding=0,
+                               hflip=False, augment=build_augmentations(config))
     state = torch.get_rng_state()
     batches = list(loader)
     assert torch.equal(torch.get_rng_state(), state)

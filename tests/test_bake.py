@@ -1,9 +1,8 @@
 """BAKE: the batch knowledge ensemble and the loss by hand (value, gradient, nothing through the
-targets), the same-class sampler (same class, the anchor left out, reproducible, sharded like the
-anchors), the step's batch of anchors and partners, and the shipped settings."""
+targets), the same_class batch plan's partners (same class, the anchor left out, reproducible, sharded like
+the anchors), the step's batch of anchors and partners, and the shipped settings."""
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -11,14 +10,14 @@ import torch
 
 from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
-from data.samplers import SAMPLERS, other_same_class
-from data.sharding import train_indices
-from engine.builder import build_experiment, sampler_of
+from data.plans.same_class import MAX_PARTNERS, SameClassOptions, SameClassPlan, other_same_class
+from data.sharding import epoch_indices
+from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import compute_losses
 from losses import StepOutput
-from losses.bake import MAX_PARTNERS, BAKEConfig, BatchKnowledgeEnsembling, bake_loss, knowledge_ensemble
+from losses.bake import BAKEConfig, BatchKnowledgeEnsembling, bake_loss, knowledge_ensemble
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
@@ -74,22 +73,40 @@ def test_bake_loss_by_hand_with_nothing_through_the_targets():
     torch.testing.assert_close(grad_logits, 2.0 * (p - q) / 5)  # T (p - q) / N: q a constant
 
 
-def test_the_term_reads_the_pooled_head_map_and_names_the_sampler_for_its_m():
-    term = BatchKnowledgeEnsembling(BAKEConfig(weight=0.5, temperature=3.0, omega=0.2, partners=2))
-    assert (term.sampler, term.sampler_options) == ("same_class", {"count": 2})
+def test_the_term_reads_the_pooled_head_map_and_needs_the_same_class_plan():
+    term = BatchKnowledgeEnsembling(BAKEConfig(weight=0.5, temperature=3.0, omega=0.2))
+    assert term.batch_plan == "same_class"
     head_map = torch.randn(6, 4, 2, 2)
     logits = torch.randn(6, 3)
     out = term(StepOutput(logits, [], torch.zeros(6, dtype=torch.long), 1, head_map=head_map))
     torch.testing.assert_close(out["bake"], 0.5 * bake_loss(logits, head_map.mean((2, 3)), 3.0, 0.2))
-    sampler = sampler_of([term], ["bake"])  # what the loaders call: the sampler with the term's M
-    assert sampler(LABELS, 0, 1, 0, 1).shape == (len(LABELS), 2)
+    plan = SameClassPlan(SameClassOptions(partners=2))  # what the loaders draw from: M partners per anchor
+    assert plan.extra_samples == 2 and epoch_indices(LABELS, 0, 1, 0, 1, plan).extra.shape == (len(LABELS), 2)
 
 
-@pytest.mark.parametrize("options", [{"omega": 1.0}, {"omega": -0.1}, {"partners": 0},
-                                     {"partners": MAX_PARTNERS + 1}, {"temperature": 0.0}, {"weight": -1.0}])
+@pytest.mark.parametrize("options", [{"omega": 1.0}, {"omega": -0.1}, {"temperature": 0.0}, {"weight": -1.0}])
 def test_out_of_range_options_are_config_errors(options):
     with pytest.raises(ConfigError):
         BAKEConfig(**options)
+
+
+@pytest.mark.parametrize("partners", [0, MAX_PARTNERS + 1, 1.5, "true", "nan"])
+def test_out_of_range_partner_counts_are_config_errors(partners):
+    with pytest.raises(ConfigError, match="batch.same_class.partners"):
+        load_config(REPO / "configs/quickstart.yaml", [f"batch.same_class.partners={partners}"])
+
+
+@pytest.mark.parametrize("old, new", [("loss.bake.partners=2", "batch.same_class.partners"),
+                                      ("loss.dlb.joint_pass=true", "batch.last_batch.joint_pass"),
+                                      ("loss.mixskd.alpha=0.2", "batch.mix_pairs.alpha")])
+def test_an_option_that_moved_to_a_batch_plan_names_its_new_key(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=f"{old.split('=')[0]} is now {new}"):
+        load_config(REPO / "configs/quickstart.yaml", [old])
+    section, term, name = old.split("=")[0].split(".")
+    config = tmp_path / "old.yaml"
+    config.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n{section}:\n  {term}:\n    {name}: 1\n")
+    with pytest.raises(ConfigError, match=f"is now {new}"):
+        load_config(config)
 
 
 # ---------------------------------------------------------------- the sampler
@@ -125,25 +142,27 @@ def test_partners_are_drawn_uniformly_without_replacement():
     torch.testing.assert_close(order[1:5], torch.full((4,), 0.25), atol=0.01, rtol=0)
 
 
-def test_the_sampler_is_reproducible_and_sharded_like_the_anchors():
-    sampler = functools.partial(SAMPLERS.lookup("same_class"), count=3)
-    partners = sampler(LABELS, 5, 2, 0, 1)
-    anchors = train_indices(len(LABELS), 5, 2, 0, 1)
+def test_the_partners_are_reproducible_and_sharded_like_the_anchors():
+    def pairs(epoch, rank=0, world_size=1):
+        indices = epoch_indices(LABELS, 5, epoch, rank, world_size, SameClassPlan(SameClassOptions(partners=3)))
+        return indices.anchors, indices.extra
+
+    anchors, partners = pairs(2)
     assert partners.shape == (14, 3) and torch.equal(LABELS[partners], LABELS[anchors].unsqueeze(1).expand(14, 3))
-    assert torch.equal(partners, sampler(LABELS, 5, 2, 0, 1))  # (seed, epoch) decide
-    assert not torch.equal(partners, sampler(LABELS, 5, 3, 0, 1))
-    theirs = {a: p for a, p in zip(anchors.tolist(), partners.tolist())}
+    assert torch.equal(partners, pairs(2)[1])  # (seed, epoch) decide
+    assert not torch.equal(partners, pairs(3)[1])
+    theirs = dict(zip(anchors.tolist(), partners.tolist()))
     for world_size in (2, 3):  # each rank's anchors keep the partners the 1-process run gives them
         for rank in range(world_size):
-            mine = train_indices(len(LABELS), 5, 2, rank, world_size)
-            assert sampler(LABELS, 5, 2, rank, world_size).tolist() == [theirs[a] for a in mine.tolist()]
+            mine, my_partners = pairs(2, rank, world_size)
+            assert my_partners.tolist() == [theirs[a] for a in mine.tolist()]
 
 
 # ---------------------------------------------------------------- the step and the settings
 @pytest.mark.parametrize("partners, loader", [(3, "device"), (1, "device"), (3, "torchvision")])
 def test_the_step_trains_on_the_anchors_and_all_their_partners(partners, loader):
     config = load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "train.device=cpu", "loss.terms=[ce,bake]",
-                                                             f"loss.bake.partners={partners}", "train.batch_size=8",
+                                                             f"batch.same_class.partners={partners}", "train.batch_size=8",
                                                              "data.num_train=48", f"data.loader={loader}",
                                                              "data.num_workers=0"])
     exp = build_experiment(config, CPU)
@@ -160,7 +179,8 @@ def test_the_method_config_holds_the_authors_settings(tmp_path):
     config = method_config(tmp_path, "bake")
     assert config.loss.terms == ["ce", "bake"] and config.loss.ce.weight == 1.0
     bake = config.loss.bake
-    assert (bake.weight, bake.temperature, bake.omega, bake.partners) == (1.0, 4.0, 0.5, 3)
+    assert (bake.weight, bake.temperature, bake.omega, config.batch.same_class.partners) == (1.0, 4.0, 0.5, 3)
+    assert config.batch.plan == "auto"  # the plan bake needs: same_class
     selfkd = REPO / "configs/cifar100/selfkd"
     alone, plus = (load_config(selfkd / f"cifar_resnet18_{name}.yaml") for name in ("bake", "bake_tffd"))
     assert alone.loss.terms == ["ce", "bake"] and plus.loss.terms == ["ce", "bake", "tffd"]

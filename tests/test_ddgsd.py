@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
+from data.plans.two_views import TwoViewsPlan
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext
@@ -56,16 +57,16 @@ def test_embedding_mean_gap_is_the_squared_difference_of_two_scalar_means():
 
 def test_the_term_weights_its_parts_and_reads_the_pooled_head_map():
     term = DataDistortionSelfDistillation(DDGSDConfig(weight=2.0, temperature=4.0, mean_weight=0.5))
-    assert term.sampler == "second_view"
+    assert term.batch_plan == "two_views"
     head_map = EMBEDDING[:, :, None, None].expand(4, 2, 3, 3)  # pooled: EMBEDDING
     out = term(StepOutput(LOGITS, [], torch.tensor([0, 1, 0, 1]), 1, head_map=head_map))
     mutual, gap = ddgsd_loss(LOGITS, EMBEDDING, 4.0)
     assert set(out) == {"ddgsd_kd", "ddgsd_mean"}
     torch.testing.assert_close(out["ddgsd_kd"], 2.0 * mutual)
     torch.testing.assert_close(out["ddgsd_mean"], 0.5 * gap)
-    images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])
-    kept = term.compose_batch(images, targets, torch.arange(4))  # both views train, with gradient
-    assert kept[0] is images and kept[1] is targets and kept[3] == {}
+    images, targets, indices = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]), torch.arange(4)
+    parts, kept_targets, kept_indices, _ = TwoViewsPlan().compose(images, targets, indices)  # both views train
+    assert parts == (images,) and kept_targets is targets and kept_indices is indices
 
 
 def test_the_step_trains_on_both_views_of_each_sample():

@@ -46,7 +46,7 @@ def test_heads_and_state_train_alike_on_every_rank_and_resume_exactly(tmp_path):
     assert replica_differences(reference.stdout) == (0.0, 0.0), reference.stdout[-3000:]
     state = load_checkpoint(reference_dir / "last.pt")
     assert state["terms"][0]["seen"].all()  # each rank trains on half the samples; both hold every prediction
-    memories = [ranks[2]["_extra_state"] for ranks in state["rank_terms"]]  # DLB's: each rank's own last batch
+    memories = [rank["_extra_state"] for rank in state["rank_plan"]]  # DLB's plan: each rank's own last batch
     assert len(memories) == 2 and not set(memories[0]["indices"].tolist()) & set(memories[1]["indices"].tolist())
 
     # A preemption notice reaching rank 1 alone, in epoch 2; both stop, then resume from last.pt.

@@ -7,6 +7,7 @@ import torch
 from scipy import stats  # installed with scikit-learn
 from torchvision.transforms.v2 import functional as TF
 
+from data.plans.plain import PlainPlan
 from data.device_loader import DeviceEvalLoader, DeviceTrainLoader, Normalizer, crop_flip, pad_images
 from data.torch_loader import TensorImageDataset, TorchEvalLoader, TorchTrainLoader, small_image_transforms
 
@@ -69,9 +70,10 @@ def augmentations(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def both_pipelines():
     count = 3000
     images, labels = tagged_images(count), torch.arange(count)
-    device = DeviceTrainLoader(images, labels, *IDENTITY, 256, "cpu", seed=0, padding=PAD)
+    device = DeviceTrainLoader(images, labels, *IDENTITY, 256, "cpu", 0, PlainPlan(), padding=PAD)
     transform = small_image_transforms(SIZE, *IDENTITY, PAD, "constant", True, train=True)
-    torchvision = TorchTrainLoader(TensorImageDataset(images, labels, transform), 256, "cpu", seed=0, num_workers=0)
+    torchvision = TorchTrainLoader(TensorImageDataset(images, labels, transform), 256, "cpu", 0, PlainPlan(), labels,
+                                   num_workers=0)
     torch.manual_seed(0)  # torchvision's random transforms draw from the global generator without workers
     return {"device": augmentations(device), "torchvision": augmentations(torchvision)}
 
@@ -105,8 +107,9 @@ def indexed_data(count: int):
 
 def train_loaders(images, labels, rank, world_size, seed=0):
     dataset = TensorImageDataset(images, labels, small_image_transforms(8, *IDENTITY, 2, "constant", True, True))
-    return {"device": DeviceTrainLoader(images, labels, *IDENTITY, 16, "cpu", seed, rank, world_size, padding=2),
-            "torchvision": TorchTrainLoader(dataset, 16, "cpu", seed, rank, world_size, num_workers=0)}
+    plan = PlainPlan()
+    return {"device": DeviceTrainLoader(images, labels, *IDENTITY, 16, "cpu", seed, plan, rank, world_size, padding=2),
+            "torchvision": TorchTrainLoader(dataset, 16, "cpu", seed, plan, labels, rank, world_size, num_workers=0)}
 
 
 def epoch_labels(loader, epoch: int) -> list[int]:

@@ -71,7 +71,7 @@ def test_the_default_dlb_step_is_the_authors_two_pass_step():
                                            msg=lambda m: f"{name}, step {len(sizes)}: {m}")
             for (name, mine), theirs in zip(bn_state(exp.model).items(), bn_state(reference).values()):
                 torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7, msg=name)
-            torch.testing.assert_close(exp.terms[1].logits, out.detach())
+            torch.testing.assert_close(exp.plan.logits, out.detach())
 
             previous = (images[half:], targets[half:], out)
             exp.optimizer.step()
@@ -87,7 +87,7 @@ def test_the_joint_pass_is_one_batch_whose_batchnorm_statistics_differ():
     for train_mode in (True, False):
         second_step = []
         for joint_pass in (False, True):
-            exp = experiment(f"loss.dlb.joint_pass={joint_pass}")  # the same seed: the same initial weights
+            exp = experiment(f"batch.last_batch.joint_pass={joint_pass}")  # the same seed: the same initial weights
             exp.model.train(train_mode)
             exp.loaders.train.set_epoch(1)
             with torch.no_grad():
@@ -101,15 +101,14 @@ def test_the_joint_pass_is_one_batch_whose_batchnorm_statistics_differ():
 
 
 def test_the_joint_pass_composes_one_tensor_and_the_default_two_parts():
-    from losses.dlb import DLBConfig, LastMiniBatchKD
+    from data.plans.last_batch import LastBatchOptions, LastBatchPlan
 
     images, targets = torch.arange(8.0).view(8, 1, 1, 1), torch.arange(8) % 4  # [B_t view 0; B_t view 1], B = 4
     for joint_pass in (False, True):
-        term = LastMiniBatchKD(DLBConfig(joint_pass=joint_pass))
-        term.compose_batch(images, targets, None)
-        term.logits = torch.zeros(4, 3)
-        composed, labels, _, extras = term.compose_batch(images + 10, targets, None)
+        plan = LastBatchPlan(LastBatchOptions(joint_pass=joint_pass))
+        plan.compose(images, targets, None)
+        plan.logits = torch.zeros(4, 3)
+        parts, labels, _, batch = plan.compose(images + 10, targets, None)
         expected = [[10, 11, 12, 13], [4, 5, 6, 7]]  # the new view 0, then the last batch's view 1
-        got = [composed.flatten().tolist()] if joint_pass else [part.flatten().tolist() for part in composed]
-        assert got == ([expected[0] + expected[1]] if joint_pass else expected)
-        assert labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3] and extras["dlb_teacher_logits"].shape == (4, 3)
+        assert [part.flatten().tolist() for part in parts] == ([expected[0] + expected[1]] if joint_pass else expected)
+        assert labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3] and batch.teacher_logits.shape == (4, 3)

@@ -1,4 +1,4 @@
-"""MixSKD: the composed batch, the pure functions by hand (the KD directions detached exactly as the
+"""MixSKD: the mix_pairs plan's composed batch, the pure functions by hand (the KD directions detached exactly as the
 authors' script, the feature MSE with neither side detached, the discriminators' BCE and its labels),
 the term on 3- and 4-stage shapes, its options, where its parameters go, and its config file."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.batch_transforms import beta_sample
+from data.plans.mix_pairs import MixPairsOptions, MixPairsPlan, interpolate
 from engine.config import load_config
 from losses import StepOutput, TrainingSetup
 from losses.kd import kd_loss
@@ -19,7 +20,6 @@ from losses.mixskd import (
     MixupSelfKD,
     discriminator_bce,
     feature_mse,
-    interpolate,
     mixup_distillation,
 )
 
@@ -38,17 +38,18 @@ def test_interpolate_by_hand():
 
 
 def test_the_batch_is_the_clean_images_then_their_mixup_with_lam_from_the_global_cpu_generator():
-    term = MixupSelfKD(MixSKDConfig(alpha=0.4))
+    plan = MixPairsPlan(MixPairsOptions(alpha=0.4))
+    assert MixupSelfKD.batch_plan == "mix_pairs" and set(plan.refuses_batch_transforms) == {"mixup", "cutmix"}
     images, targets, indices = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 3]), torch.tensor([7, 5, 3, 1])
     torch.manual_seed(3)
-    batch, labels, batch_indices, extras = term.compose_batch(images, targets, indices)
+    (batch,), labels, batch_indices, pairs = plan.compose(images, targets, indices)
     torch.manual_seed(3)
     lam, permutation = beta_sample(0.4), torch.randperm(4)
-    assert extras["mixskd_lam"].item() == pytest.approx(lam) and extras["mixskd_lam"].dim() == 0
-    assert torch.equal(extras["mixskd_perm"], permutation)
+    assert pairs.lam.item() == pytest.approx(lam) and pairs.lam.dim() == 0
+    assert torch.equal(pairs.permutation, permutation)
     torch.testing.assert_close(batch, torch.cat([images, lam * images + (1 - lam) * images[permutation]]))
     assert labels.tolist() == [0, 1, 2, 3] * 2 and batch_indices.tolist() == [7, 5, 3, 1] * 2
-    assert term.compose_batch(images, targets, None)[2] is None
+    assert plan.compose(images, targets, None).indices is None
 
 
 # ---------------------------------------------------------------- the pure functions
@@ -125,17 +126,17 @@ def test_branches_on_every_shallow_stage_and_a_self_teacher_over_every_exits_map
 def step_of(term, n=3, classes=5, target_probs=None):
     torch.manual_seed(0)
     images, targets = torch.zeros(n, 1), torch.arange(n) % classes
-    _, targets, _, extras = term.compose_batch(images, targets, None)
+    _, targets, _, pairs = MixPairsPlan(MixPairsOptions()).compose(images, targets, None)
     feats = [torch.randn(2 * n, *shape, requires_grad=True) for shape in RESNET20]
     logits = torch.randn(2 * n, classes, requires_grad=True)
-    return StepOutput(logits, feats, targets, 1, target_probs=target_probs, extras=extras)
+    return StepOutput(logits, feats, targets, 1, target_probs=target_probs, batch=pairs)
 
 
 def test_mixskd_loss_is_the_sum_of_its_parts_on_the_two_halves_of_the_batch():
     term = mixskd(kd_weight=0.5, feature_weight=2.0, adversarial_weight=0.25, temperature=2.0)
     step = step_of(term)
     losses = term(step)
-    lam, permutation, n = step.extras["mixskd_lam"], step.extras["mixskd_perm"], 3
+    lam, permutation, n = step.batch.lam, step.batch.permutation, 3
     exits = [branch(step.feats[stage - 1]) for stage, branch in zip(term.stages, term.branches)]
     logits = [z for z, _ in exits] + [step.logits]
     maps = [f for _, f in exits] + [step.feats[-1]]
@@ -180,7 +181,7 @@ def test_mixskd_takes_its_ce_against_the_clean_halfs_mixed_labels_and_interpolat
     target_probs = torch.softmax(torch.randn(2 * n, 5), 1)
     step = step_of(term, target_probs=target_probs)
     losses = term(step)
-    lam, permutation = step.extras["mixskd_lam"], step.extras["mixskd_perm"]
+    lam, permutation = step.batch.lam, step.batch.permutation
     exits = [branch(step.feats[stage - 1]) for stage, branch in zip(term.stages, term.branches)]
     logits, maps = [z for z, _ in exits] + [step.logits], [f for _, f in exits] + [step.feats[-1]]
     clean = target_probs[:n]
@@ -233,7 +234,7 @@ def test_mixskd_config_holds_the_original_settings(tmp_path):
     config = method_config(tmp_path, "mixskd")
     cfg = config.loss.mixskd
     assert config.loss.terms == ["mixskd"] and config.batch.transforms == []
-    assert (cfg.alpha, cfg.temperature) == (0.4, 3.0)
+    assert (config.batch.mix_pairs.alpha, cfg.temperature) == (0.4, 3.0)
     assert (cfg.kd_weight, cfg.feature_weight, cfg.adversarial_weight) == (1.0, 1.0, 1.0)
     assert (cfg.mixup_ce, cfg.discriminator, cfg.discriminator_width, cfg.stages, cfg.blocks) == (
         True, "frozen", 128, None, 2)

@@ -1,7 +1,8 @@
-"""Every registered loss term, batch transform and augmentation, walked from the registries, so that no method can be
-added without being trained: on every backbone family in-process (two steps, the term's own batch
-composition, the gradient reaching the first convolution, or a clean refusal by ``check_features``),
-and as a real one-epoch run of train.py, alone and with Tf-FD."""
+"""Every registered loss term, batch plan, batch transform and augmentation, walked from the registries, so that no
+method can be added without being trained: every term on every backbone family in-process (two steps of the batch
+its plan composes, the gradient reaching the first convolution, or a clean refusal by ``check_features``) and under
+every plan it accepts, every plan's indices alike from both loaders, and a real one-epoch run of train.py of each
+term, alone and with Tf-FD."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,9 @@ from conftest import REPO, SMOKE, read_metrics, run_train
 from core.errors import ConfigError
 from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
-from engine.builder import sampler_of
+from data.plans import PLANS, build_plan
+from data.sharding import extra_layout
+from engine.config import BatchConfig
 from engine.network import TrainingNetwork
 from losses import LOSSES, LossTerm, TrainingSetup
 from models import build_model
@@ -28,15 +31,23 @@ MUST_FIT = {"resnet20", "cifar_resnet18"}  # the quickstart's and the self-KD ta
 NUM_CLASSES, ANCHORS = 5, 6
 
 
-def _batch(term, side: int):
-    """What the loaders give a step: anchors, then each anchor's partners if the term names a sampler."""
+def _plan(name: str):
+    """A batch plan with its default options."""
+    return build_plan(name, BatchConfig())
+
+
+def _term(name: str) -> LossTerm:
+    registered = LOSSES.lookup(name)
+    return registered.term(registered.config())
+
+
+def _batch(plan, side: int):
+    """What the loaders give a step: anchors, then the extra samples the plan draws for them."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(4 * ANCHORS) % NUM_CLASSES  # the "dataset": 24 samples, every class present
     indices = torch.arange(ANCHORS)
-    sampler = sampler_of([term], ["term"])
-    if sampler is not None:
-        partners = sampler(labels, 0, 1, 0, 1)[:ANCHORS]  # count x M
-        indices = torch.cat([indices, partners.T.reshape(-1)])
+    if plan.extra_samples:
+        indices = torch.cat([indices, extra_layout(plan.draw_extra(labels, indices, generator))])
     images = torch.randn(len(indices), 3, side, side, generator=generator)
     return images, labels[indices], indices, len(labels)
 
@@ -53,15 +64,34 @@ def _model(name: str):
 
 
 def _step(network, term, images, targets, indices, epoch):
-    images, targets, indices, extras = term.compose_batch(images, targets, indices)
-    parts = images if isinstance(images, tuple) else (images,)  # DLB's two passes
+    parts, targets, indices, batch = network.plan.compose(images, targets, indices)
     teacher_logits = None
     if term.requires_teacher:
         teacher_logits = torch.randn(len(targets), NUM_CLASSES, generator=torch.Generator().manual_seed(1))
         teacher_logits = teacher_logits.to(targets.device)
     _, losses = network(parts, targets, torch.tensor(float(epoch), device=targets.device), indices, teacher_logits,
-                        None, extras)
+                        None, batch)
     return losses
+
+
+def _train_two_steps(model, shapes, name: str, plan_name: str, side: int):
+    """Two steps of the term ``name`` under the plan ``plan_name``: finite losses and gradients, and a gradient
+    that reaches the model's first convolution."""
+    term, plan = _term(name), _plan(plan_name)
+    images, targets, indices, num_samples = _batch(plan, side)
+    term.check_features(shapes)
+    term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
+    network = TrainingNetwork(model, [term], plan)
+    first_conv = next(p for p in model.parameters() if p.dim() == 4)
+    for epoch in (1, 2):  # a second step: terms with memory (PS-KD) and plans with memory (DLB's) use the first
+        losses = _step(network, term, images, targets, indices, epoch)
+        assert losses and all(torch.isfinite(value) for value in losses.values()), losses
+        network.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0, f"{name} under {plan_name} trains nothing"
+    for param_name, param in network.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), param_name
 
 
 @pytest.mark.parametrize("model_name", sorted(BACKBONES))
@@ -79,20 +109,18 @@ def test_every_term_trains_on_every_backbone_family_or_refuses_it_cleanly(name, 
         assert model_name not in MUST_FIT, f"{name} refuses {model_name}: {error}"
         assert "\n" not in str(error) and f"loss.{name}" in str(error), str(error)
         return
-    images, targets, indices, num_samples = _batch(term, side)
-    term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
-    network = TrainingNetwork(model, [term])
-    first_conv = next(p for p in model.parameters() if p.dim() == 4)
-    for epoch in (1, 2):  # a second step: terms with memory (DLB, PS-KD) distil from the first
-        losses = _step(network, term, images, targets, indices, epoch)
-        assert losses and all(torch.isfinite(value) for value in losses.values()), losses
-        total = sum(losses.values())
-        network.zero_grad(set_to_none=True)
-        total.backward()
-    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0, f"{name} trains nothing on {model_name}"
-    for param_name, param in network.named_parameters():
-        if param.grad is not None:
-            assert torch.isfinite(param.grad).all(), param_name
+    _train_two_steps(model, shapes, name, term.batch_plan or "plain", side)
+
+
+ACCEPTED = [(name, plan) for name in TERMS for plan in sorted(PLANS)
+            if LOSSES.lookup(name).term.batch_plan in (None, plan)]  # a term that needs no plan takes any
+
+
+@pytest.mark.parametrize("name, plan_name", ACCEPTED)
+def test_every_term_trains_under_every_batch_plan_it_accepts(name, plan_name):
+    model, shapes = _model("resnet20")
+    torch.manual_seed(0)
+    _train_two_steps(copy.deepcopy(model), shapes, name, plan_name, BACKBONES["resnet20"])
 
 
 # ---------------------------------------------------------------- on a GPU (scripts/gpu_check.sh)
@@ -105,10 +133,10 @@ def _first_step_losses(name: str, device, autocast_dtype=None) -> dict:
     model, shapes = _model("cifar_resnet18")
     registered = LOSSES.lookup(name)
     torch.manual_seed(0)
-    term = registered.term(registered.config())
-    images, targets, indices, num_samples = _batch(term, BACKBONES["cifar_resnet18"])
+    term, plan = registered.term(registered.config()), _plan(registered.term.batch_plan or "plain")
+    images, targets, indices, num_samples = _batch(plan, BACKBONES["cifar_resnet18"])
     term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
-    network = TrainingNetwork(copy.deepcopy(model), [term]).to(device)
+    network = TrainingNetwork(copy.deepcopy(model), [term], plan).to(device)
     with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
                         enabled=autocast_dtype is not None):
         losses = _step(network, term, images.to(device), targets.to(device), indices.to(device), 1)
@@ -178,30 +206,86 @@ def test_every_augmentation_trains_an_epoch_with_tffd_on_both_loaders(augmentati
               "data.num_workers=0")
 
 
-def test_two_terms_that_compose_the_batch_are_refused_before_anything_runs():
-    from engine.config import load_config
-    from losses import build_loss_terms
+# ---------------------------------------------------------------- the batch plans
+def test_no_loss_term_makes_its_own_batch():
+    """How a step's batch is made is the batch plan's alone: a term names the plan it needs (``batch_plan``) and
+    reads its typed batch, and holds nothing about samplers, composition, batch transforms or per-rank state."""
+    interface = {name for name in vars(LossTerm) if not name.startswith("_")}
+    assert interface == {"requires_teacher", "batch_plan", "attach", "check_features", "forward"}
+    forbidden = ("sampler", "compose", "refuses", "per_rank", "extras", "draw_extra", "complete", "partner")
+    for name in TERMS:
+        for cls in LOSSES.lookup(name).term.__mro__:
+            if cls in (LossTerm, torch.nn.Module, object):
+                continue
+            own = [attribute for attribute in vars(cls) if any(word in attribute.lower() for word in forbidden)]
+            assert not own, f"{name} ({cls.__name__}) has {own}: that belongs to a batch plan (data/plans/)"
+        needed = LOSSES.lookup(name).term.batch_plan
+        assert needed is None or needed in PLANS, f"{name} needs an unknown plan {needed}"
 
-    config = load_config(REPO / "configs/quickstart.yaml", ["loss.terms=[ce,dlb,ddgsd]"])
-    terms = build_loss_terms(config.loss.terms, config.loss)
-    with pytest.raises(ConfigError, match="dlb and ddgsd each compose the training batch"):
-        sampler_of(terms, config.loss.terms)
-    defaults = {name: LOSSES.lookup(name).term(LOSSES.lookup(name).config()) for name in TERMS}
-    composing = [name for name, term in defaults.items()
-                 if term.sampler or type(term).compose_batch is not LossTerm.compose_batch]
-    assert {"cs_kd", "dlb", "ddgsd", "bake"} <= set(composing)
-    for name in TERMS:  # any one of them alone, or beside terms that take the batch as it comes, is fine
-        config = load_config(REPO / "configs/quickstart.yaml", [f"loss.terms=[ce,{name},tffd]"] if name not in
-                             ("ce", "tffd") else [])
-        sampler_of(build_loss_terms(config.loss.terms, config.loss), config.loss.terms)
+
+def _loader_batches(plan_name: str, loader: str):
+    from data import build_dataset, build_loaders
+    from engine.config import load_config
+
+    config = load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "data.num_train=40", f"data.loader={loader}",
+                                                             "data.num_workers=0"])
+    data = build_dataset(config.data)
+    loaders = build_loaders(config.data, data, 16, 64, "cpu", 3, _plan(plan_name))
+    loaders.train.set_epoch(2)
+    return [(labels, indices) for _, labels, indices in loaders.train], data.train_labels
+
+
+@pytest.mark.parametrize("plan_name", sorted(PLANS))
+def test_every_plan_gives_both_loaders_the_same_batches_of_indices(plan_name):
+    plan = _plan(plan_name)
+    device, labels = _loader_batches(plan_name, "device")
+    torchvision, _ = _loader_batches(plan_name, "torchvision")
+    assert len(device) == len(torchvision) == 3  # 40 samples: 16 + 16 + 8 anchors
+    for (device_labels, device_indices), (torch_labels, torch_indices) in zip(device, torchvision):
+        assert torch.equal(device_indices, torch_indices) and torch.equal(device_labels, torch_labels)
+        anchors = len(device_indices) // (plan.extra_samples + 1)
+        assert torch.equal(labels[device_indices], device_labels)
+        extra = device_indices[anchors:].view(plan.extra_samples, anchors)  # the anchors, then their extra samples
+        if plan_name in ("class_pairs", "same_class"):
+            assert (labels[extra] == labels[device_indices[:anchors]]).all()
+        if plan_name in ("two_views", "last_batch"):
+            assert (extra == device_indices[:anchors]).all()
+    seen = torch.cat([indices[:len(indices) // (plan.extra_samples + 1)] for _, indices in device])
+    assert sorted(seen.tolist()) == list(range(40))  # every sample is an anchor once an epoch
+
+
+def test_terms_that_need_different_plans_are_refused_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(*WALK, "loss.terms=[ce,dlb,ddgsd]", "--run-dir", str(run_dir))
+    assert result.returncode == 2 and not run_dir.exists(), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: loss.terms need different batch plans (loss.dlb needs last_batch, loss.ddgsd needs two_views); a run "
+        "has one plan: combine terms that need the same plan, or one that needs none")
+    result = run_train(*WALK, "loss.terms=[ce,cs_kd]", "batch.plan=two_views", "--run-dir", str(run_dir))
+    assert result.returncode == 2 and not run_dir.exists(), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: batch.plan=two_views, but loss.cs_kd needs batch plan class_pairs; set batch.plan=class_pairs (or "
+        "auto), or drop cs_kd from loss.terms")
+
+
+def test_any_one_term_goes_with_the_plan_it_needs_and_with_terms_that_need_none():
+    from engine.builder import check_terms_combine
+    from engine.config import load_config
+
+    for name in TERMS:
+        terms = "[ce,tffd]" if name in ("ce", "tffd") else f"[ce,{name},tffd]"
+        check_terms_combine(load_config(REPO / "configs/quickstart.yaml", [f"loss.terms={terms}"]))
 
 
 @pytest.mark.parametrize("transform", ["mixup", "cutmix"])
-def test_a_transform_that_would_mix_across_a_terms_own_mixed_batch_is_refused_in_one_line(transform, tmp_path):
+def test_a_transform_that_would_mix_across_a_plans_pairs_is_refused_in_one_line(transform, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(*WALK, "loss.terms=[mixskd]", f"batch.transforms=[cutout,{transform}]", "--run-dir",
                        str(run_dir))
     assert result.returncode == 2 and not run_dir.exists(), result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: loss.mixskd mixes its own batch, and batch.transforms ['{transform}'] would mix across it and break "
-        f"its pairs; remove {transform} from batch.transforms")
+        f"error: batch plan mix_pairs (loss.mixskd needs it) pairs the images of its batch, and batch.transforms "
+        f"['{transform}'] would mix across its pairs; remove {transform} from batch.transforms")
+    result = run_train(*WALK, "batch.plan=mix_pairs", f"batch.transforms=[{transform}]", "--run-dir", str(run_dir))
+    assert result.returncode == 2 and not run_dir.exists(), result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: batch plan mix_pairs pairs the images")

@@ -209,24 +209,27 @@ LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2, 0, 3])  # class 3 has one samp
 
 
 def test_class_pairs_are_same_class_reproducible_and_sharded_like_the_anchors():
-    from data.samplers import class_pairs
-    from data.sharding import train_indices
+    from data.plans.class_pairs import ClassPairsPlan
+    from data.sharding import epoch_indices
 
-    partners = class_pairs(LABELS, 5, 2, 0, 1).squeeze(1)
-    anchors = train_indices(len(LABELS), 5, 2, 0, 1)
+    def pairs(epoch, rank=0, world_size=1):
+        indices = epoch_indices(LABELS, 5, epoch, rank, world_size, ClassPairsPlan())
+        return indices.anchors, indices.extra.squeeze(1)
+
+    anchors, partners = pairs(2)
     assert torch.equal(LABELS[partners], LABELS[anchors])
     assert partners[anchors == 10].tolist() == [10]
-    assert torch.equal(partners, class_pairs(LABELS, 5, 2, 0, 1).squeeze(1))  # (seed, epoch) decide
-    assert not torch.equal(partners, class_pairs(LABELS, 5, 3, 0, 1).squeeze(1))
+    assert torch.equal(partners, pairs(2)[1])  # (seed, epoch) decide
+    assert not torch.equal(partners, pairs(3)[1])
+    theirs = dict(zip(anchors.tolist(), partners.tolist()))
     for world_size in (2, 3):  # each rank's anchors keep the partners the 1-process run gives them
         for rank in range(world_size):
-            mine = train_indices(len(LABELS), 5, 2, rank, world_size)
-            theirs = {a: p for a, p in zip(anchors.tolist(), partners.tolist())}
-            assert class_pairs(LABELS, 5, 2, rank, world_size).squeeze(1).tolist() == [theirs[a] for a in mine.tolist()]
+            mine, my_partners = pairs(2, rank, world_size)
+            assert my_partners.tolist() == [theirs[a] for a in mine.tolist()]
 
 
 def test_partners_are_drawn_uniformly_from_the_class():
-    from data.samplers import same_class_partner
+    from data.plans.class_pairs import same_class_partner
 
     labels = torch.tensor([0, 0, 0, 0, 1])
     draws = same_class_partner(labels, torch.zeros(40_000, dtype=torch.long), torch.Generator().manual_seed(0))
@@ -238,13 +241,14 @@ def test_partners_are_drawn_uniformly_from_the_class():
 @pytest.mark.parametrize("loader", ["device", "torchvision"])
 def test_both_loaders_append_each_batchs_partners(loader):
     from data import build_dataset, build_loaders
-    from data.samplers import class_pairs
+    from data.plans.class_pairs import ClassPairsPlan
+    from data.plans.plain import PlainPlan
     from engine.config import load_config
 
     config = load_config(REPO / "configs/quickstart.yaml", [*RUN, f"data.loader={loader}", "data.num_workers=0"])
     dataset = build_dataset(config.data)
-    plain = build_loaders(config.data, dataset, 32, 64, "cpu", seed=0)
-    paired = build_loaders(config.data, dataset, 32, 64, "cpu", seed=0, sampler=class_pairs)
+    plain = build_loaders(config.data, dataset, 32, 64, "cpu", 0, PlainPlan())
+    paired = build_loaders(config.data, dataset, 32, 64, "cpu", 0, ClassPairsPlan())
     for source in (plain.train, paired.train):
         source.set_epoch(2)
     assert len(plain.train) == len(paired.train) == 16
@@ -257,6 +261,7 @@ def test_both_loaders_append_each_batchs_partners(loader):
 
 
 def test_cs_kd_distils_the_partner_forwarded_without_gradient_into_the_anchor():
+    from data.plans.class_pairs import ClassPairsPlan
     from losses.cs_kd import ClassWiseKD, CSKDConfig
     from losses.kd import kd_loss
 
@@ -268,15 +273,17 @@ def test_cs_kd_distils_the_partner_forwarded_without_gradient_into_the_anchor():
         calls.append(torch.is_grad_enabled())
         return linear(x), []
 
-    term = ClassWiseKD(CSKDConfig(weight=0.5, temperature=2.0))
+    term, plan = ClassWiseKD(CSKDConfig(weight=0.5, temperature=2.0)), ClassPairsPlan()
+    assert term.batch_plan == "class_pairs"
     batch_images, batch_targets = torch.randn(6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
-    anchors, targets, indices, extras = term.compose_batch(batch_images, batch_targets, torch.arange(6))
+    (anchors,), targets, indices, batch = plan.compose(batch_images, batch_targets, torch.arange(6))
     assert torch.equal(indices, torch.arange(3))
-    assert torch.equal(anchors, batch_images[:3]) and torch.equal(extras["partner_images"], batch_images[3:])
-    assert torch.equal(targets, batch_targets[:3])
+    assert torch.equal(anchors, batch_images[:3]) and torch.equal(batch.partner_images, batch_images[3:])
+    assert torch.equal(targets, batch_targets[:3]) and batch.partner_logits is None
     logits = linear(anchors)
-    loss = term(StepOutput(logits, [], targets, 1, extras=extras, model=model))["cs_kd"]
+    batch = plan.complete(batch, logits, model)
     assert calls == [False], "the partners are forwarded under torch.no_grad"
+    loss = term(StepOutput(logits, [], targets, 1, batch=batch, model=model))["cs_kd"]
     expected = 0.5 * kd_loss(linear(anchors), linear(batch_images[3:]).detach(), 2.0)
     torch.testing.assert_close(loss, expected)
     (grad,) = torch.autograd.grad(loss, linear.weight)

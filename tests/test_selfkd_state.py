@@ -1,5 +1,5 @@
-"""Terms with parameters (BYOT's heads) and with state across steps (DLB's last mini-batch): the losses
-by hand, what is detached, where the parameters and the state go (optimizer, checkpoint, not the
+"""Terms with parameters (BYOT's heads) and a batch plan with state across steps (DLB's last mini-batch): the
+losses by hand, what is detached, where the parameters and the state go (optimizer, checkpoint, not the
 exported model), and exact resume."""
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from engine.step import apply_gradients, compute_losses
 from engine.trainer import CHECKPOINT_FORMAT, load_resume_state
 from losses import StepOutput, TrainingSetup
 from losses.byot import BeYourOwnTeacher, BYOTConfig, feature_hint, soft_cross_entropy
+from data.plans.last_batch import LastBatchOptions, LastBatchPlan
 from losses.dlb import DLBConfig, LastMiniBatchKD
 from losses.kd import kd_loss
 
@@ -136,16 +137,15 @@ def test_byot_heads_are_trained_and_checkpointed_but_not_exported(tmp_path):
     assert f"{metrics['best_acc1']:.2f}" in evaluated.stdout
 
 
-# ---------------------------------------------------------------- DLB: the sampler, the batch, the loss
-def test_second_view_partners_are_the_anchors_themselves_on_every_rank():
-    from data.samplers import second_view
-    from data.sharding import train_indices
+# ---------------------------------------------------------------- DLB: the plan's indices, its batch, the loss
+def test_second_views_are_the_anchors_themselves_on_every_rank():
+    from data.sharding import epoch_indices
 
     labels = torch.arange(11) % 3
     for world_size in (1, 2, 3):
         for rank in range(world_size):
-            anchors = train_indices(len(labels), 5, 2, rank, world_size)
-            assert torch.equal(second_view(labels, 5, 2, rank, world_size).squeeze(1), anchors)
+            indices = epoch_indices(labels, 5, 2, rank, world_size, LastBatchPlan(LastBatchOptions()))
+            assert torch.equal(indices.extra.squeeze(1), indices.anchors)
 
 
 def batch(step: int, size: int = 2):
@@ -157,38 +157,41 @@ def batch(step: int, size: int = 2):
 
 
 def test_dlb_trains_on_the_new_batch_and_the_last_batchs_second_view():
-    term = LastMiniBatchKD(DLBConfig(weight=2.0, temperature=3.0))
-    images, targets, indices, extras = term.compose_batch(*batch(1))
-    assert images[:, 0, 0, 0].tolist() == [100, 101] and targets.tolist() == [10, 11] and extras == {}
+    term, plan = LastMiniBatchKD(DLBConfig(weight=2.0, temperature=3.0)), LastBatchPlan(LastBatchOptions())
+    assert term.batch_plan == "last_batch"
+    (images,), targets, indices, first = plan.compose(*batch(1))
+    assert images[:, 0, 0, 0].tolist() == [100, 101] and targets.tolist() == [10, 11]
+    assert first.teacher_logits is None
     first_logits = torch.randn(2, 4, requires_grad=True)
-    assert term(StepOutput(first_logits, [], targets, 1, extras=extras))["dlb"].item() == 0  # first step: CE only
-    parts, targets, indices, extras = term.compose_batch(*batch(2))  # two passes: B_2 view 0, then B_1 view 1
+    first = plan.complete(first, first_logits, model=None)
+    assert term(StepOutput(first_logits, [], targets, 1, batch=first))["dlb"].item() == 0  # first step: CE only
+    parts, targets, indices, second = plan.compose(*batch(2))  # two passes: B_2 view 0, then B_1 view 1
     assert [part[:, 0, 0, 0].tolist() for part in parts] == [[200, 201], [110, 111]]
     assert targets.tolist() == [20, 21, 10, 11] and indices.tolist() == [20, 21, 10, 11]
-    assert torch.equal(extras["dlb_teacher_logits"], first_logits.detach())
+    assert torch.equal(second.teacher_logits, first_logits.detach()) and not second.teacher_logits.requires_grad
     logits = torch.randn(4, 4, requires_grad=True)
-    value = term(StepOutput(logits, [], targets, 1, extras=extras))["dlb"]
+    second = plan.complete(second, logits, model=None)
+    value = term(StepOutput(logits, [], targets, 1, batch=second))["dlb"]
     torch.testing.assert_close(value, 2.0 * kd_loss(logits[2:], first_logits, 3.0))
     value.backward()
     assert first_logits.grad is None and not logits.grad[:2].any() and logits.grad[2:].any()
     # The memory now holds B_2: its view 1 and the logits of its view 0 from this step.
-    assert term.memory["images"][:, 0, 0, 0].tolist() == [210, 211]
-    assert torch.equal(term.logits, logits[:2].detach())
+    assert plan.memory["images"][:, 0, 0, 0].tolist() == [210, 211]
+    assert torch.equal(plan.logits, logits[:2].detach())
 
 
 def test_dlb_memory_goes_through_the_state_dict():
-    term = LastMiniBatchKD(DLBConfig())
-    term.compose_batch(*batch(1))
-    term(StepOutput(torch.randn(2, 4), [], torch.tensor([10, 11]), 1))
-    state = term.state_dict()
-    restored = LastMiniBatchKD(DLBConfig())
-    restored.load_state_dict(state)
-    saved, got = term.get_extra_state(), restored.get_extra_state()
+    plan = LastBatchPlan(LastBatchOptions())
+    first = plan.compose(*batch(1))
+    plan.complete(first.batch, torch.randn(2, 4), model=None)
+    restored = LastBatchPlan(LastBatchOptions())
+    restored.load_state_dict(plan.state_dict())
+    saved, got = plan.get_extra_state(), restored.get_extra_state()
     assert set(saved) == {"images", "targets", "indices", "logits"}
     assert all(torch.equal(got[name], value) for name, value in saved.items())
-    fresh = LastMiniBatchKD(DLBConfig())
-    fresh.load_state_dict(LastMiniBatchKD(DLBConfig()).state_dict())  # before any step: an empty memory
-    assert fresh.memory["images"] is None
+    fresh = LastBatchPlan(LastBatchOptions())
+    fresh.load_state_dict(LastBatchPlan(LastBatchOptions()).state_dict())  # before any step: an empty memory
+    assert fresh.memory["images"] is None and fresh.logits is None
 
 
 def test_dlb_steps_forward_twice_the_batch_after_the_first():
@@ -205,12 +208,26 @@ def test_dlb_steps_forward_twice_the_batch_after_the_first():
 
 def test_a_checkpoint_of_per_rank_state_resumes_only_with_as_many_processes(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "rank_terms": [[None, {}], [None, {}]]})
-    assert load_resume_state(path, world_size=2)["rank_terms"]
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "rank_plan": [{"_extra_state": {}}] * 2})
+    assert load_resume_state(path, world_size=2)["rank_plan"]
     with pytest.raises(CheckpointError, match=r"from 2 processes; resume it with 2 \(torchrun --nproc_per_node 2\)"):
         load_resume_state(path, world_size=1)
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "rank_terms": None})
-    assert load_resume_state(path, world_size=4)["rank_terms"] is None
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "rank_plan": None})
+    assert load_resume_state(path, world_size=4)["rank_plan"] is None
+
+
+def test_a_checkpoint_from_before_the_batch_plans_gives_dlbs_memory_to_the_plan(tmp_path):
+    """Before the batch plans, DLB's memory was its loss term's per-rank state (``rank_terms``)."""
+    memory = {"images": torch.ones(2, 3, 4, 4), "targets": torch.tensor([1, 2]), "logits": torch.zeros(2, 5)}
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "terms": [{}, {"_extra_state": memory}],
+                           "rank_terms": [[None, {"_extra_state": memory}], [None, {"_extra_state": {}}]]})
+    state = load_resume_state(path, world_size=2)
+    assert "rank_terms" not in state and state["terms"] == [{}, {}]
+    assert state["rank_plan"][1] == {"_extra_state": {}}
+    plan = LastBatchPlan(LastBatchOptions())
+    plan.load_state_dict(state["rank_plan"][0])
+    assert torch.equal(plan.memory["images"], memory["images"]) and torch.equal(plan.logits, memory["logits"])
 
 
 # ---------------------------------------------------------------- runs: learning, exact resume
@@ -233,7 +250,7 @@ def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_pat
                               *train_command(*args, "--run-dir", str(resumed))[2:]],
                              cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
-    assert load_checkpoint(resumed / "last.pt")["rank_terms"][0][1]["_extra_state"]["images"].shape[0] == 32
+    assert load_checkpoint(resumed / "last.pt")["rank_plan"][0]["_extra_state"]["images"].shape[0] == 32
     run_train(*args, "--run-dir", str(resumed), check=True)
     ours, theirs = (load_checkpoint(d / "last.pt") for d in (resumed, reference))
     assert all(torch.equal(ours["model"][key], value) for key, value in theirs["model"].items())
@@ -283,4 +300,4 @@ def test_heads_and_last_batch_memory_compile_into_the_same_step(monkeypatch):
             apply_gradients(eager, expected.total)
             apply_gradients(compiled, got.total)
     assert expected.terms["dlb"] > 0  # the second step distilled from the first one's memory
-    torch.testing.assert_close(compiled.terms[1].logits, eager.terms[1].logits)
+    torch.testing.assert_close(compiled.plan.logits, eager.plan.logits)

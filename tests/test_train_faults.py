@@ -157,7 +157,7 @@ def test_an_os_error_before_the_run_directory_exists_is_not_taken_for_one_in_it(
 def test_a_one_process_dlb_checkpoint_resumed_by_two_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     assert train_into(run_dir, "loss.terms=[ce,dlb]", "train.epochs=1") == 0
-    assert len(load_checkpoint(run_dir / "last.pt")["rank_terms"]) == 1
+    assert len(load_checkpoint(run_dir / "last.pt")["rank_plan"]) == 1
     with pytest.raises(CheckpointError, match=r"from 1 processes; resume it with 1 \(torchrun --nproc_per_node 1\)"):
         load_resume_state(run_dir / "last.pt", world_size=2)
 
