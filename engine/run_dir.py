@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Self
 
 from core.errors import ConfigError, RunDirError
-from core.typed_config import flatten
+from core.typed_config import flatten, to_dict
 from core.yaml_files import read_yaml
 
+from .config import config_from_dict
 from .metrics_file import metrics_problem
 
 CONFIG_FILE, METRICS_FILE, LOG_FILE, LAST, BEST, LOCK = (
@@ -88,6 +89,14 @@ def read_run_config(run_dir: Path) -> dict | None:
         raise damaged(path, str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")) from None
 
 
+def current_form(saved: dict) -> dict:
+    """A saved config in the current schema's form (``config_from_dict``); as it is where that refuses it."""
+    try:
+        return to_dict(config_from_dict(saved))
+    except ConfigError:
+        return saved
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
     old_flat, new_flat = flatten(old), flatten(new)
     return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
@@ -96,8 +105,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 def check_same_config(run_dir: Path, saved: dict, new: dict) -> None:
-    """``RunDirError`` unless a run saved under ``saved`` may resume under ``new`` (``RESUME_MAY_CHANGE`` aside)."""
-    differences = config_differences(saved, new)
+    """``RunDirError`` unless a run saved under ``saved`` may resume under ``new`` (``RESUME_MAY_CHANGE`` aside).
+    ``saved`` is read as the current schema reads it: an option that moved since is found at its new key, and one
+    added since at its default."""
+    differences = config_differences(current_form(saved), new)
     if differences:
         raise RunDirError(
             f"{run_dir} holds an unfinished run of another config ({differences[0]}"

@@ -109,6 +109,21 @@ def test_an_option_that_moved_to_a_batch_plan_names_its_new_key(old, new, tmp_pa
         load_config(config)
 
 
+def test_a_config_saved_before_the_options_moved_reads_them_at_their_new_keys():
+    from core.typed_config import to_dict
+    from engine.config import config_from_dict
+
+    saved = to_dict(load_config(REPO / "configs/quickstart.yaml"))
+    for section in ("same_class", "last_batch", "mix_pairs"):
+        del saved["batch"][section]
+    del saved["batch"]["plan"]
+    saved["loss"]["bake"]["partners"], saved["loss"]["dlb"]["joint_pass"], saved["loss"]["mixskd"]["alpha"] = 2, True, 0.2
+    config = config_from_dict(saved)
+    assert config.batch.same_class.partners == 2 and config.batch.last_batch.joint_pass
+    assert config.batch.mix_pairs.alpha == 0.2 and config.batch.plan == "auto"
+    assert to_dict(config) == to_dict(config_from_dict(to_dict(config)))
+
+
 # ---------------------------------------------------------------- the sampler
 LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2, 0, 3, 1, 1, 1])  # class 2: 3 samples; class 3: one
 
@@ -185,3 +200,20 @@ def test_the_method_config_holds_the_authors_settings(tmp_path):
     alone, plus = (load_config(selfkd / f"cifar_resnet18_{name}.yaml") for name in ("bake", "bake_tffd"))
     assert alone.loss.terms == ["ce", "bake"] and plus.loss.terms == ["ce", "bake", "tffd"]
     assert alone.train.batch_size == 128  # anchors, as in Self-KD-Lib's BAKE: 512 images a step
+
+
+def test_a_run_saved_before_the_options_moved_resumes(tmp_path):
+    """An unfinished run whose config.yaml has an option at its old key (and none of the batch plans' keys) is
+    the same config as today's, so it resumes rather than being refused as another config."""
+    from core.errors import RunDirError
+    from core.typed_config import to_dict
+    from engine.run_dir import check_same_config
+
+    new = to_dict(load_config(REPO / "configs/quickstart.yaml", ["loss.terms=[ce,bake]"]))
+    old = to_dict(load_config(REPO / "configs/quickstart.yaml", ["loss.terms=[ce,bake]"]))
+    del old["batch"]["same_class"], old["batch"]["plan"]
+    old["loss"]["bake"]["partners"] = 3
+    check_same_config(tmp_path, old, new)
+    old["loss"]["bake"]["partners"] = 2
+    with pytest.raises(RunDirError, match=r"batch.same_class.partners: 2 -> 3"):
+        check_same_config(tmp_path, old, new)

@@ -258,6 +258,29 @@ def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_pat
     assert read_metrics(resumed)["history"][-1]["train_loss"] == read_metrics(reference)["history"][-1]["train_loss"]
 
 
+PLAN_RUNS = {"plain": "ce,tffd", "class_pairs": "ce,cs_kd", "same_class": "ce,bake", "two_views": "ce,ddgsd",
+             "mix_pairs": "mixskd"}  # last_batch: the test above, with BYOT's heads
+
+
+@pytest.mark.parametrize("plan", sorted(PLAN_RUNS))
+def test_a_killed_and_resumed_run_of_every_batch_plan_is_bit_identical(plan, tmp_path):
+    """Killed in epoch 2 and resumed, a deterministic CPU run under each plan ends as the uninterrupted one: its
+    extra samples (partners, views) and its random draws (mixup's lam and permutation) come back the same."""
+    args = [*SMOKE, "data.num_train=96", "data.num_test=32", "train.batch_size=32", "train.epochs=3",
+            "train.deterministic=true", f"loss.terms=[{PLAN_RUNS[plan]}]", "batch.same_class.partners=1"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_train(*args, "--run-dir", str(reference), check=True)
+    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "5",
+                              *train_command(*args, "--run-dir", str(resumed))[2:]],
+                             cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
+    run_train(*args, "--run-dir", str(resumed), check=True)
+    ours, theirs = (load_checkpoint(d / "last.pt") for d in (resumed, reference))
+    assert all(torch.equal(ours["model"][key], value) for key, value in theirs["model"].items())
+    assert [record["train_loss"] for record in read_metrics(resumed)["history"]] == [
+        record["train_loss"] for record in read_metrics(reference)["history"]]
+
+
 # ---------------------------------------------------------------- mixed labels (Mixup, CutMix)
 def test_ps_kd_and_byot_take_mixed_labels_in_place_of_the_one_hot_ones():
     from losses.ps_kd import ProgressiveSelfKD, PSKDConfig
