@@ -32,10 +32,11 @@ class TrainingNetwork(nn.Module):
                 target_probs: Optional[torch.Tensor] = None, batch: Any = None):
         """The model's logits and every term's named, weighted losses for one training batch.
 
-        The batch comes in ``parts`` as the batch plan composed them, each forwarded in a pass of its own (in train mode BatchNorm normalises
-        each part with its own batch statistics and updates its running statistics once per part), their
-        outputs concatenated in order: one part for most methods, two for DLB's step as its authors run it
-        (losses/dlb.py). ``epoch`` is a 0-d tensor, so that a compiled step is not specialised on its value."""
+        The batch comes in ``parts`` as the batch plan composed them, each forwarded in a pass of its own (in
+        train mode BatchNorm normalises each part with its own batch statistics and updates its running
+        statistics once per part), their outputs concatenated in order: one part for most plans, two for DLB's
+        (data/plans/last_batch.py). The plan then completes its typed ``batch`` (e.g. CS-KD's partners' logits),
+        which the terms read. ``epoch`` is a 0-d tensor, so that a compiled step is not specialised on its value."""
         maps = [self.model.forward_maps(part) for part in parts]  # the model's forward, in its two parts
         feats = [joined(stage) for stage in zip(*(part_feats for part_feats, _ in maps))]
         head_map = joined([part_head for _, part_head in maps])
