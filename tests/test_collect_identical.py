@@ -1,8 +1,8 @@
 """collect_results.py's every output, byte for byte: a corpus of run directories written by hand (config.yaml +
 metrics.json; nothing is trained) that reaches every table, note, format, warning and error, collected with
 each option, against the outputs recorded in tests/golden/collect_results/<case>.txt. A refactoring of the
-collection (issue: the results package) must leave each of them unchanged; a change that is meant to change an
-output records them again:
+collection (the results package, results/) must leave each of them unchanged; a change that is meant to change
+an output records them again:
 
     UPDATE_GOLDEN=1 python -m pytest -q tests/test_collect_identical.py
 
@@ -22,10 +22,10 @@ import pytest
 
 from conftest import REPO, fake_run
 from engine.cli import status_of
+from results import figures
 
 sys.path.insert(0, str(REPO / "scripts"))
 import collect_results  # noqa: E402
-import plots  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "collect_results"
 
@@ -190,13 +190,13 @@ def collected(case: str, root, out, monkeypatch, capfd) -> str:
     """The case's command line, exit status, stdout, stderr, the files it wrote and the figures' specs."""
     args = [arg.format(root=root, out=out) for arg in CASES[case]]
     specs = []
-    write_figures = plots.write_figures
+    write_figures = figures.write_figures
 
-    def recording(where, *figures):
-        specs.append(plain(figures))
-        return write_figures(where, *figures)
+    def recording(where, *specs_of_each_kind):
+        specs.append(plain(specs_of_each_kind))
+        return write_figures(where, *specs_of_each_kind)
 
-    monkeypatch.setattr(plots, "write_figures", recording)
+    monkeypatch.setattr(figures, "write_figures", recording)
     monkeypatch.setattr(sys, "argv", ["collect_results.py"])  # argparse's prog in its usage line
     monkeypatch.setenv("COLUMNS", "120")  # argparse's line width
     monkeypatch.chdir(out)
