@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import matplotlib  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -47,9 +46,8 @@ from engine.output_paths import check_output_dir  # noqa: E402
 from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained  # noqa: E402
 from losses.tffd import channel_salience, salience_order, salient_and_redundant  # noqa: E402
 from models import build_model  # noqa: E402
+from results.figures import FORMATS, new_figure, save  # noqa: E402  (shared with collect_results.py --plots)
 
-DPI = 100
-FORMATS = ("png", "pdf")
 JSON_FILE = "features.json"
 FIGURE_NAMES = ("salience", "similarity", "maps", "maps_compare")  # the last with --compare only
 MAX_PANELS_PER_ROW = 4
@@ -174,13 +172,6 @@ def shown_channels(stage: StageStats, per_side: int) -> tuple[list[int], list[in
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def new_figure(width: float, height: float) -> Figure:
-    """A figure of exactly width x height inches at DPI, rendered by Agg (no display needed)."""
-    figure = Figure(figsize=(round(width, 2), round(height, 2)), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def panel_grid(figure: Figure, panels: int):
     columns = min(panels, MAX_PANELS_PER_ROW)
     axes = figure.subplots(math.ceil(panels / columns), columns, squeeze=False).ravel()
@@ -290,15 +281,6 @@ def maps_figure(run: Run, images: torch.Tensor, per_side: int) -> Figure:
 def output_names() -> tuple[str, ...]:
     """Every file main() may write into --out."""
     return (JSON_FILE, *(f"{name}.{suffix}" for name in FIGURE_NAMES for suffix in FORMATS))
-
-
-def save(figure: Figure, out: Path, name: str) -> dict:
-    for suffix in FORMATS:
-        # No creation date in the PDF: the same inputs give the same file.
-        figure.savefig(out / f"{name}.{suffix}", dpi=DPI, metadata={"CreationDate": None} if suffix == "pdf" else None)
-    width, height = figure.get_size_inches()
-    return {**{suffix: f"{name}.{suffix}" for suffix in FORMATS}, "figsize_inches": [float(width), float(height)],
-            "dpi": DPI, "pixels": [round(width * DPI), round(height * DPI)]}
 
 
 def run_record(run: Run, per_side: int) -> dict:

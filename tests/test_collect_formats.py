@@ -13,10 +13,10 @@ import pytest
 
 from conftest import REPO, fake_run
 from engine.cli import status_of
+from results import figures
 
 sys.path.insert(0, str(REPO / "scripts"))
 import collect_results  # noqa: E402
-import plots  # noqa: E402
 
 CE = "configs/cifar100/resnet20_ce.yaml"
 SWEEP = {(1e-4, 5e-4): 72.0, (8e-4, 5e-4): 73.0, (1e-4, 5e-3): 73.0, (8e-4, 5e-3): 71.0}  # best-epoch top-1
@@ -176,16 +176,17 @@ def test_bad_output_options_exit_2_with_one_line_and_write_nothing(root, tmp_pat
 def test_every_figure_renders_as_a_png_of_its_size_and_a_pdf(root, tmp_path, capfd):
     out_dir = tmp_path / "figures"
     _, err = collect(capfd, root, "--plots", out_dir)
-    sizes = {"curves_cifar100_resnet20": plots.CURVES_SIZE, "curves_cifar100_resnet32": plots.CURVES_SIZE,
-             "curves_cifar100_preact_resnet18": plots.CURVES_SIZE, "sweep_cifar100_resnet32_Tf-FD": plots.HEATMAP_SIZE,
-             "paper_bars_cifar100": plots.bars_size(1), "selfkd_bars_cifar100_preact_resnet18": plots.bars_size(2)}
+    sizes = {"curves_cifar100_resnet20": figures.CURVES_SIZE, "curves_cifar100_resnet32": figures.CURVES_SIZE,
+             "curves_cifar100_preact_resnet18": figures.CURVES_SIZE,
+             "sweep_cifar100_resnet32_Tf-FD": figures.HEATMAP_SIZE, "paper_bars_cifar100": figures.bars_size(1),
+             "selfkd_bars_cifar100_preact_resnet18": figures.bars_size(2)}
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(
         f"{name}.{suffix}" for name in sizes for suffix in ("png", "pdf"))
     assert f"figures (png, pdf) in {out_dir}: " in err and all(name in err for name in sizes)
     assert "not in the bars (several configs, see the sweep heatmaps): resnet32 Tf-FD" in err
     for name, (width, height) in sizes.items():
         pixels = matplotlib.image.imread(out_dir / f"{name}.png")
-        assert pixels.shape == (round(height * plots.DPI), round(width * plots.DPI), 4), name
+        assert pixels.shape == (round(height * figures.DPI), round(width * figures.DPI), 4), name
         assert pixels[..., :3].std() > 0.05, f"{name}.png is blank"
         pdf = (out_dir / f"{name}.pdf").read_bytes()
         assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF"), name

@@ -1,4 +1,4 @@
-"""collect_results.py names the protocol each row's runs were trained under (scripts/protocols.py), on run
+"""collect_results.py names the protocol each row's runs were trained under (results/protocols.py), on run
 directories written by hand (config.yaml + metrics.json; nothing is trained)."""
 from __future__ import annotations
 

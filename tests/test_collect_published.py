@@ -1,10 +1,9 @@
-"""Every published number of scripts/paper_numbers.py shows in collect_results.py's tables, beside the rows of
+"""Every published number of results/published.py shows in collect_results.py's tables, beside the rows of
 its backbone and method, with the note that names its source: run directories written by hand (config.yaml +
 metrics.json; nothing is trained) for every config those numbers match, collected in a subprocess."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO, fake_run, train_env
+from results import published
 
 PREACT = ["model.name=preact_resnet18"]
 CALIBRATION = {"best_ece": 3.0, "last_ece": 3.5, "best_nll": 1.0, "last_nll": 1.1, "best_aurc": 60.0,
@@ -33,24 +33,14 @@ RUNS = [  # (run directory, config, overrides): a run for each cell a published 
 ]
 
 
-def paper_numbers():
-    """scripts/paper_numbers.py (a script's module, not a package's), imported once."""
-    if "paper_numbers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("paper_numbers", REPO / "scripts" / "paper_numbers.py")
-        sys.modules["paper_numbers"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["paper_numbers"])
-    return sys.modules["paper_numbers"]
-
-
 def every_number() -> list:
     """Every published number that belongs to a backbone of ours, as (method label, Published)."""
-    numbers = paper_numbers()
-    entries = [(f"{name}{suffix}", number) for table, suffix in ((numbers.SELFKD_PUBLISHED, ""),
-                                                                  (numbers.IMAGENET_PUBLISHED, ""),
-                                                                  (numbers.SELFKD_PUBLISHED_TFFD, " + Tf-FD"),
-                                                                  (numbers.IJCNN_TABLE, ""))
-               for name, published in table.items() for number in published]
-    entries += [(reference.label, reference.number) for reference in numbers.REFERENCES]
+    entries = [(f"{name}{suffix}", number) for table, suffix in ((published.SELFKD_PUBLISHED, ""),
+                                                                  (published.IMAGENET_PUBLISHED, ""),
+                                                                  (published.SELFKD_PUBLISHED_TFFD, " + Tf-FD"),
+                                                                  (published.IJCNN_TABLE, ""))
+               for name, numbers in table.items() for number in numbers]
+    entries += [(reference.label, reference.number) for reference in published.REFERENCES]
     return [(label, number) for label, number in entries if number.model is not None]
 
 
@@ -108,10 +98,10 @@ def test_the_paper_table_has_wrn_40_1_and_the_ijcnn_numbers_beside_like_for_like
     assert re.search(r"\| 73\.08 \[\d+\]; 73\.09 \[\d+\] \|", lines[("wrn_40_1", "Tf-FD")])
     assert "| 74.46 [" in lines[("wrn_40_1", "KD+Tf-FD")] and "†" not in lines[("wrn_40_1", "KD+Tf-FD")]
     by_cell = {(row["dataset"], row["model"], row["method"]): row for row in rows}
-    for model, method, _, top1 in paper_numbers().paper_cells():  # the paper column: the poster's or CRD's
+    for model, method, _, top1 in published.paper_cells():  # the paper column: the poster's or CRD's
         assert float(by_cell[("cifar100", model, method)]["paper"]) == top1
-        assert by_cell[("cifar100", model, method)]["paper_source"] == paper_numbers().paper_source(model)
-        assert f"paper: {paper_numbers().paper_source(model)}." in out
+        assert by_cell[("cifar100", model, method)]["paper_source"] == published.paper_source(model)
+        assert f"paper: {published.paper_source(model)}." in out
     wrn = by_cell[("cifar100", "wrn_40_1", "Baseline")]
     assert float(wrn["paper"]) == 71.98 and wrn["paper_source"].startswith("CRD benchmark README")
     assert by_cell[("cifar100", "wrn_16_2", "Tf-FD")]["published_other"].startswith("74.39 (Tf-FD's IJCNN")

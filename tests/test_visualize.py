@@ -17,6 +17,7 @@ from engine.config import load_config
 from engine.inference import add_checkpoint_arguments, checkpoint_overrides
 from losses.tffd import channel_salience, intra_fd
 from models import build_model
+from results.figures import DPI
 import train
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -56,8 +57,8 @@ def test_every_figure_is_a_png_and_a_pdf_of_the_size_it_was_drawn_at(rendered):
         ["features.json", *(f"{name}.{suffix}" for name in FIGURES for suffix in ("png", "pdf"))])
     for name, figure in record["figures"].items():
         width, height = figure["figsize_inches"]
-        assert figure["dpi"] == visualize.DPI
-        assert figure["pixels"] == [round(width * visualize.DPI), round(height * visualize.DPI)]
+        assert figure["dpi"] == DPI
+        assert figure["pixels"] == [round(width * DPI), round(height * DPI)]
         pixels = matplotlib.image.imread(out / figure["png"])
         assert pixels.shape == (figure["pixels"][1], figure["pixels"][0], 4), name
         assert pixels[..., :3].std() > 0.05, f"{name}.png is blank"

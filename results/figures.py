@@ -12,8 +12,9 @@
                                    number of the method alone in black, the others (another backbone or
                                    protocol) dashed grey
 
-collect_results.py gathers the numbers (its tables' rows); this module only draws them. A figure without
-data is not written. Every figure has a fixed size in inches (below) at visualize.DPI.
+results/figure_data.py gathers the numbers (the tables' rows); this module only draws them. A figure without
+data is not written. Every figure has a fixed size in inches (below) at DPI; scripts/visualize.py draws and
+saves its figures with the same new_figure() and save().
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -33,15 +35,30 @@ from matplotlib.ticker import MaxNLocator
 
 from core.errors import RunDirError
 from engine.output_paths import check_output_dir
-from visualize import DPI, FORMATS, new_figure, save
 
-__all__ = ["DPI", "FORMATS", "Curve", "Curves", "Heatmap", "Bar", "Bars", "seed_band",
-           "write_figures", "CURVES_SIZE", "HEATMAP_SIZE", "bars_size"]
-
+DPI = 100
+FORMATS = ("png", "pdf")
 CURVES_SIZE = (7.0, 4.4)
 HEATMAP_SIZE = (11.0, 4.6)
 BARS_HEIGHT = 4.6
 MISSING_COLOR = "0.85"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of exactly width x height inches at DPI, rendered by Agg (no display needed)."""
+    figure = Figure(figsize=(round(width, 2), round(height, 2)), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, out: Path, name: str) -> dict:
+    """Write ``figure`` as out/name.png and .pdf; the file names, size and resolution written."""
+    for suffix in FORMATS:
+        # No creation date in the PDF: the same inputs give the same file.
+        figure.savefig(out / f"{name}.{suffix}", dpi=DPI, metadata={"CreationDate": None} if suffix == "pdf" else None)
+    width, height = figure.get_size_inches()
+    return {**{suffix: f"{name}.{suffix}" for suffix in FORMATS}, "figsize_inches": [float(width), float(height)],
+            "dpi": DPI, "pixels": [round(width * DPI), round(height * DPI)]}
 
 
 def bars_size(groups: int) -> tuple[float, float]:
