@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import forkserver
 from conftest import REPO, read_metrics, run_train, train_env
 from data.device_loader import DeviceTrainLoader
+from data.plans.plain import PlainPlan
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext, choose_device
@@ -220,8 +221,8 @@ def test_ranks_together_train_on_the_one_process_batches():
     labels = torch.arange(257)  # odd: one sample sits out of the 2-process epoch
 
     def batches(batch_size, rank=0, world_size=1):
-        loader = DeviceTrainLoader(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size, "cpu", seed=3, rank=rank,
-                                   world_size=world_size)
+        loader = DeviceTrainLoader(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size, "cpu", 3, PlainPlan(),
+                                   rank=rank, world_size=world_size)
         loader.set_epoch(2)
         return list(loader)
 

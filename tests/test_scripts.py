@@ -308,7 +308,7 @@ def test_reproduce_skips_finished_runs_and_compresses_a_quick_pass(tmp_path):
     (["--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
     (["--set", "train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     (["--set", "loss.tffd.lambda_intra=-1"], "loss.tffd.lambda_intra must be >= 0, got -1"),
-    (["--set", "loss.terms=[ce,dlb,cs_kd]"], "dlb and cs_kd each compose the training batch in their own way"),
+    (["--set", "loss.terms=[ce,dlb,cs_kd]"], "(loss.dlb needs last_batch, loss.cs_kd needs class_pairs)"),
     (["--set", "train.lr=0.1", "--set", " train.lr=0.2"], "--set ' train.lr=0.2': train.lr is set already"),
     (["--set", "seed=3"], "--set 'seed=3': seed is set already"),
     (["--epochs", "2", "--set", "loss.tffd.warmup_epochs=1"], "loss.tffd.warmup_epochs is set already"),
@@ -336,9 +336,9 @@ def _assert_rejected(script: str, args: list[str], message: str, root: Path) -> 
      "--grid names loss.tffd.lambda_intra twice"),
     (["--grid", "train.lr=0.1", "--grid", "train.lr=0.2"], "--grid names train.lr twice"),
     (["--grid", "train.lr=0.1,0.05,0.1"], "--grid train.lr lists 0.1 twice"),
-    (["--grid", "loss.terms=[ce,dlb],[ce,dlb,cs_kd]"], "dlb and cs_kd each compose the training batch"),
+    (["--grid", "loss.terms=[ce,dlb],[ce,dlb,cs_kd]"], "(loss.dlb needs last_batch, loss.cs_kd needs class_pairs)"),
     (["--grid", "batch.transforms=[mixup],[cutmix]", "loss.terms=[ce,mixskd]"],
-     "loss.mixskd mixes its own batch, and batch.transforms ['mixup'] would mix across it"),
+     "batch plan mix_pairs (loss.mixskd needs it) pairs the images of its batch, and batch.transforms ['mixup']"),
 ])
 def test_sweep_rejects_bad_grids_before_launching_anything(args, message, tmp_path, capfd):
     root = tmp_path / "sweep"
@@ -689,8 +689,8 @@ def test_selfkd_dry_run_lists_every_method_alone_and_with_tffd_per_seed_on_a_sca
     (["--seeds", "0-2"], "error: --seeds takes a list like 0,1,2, got '0-2'"),
     (["--root"], "error: --root needs a value (see --help)"),
     (["--bogus"], "error: unknown option --bogus (see --help)"),
-    (["--methods", "mixskd", "--set", "batch.transforms=[cutmix]"], "loss.mixskd mixes its own batch"),
-    (["--methods", "dlb", "--set", "loss.terms=[ce,dlb,ddgsd]"], "dlb and ddgsd each compose the training batch"),
+    (["--methods", "mixskd", "--set", "batch.transforms=[cutmix]"], "batch plan mix_pairs (loss.mixskd needs it) pairs the images"),
+    (["--methods", "dlb", "--set", "loss.terms=[ce,dlb,ddgsd]"], "(loss.dlb needs last_batch, loss.ddgsd needs two_views)"),
     (["--epochs", "2", "--set", "train.epochs=3"], "--set 'train.epochs=3': train.epochs is set already"),
 ])
 def test_selfkd_rejects_bad_options_before_launching_anything(args, message, tmp_path):
