@@ -49,26 +49,25 @@ from pathlib import Path
 
 from tabulate import DataRow, Line, TableFormat, tabulate
 
-from paper_numbers import (BASELINE, IJCNN_TABLE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, Published, ijcnn_published,
-                           paper_cells, paper_source, paper_top1, references, selfkd_published)
+from engine.checkpoint import atomic_write
+from engine.output_paths import check_output_dir, check_output_file, kind_of
+from engine.cli import exit_with
+from engine.config import ExperimentConfig, config_from_dict
+from core.errors import ConfigError, RunDirError, UserError
+from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics
+from engine.trainer import hparams_of
+from core.typed_config import all_keys
+from core.yaml_files import read_yaml
+from data.augmentations import AUGMENTATIONS
+from data.batch_transforms import BATCH_TRANSFORMS
+from losses import LOSSES
+from scripts import plots
+from scripts.paper_numbers import (BASELINE, IJCNN_TABLE, KD, KD_TFFD, METHODS, SELFKD_NAMES, TFFD, Published,
+                                   ijcnn_published, paper_cells, paper_source, paper_top1, references,
+                                   selfkd_published)
+from scripts.protocols import file_settings, tffd_protocol
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import plots  # noqa: E402
-from protocols import file_settings, tffd_protocol  # noqa: E402
-from engine.checkpoint import atomic_write  # noqa: E402
-from engine.output_paths import check_output_dir, check_output_file, kind_of  # noqa: E402
-from engine.cli import exit_with  # noqa: E402
-from engine.config import ExperimentConfig, config_from_dict  # noqa: E402
-from core.errors import ConfigError, RunDirError, UserError  # noqa: E402
-from engine.run_dir import CONFIG_FILE, RESUME_MAY_CHANGE, read_metrics  # noqa: E402
-from engine.trainer import hparams_of  # noqa: E402
-from core.typed_config import all_keys  # noqa: E402
-from core.yaml_files import read_yaml  # noqa: E402
-from data.augmentations import AUGMENTATIONS  # noqa: E402
-from data.batch_transforms import BATCH_TRANSFORMS  # noqa: E402
-from losses import LOSSES  # noqa: E402
 
 METHOD_OF_TERMS = {
     frozenset({"ce"}): BASELINE, frozenset({"ce", "tffd"}): TFFD,

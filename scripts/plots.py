@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from core.errors import RunDirError
 from engine.output_paths import check_output_dir
-from visualize import DPI, FORMATS, new_figure, save
+from scripts.visualize import DPI, FORMATS, new_figure, save
 
 __all__ = ["DPI", "FORMATS", "Curve", "Curves", "Heatmap", "Bar", "Bars", "seed_band",
            "write_figures", "CURVES_SIZE", "HEATMAP_SIZE", "bars_size"]

@@ -7,8 +7,6 @@ run is recognised by its training and data keys alone and a Tf-FD run by its lam
 schedule (train.epochs, train.milestones) is not compared when the epochs differ: that is a quick pass of the
 protocol (reproduce_cifar100.sh --epochs N), and is named so. A run that follows none is named "neither", with
 the keys where it departs from the closest protocol.
-
-collect_results.py imports this module after putting the repository on sys.path.
 """
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ import torch
 import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # One intra-op thread in the tests' own process too, as in their training subprocesses (train_env): the
 # tensors are tiny, and two OpenMP threads that wait for each other at every op make the in-process

@@ -20,17 +20,14 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from engine.cli import status_of  # noqa: E402
-from engine.checkpoint import unwrap  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+import train
+from engine.cli import status_of
+from engine.checkpoint import unwrap
+from engine.trainer import Trainer
 
 
 def replica_max_abs_diff(tensors) -> float:

@@ -21,11 +21,8 @@ from conftest import REPO, SMOKE, fake_run, read_metrics, run_train, train_env
 from engine.cli import status_of
 from engine.config import load_config
 from core.typed_config import to_dict
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
-import evaluate as evaluate_script  # noqa: E402
-import sweep  # noqa: E402
+from scripts import collect_results, sweep
+from scripts import evaluate as evaluate_script
 
 ONE_EPOCH = [*SMOKE, "data.num_train=256", "data.num_test=128", "train.epochs=1"]
 STUDENTS = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2", "resnet8x4": "resnet32x4",
