@@ -1,17 +1,16 @@
 """Every published number of scripts/paper_numbers.py shows in collect_results.py's tables, beside the rows of
 its backbone and method, with the note that names its source: run directories written by hand (config.yaml +
-metrics.json; nothing is trained) for every config those numbers match, collected in a subprocess."""
+metrics.json; nothing is trained) for every config those numbers match, collected by collect_results.main."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, fake_run, train_env
+from conftest import fake_run
+from in_process import run_main
+from scripts import collect_results, paper_numbers
 
 PREACT = ["model.name=preact_resnet18"]
 CALIBRATION = {"best_ece": 3.0, "last_ece": 3.5, "best_nll": 1.0, "last_nll": 1.1, "best_aurc": 60.0,
@@ -33,18 +32,9 @@ RUNS = [  # (run directory, config, overrides): a run for each cell a published 
 ]
 
 
-def paper_numbers():
-    """scripts/paper_numbers.py (a script's module, not a package's), imported once."""
-    if "paper_numbers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("paper_numbers", REPO / "scripts" / "paper_numbers.py")
-        sys.modules["paper_numbers"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["paper_numbers"])
-    return sys.modules["paper_numbers"]
-
-
 def every_number() -> list:
     """Every published number that belongs to a backbone of ours, as (method label, Published)."""
-    numbers = paper_numbers()
+    numbers = paper_numbers
     entries = [(f"{name}{suffix}", number) for table, suffix in ((numbers.SELFKD_PUBLISHED, ""),
                                                                   (numbers.IMAGENET_PUBLISHED, ""),
                                                                   (numbers.SELFKD_PUBLISHED_TFFD, " + Tf-FD"),
@@ -60,9 +50,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
     for name, config, overrides in RUNS:
         fake_run(root / name / "seed0", f"configs/{config}", overrides, 70.0, 70.5, **CALIBRATION)
-    out = subprocess.run([sys.executable, "scripts/collect_results.py", str(root), "--metrics", "ece,nll,aurc",
-                          "--csv", str(root / "table.csv")], cwd=REPO, env=train_env(), capture_output=True,
-                         text=True, check=True).stdout
+    out = run_main(collect_results.main, [str(root), "--metrics", "ece,nll,aurc", "--csv", str(root / "table.csv")],
+                   check=True).stdout
     return out, list(csv.DictReader((root / "table.csv").open()))
 
 
@@ -108,10 +97,10 @@ def test_the_paper_table_has_wrn_40_1_and_the_ijcnn_numbers_beside_like_for_like
     assert re.search(r"\| 73\.08 \[\d+\]; 73\.09 \[\d+\] \|", lines[("wrn_40_1", "Tf-FD")])
     assert "| 74.46 [" in lines[("wrn_40_1", "KD+Tf-FD")] and "†" not in lines[("wrn_40_1", "KD+Tf-FD")]
     by_cell = {(row["dataset"], row["model"], row["method"]): row for row in rows}
-    for model, method, _, top1 in paper_numbers().paper_cells():  # the paper column: the poster's or CRD's
+    for model, method, _, top1 in paper_numbers.paper_cells():  # the paper column: the poster's or CRD's
         assert float(by_cell[("cifar100", model, method)]["paper"]) == top1
-        assert by_cell[("cifar100", model, method)]["paper_source"] == paper_numbers().paper_source(model)
-        assert f"paper: {paper_numbers().paper_source(model)}." in out
+        assert by_cell[("cifar100", model, method)]["paper_source"] == paper_numbers.paper_source(model)
+        assert f"paper: {paper_numbers.paper_source(model)}." in out
     wrn = by_cell[("cifar100", "wrn_40_1", "Baseline")]
     assert float(wrn["paper"]) == 71.98 and wrn["paper_source"].startswith("CRD benchmark README")
     assert by_cell[("cifar100", "wrn_16_2", "Tf-FD")]["published_other"].startswith("74.39 (Tf-FD's IJCNN")
@@ -157,7 +146,6 @@ def test_published_combinations_with_tffd_are_like_for_like_under_their_own_prot
 def test_a_tffd_row_under_the_released_protocol_marks_the_ijcnn_number_not_like_for_like(tmp_path):
     fake_run(tmp_path / "resnet20_tffd_released" / "seed0", "configs/cifar100/resnet20_tffd_released.yaml", [], 70.0,
              70.5)
-    out = subprocess.run([sys.executable, "scripts/collect_results.py", str(tmp_path)], cwd=REPO, env=train_env(),
-                         capture_output=True, text=True, check=True).stdout
+    out = run_main(collect_results.main, [str(tmp_path)], check=True).stdout
     row = next(line for line in out.splitlines() if line.startswith("| resnet20 | Tf-FD |"))
     assert re.search(r"\| 70\.56 \[\d+\]† \|", row) and "| released code, README λ: batch 128" in row, row

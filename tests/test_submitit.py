@@ -251,7 +251,7 @@ def _call(function, errors: list) -> None:
 
 
 def test_sweep_and_reproduce_take_the_executor_options(tmp_path, slurm, capfd):
-    import sweep
+    from scripts import sweep
 
     submissions, _ = slurm
     root = tmp_path / "sweep"
