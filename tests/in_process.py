@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,10 @@ def run_main(main: Callable[[list[str]], int], argv: list[str], check: bool = Fa
     status is the command's: a ``UserError``'s one line and code, argparse's usage error (2), and a bug's
     traceback on stderr with status 1, as the interpreter prints it."""
     out, err = io.StringIO(), io.StringIO()
-    with process_state_kept(), redirect_stdout(out), redirect_stderr(err):
+    with process_state_kept(), redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+        # torchrun's error handler (engine/cli.py's record_bugs) enables faulthandler on stderr: this one has
+        # no file descriptor, and a fault would end the test session anyway.
+        warnings.filterwarnings("ignore", message="Unable to enable fault handler")
         os.chdir(REPO)
         for name in TORCHRUN_VARIABLES:
             os.environ.pop(name, None)
