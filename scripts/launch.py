@@ -367,14 +367,14 @@ def check_executor_options(args: argparse.Namespace) -> None:
         try:
             import submitit  # noqa: F401
         except ImportError:
-            raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+            raise UserError("--executor slurm needs submitit: pip install -e . (requirements.txt lists it)") from None
 
 
 def _submit_to_slurm(jobs: list[Job], args: argparse.Namespace) -> int:
     try:
         from scripts import submit_slurm
     except ImportError:  # submitit missing: a dry run still shows the plan's commands
-        raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+        raise UserError("--executor slurm needs submitit: pip install -e . (requirements.txt lists it)") from None
     return submit_slurm.submit_jobs(jobs, args, is_finished)
 
 
