@@ -12,8 +12,8 @@
   ``nan``: the loss term returns NaN;
   ``fail``: the loss term raises an exception.
 
-Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``; tests that
-need a fault in one process put ``probed_fit`` in place themselves (monkeypatch) and run ``train.main``.
+Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``; the tests'
+one-process runs take the same faults in their own process (conftest.run_train_with_fault).
 """
 from __future__ import annotations
 
