@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with Python 3 and make:
-#   make quickstart   create .venv, install requirements.txt, train the offline quickstart
-#   make test         create .venv, install requirements-dev.txt, run the test suite (what CI runs)
+#   make quickstart   create .venv, install the project (pip install -e .: requirements.txt and the repo's
+#                     own packages), train the offline quickstart
+#   make test         create .venv, install requirements-dev.txt (the same, plus pytest), run the test suite
+#                     (what CI runs)
 # PYTHON picks the interpreter that creates the venv (default python3).
 PYTHON ?= python3
 VENV := .venv
@@ -14,12 +16,12 @@ quickstart: $(VENV)/.requirements
 test: $(VENV)/.requirements-dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
-# A stamp per requirements file: reinstalled only when the file changes.
-$(VENV)/.requirements: requirements.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+# A stamp per install: redone only when what it installs from changes.
+$(VENV)/.requirements: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.requirements-dev: requirements-dev.txt requirements.txt | $(BIN)/python
+$(VENV)/.requirements-dev: requirements-dev.txt requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.requirements
 

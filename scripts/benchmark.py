@@ -39,24 +39,22 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from data import build_dataset, build_loaders
+from engine.builder import build_experiment
+from engine.checkpoint import unwrap
+from engine.cli import exit_with
+from engine.config import load_config
+from engine.distributed import DistContext, choose_device
+from engine.output_paths import check_output_file
+from core.errors import ConfigError
+from engine.step import apply_gradients, compute_losses
+from losses import StepOutput
+from losses.base import epoch_tensor
+from losses.tffd import TeacherFreeFD
+from models import MODELS, build_model
+from scripts.released_tffd import ReleasedTfFD
 
-from data import build_dataset, build_loaders  # noqa: E402
-from engine.builder import build_experiment  # noqa: E402
-from engine.checkpoint import unwrap  # noqa: E402
-from engine.cli import exit_with  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.distributed import DistContext, choose_device  # noqa: E402
-from engine.output_paths import check_output_file  # noqa: E402
-from core.errors import ConfigError  # noqa: E402
-from engine.step import apply_gradients, compute_losses  # noqa: E402
-from losses import StepOutput  # noqa: E402
-from losses.base import epoch_tensor  # noqa: E402
-from losses.tffd import TeacherFreeFD  # noqa: E402
-from models import MODELS, build_model  # noqa: E402
-from released_tffd import ReleasedTfFD  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METHODS = ("ce", "tffd", "tffd_released", "kd", "kd_tffd")
 EAGER = "/eager"  # the key of a method's eager twin, timed beside its compiled step (--compile)

@@ -30,21 +30,18 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from core.errors import RunDirError  # noqa: E402
-from engine.checkpoint import atomic_write  # noqa: E402
-from engine.cli import exit_with  # noqa: E402
-from engine.output_paths import check_output_dir, check_output_file, kind_of  # noqa: E402
-from engine.run_dir import CONFIG_FILE  # noqa: E402
-from results import figures  # noqa: E402
-from results.aggregate import collect_rows  # noqa: E402
-from results.figure_data import bar_figures, curve_figures, sweep_heatmaps  # noqa: E402
-from results.numbers import ACC1, METRICS, parse_metrics  # noqa: E402
-from results.render_csv import csv_text  # noqa: E402
-from results.report import FORMATS, report_text  # noqa: E402
-from results.runs import find_runs  # noqa: E402
+from core.errors import RunDirError
+from engine.checkpoint import atomic_write
+from engine.cli import exit_with
+from engine.output_paths import check_output_dir, check_output_file, kind_of
+from engine.run_dir import CONFIG_FILE
+from results import figures
+from results.aggregate import collect_rows
+from results.figure_data import bar_figures, curve_figures, sweep_heatmaps
+from results.numbers import ACC1, METRICS, parse_metrics
+from results.render_csv import csv_text
+from results.report import FORMATS, report_text
+from results.runs import find_runs
 
 
 def write_file(path: Path, text: str, flag: str) -> None:

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.cli import exit_with  # noqa: E402
-from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained  # noqa: E402
-from engine.trainer import evaluate  # noqa: E402
+from engine.cli import exit_with
+from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained
+from engine.trainer import evaluate
 
 
 def evaluate_checkpoint(checkpoint: Path, config_path: Path | None, overrides: list[str]) -> dict:

@@ -39,15 +39,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from core.errors import RunDirError, UserError
+from engine.cli import exit_with
+from engine.builder import check_terms_combine
+from engine.config import load_config
+from engine.output_paths import check_output_dir, check_output_file
+from engine.run_dir import RunLock, read_metrics
 
-from core.errors import RunDirError, UserError  # noqa: E402
-from engine.cli import exit_with  # noqa: E402
-from engine.builder import check_terms_combine  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.output_paths import check_output_dir, check_output_file  # noqa: E402
-from engine.run_dir import RunLock, read_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TRAIN = REPO / "train.py"
 POLL_SECONDS = 0.5  # how often finished jobs are noticed; polling costs nothing measurable
@@ -368,14 +367,14 @@ def check_executor_options(args: argparse.Namespace) -> None:
         try:
             import submitit  # noqa: F401
         except ImportError:
-            raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+            raise UserError("--executor slurm needs submitit: pip install -e . (requirements.txt lists it)") from None
 
 
 def _submit_to_slurm(jobs: list[Job], args: argparse.Namespace) -> int:
     try:
-        import submit_slurm
+        from scripts import submit_slurm
     except ImportError:  # submitit missing: a dry run still shows the plan's commands
-        raise UserError("--executor slurm needs submitit: pip install -r requirements.txt") from None
+        raise UserError("--executor slurm needs submitit: pip install -e . (requirements.txt lists it)") from None
     return submit_slurm.submit_jobs(jobs, args, is_finished)
 
 

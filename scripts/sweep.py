@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
-from launch import Job, add_launch_options, launch_from_args
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.cli import exit_with  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from engine.output_paths import check_output_dir  # noqa: E402
-from engine.run_dir import default_run_dir, overrides_name  # noqa: E402
+from core.errors import UserError
+from engine.cli import exit_with
+from engine.output_paths import check_output_dir
+from engine.run_dir import default_run_dir, overrides_name
+from scripts.launch import Job, add_launch_options, launch_from_args
 
 
 def split_values(text: str) -> list[str]:

@@ -25,28 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+import torch.nn.functional as F
+import matplotlib
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import matplotlib  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from core.errors import CheckpointError, ConfigError, RunDirError  # noqa: E402
-from engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
-from engine.cli import exit_with  # noqa: E402
-from engine.output_paths import check_output_dir  # noqa: E402
-from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained  # noqa: E402
-from losses.tffd import channel_salience, salience_order, salient_and_redundant  # noqa: E402
-from models import build_model  # noqa: E402
-from results.figures import FORMATS, new_figure, save  # noqa: E402  (shared with collect_results.py --plots)
+from core.errors import CheckpointError, ConfigError, RunDirError
+from engine.checkpoint import load_checkpoint, load_model_weights
+from engine.cli import exit_with
+from engine.output_paths import check_output_dir
+from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained
+from losses.tffd import channel_salience, salience_order, salient_and_redundant
+from models import build_model
+from results.figures import FORMATS, new_figure, save  # shared with collect_results.py --plots
 
 JSON_FILE = "features.json"
 FIGURE_NAMES = ("salience", "similarity", "maps", "maps_compare")  # the last with --compare only

@@ -1,7 +1,7 @@
-"""Shared test helpers: run train.py in a subprocess, read run directories.
+"""Shared test helpers: train.py run in this process (``train.main``) or, for the tests that signal it, as
+a process of its own; run directories written and read.
 
-The subprocesses are forked from tests/forkserver.py, which has imported train.py once, instead of
-starting a fresh interpreter each (``TESTS_FORKSERVER=0`` starts fresh ones)."""
+Every test gets back the process-wide state that it, or a run in it, changed (tests/in_process.py)."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import forkserver
+import ddp_probe
+import train
+from engine.trainer import Trainer
+from in_process import REPO, Finished, process_state_kept, run_main
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-# One intra-op thread in the tests' own process too, as in their training subprocesses (train_env): the
-# tensors are tiny, and two OpenMP threads that wait for each other at every op make the in-process
-# tests 3-4 times slower whenever another process holds one of a 2-core machine's cores.
+# One intra-op thread, as in the training subprocesses (train_env): the tensors are tiny, and two OpenMP
+# threads that wait for each other at every op make the tests 3-4 times slower whenever another process
+# holds one of a 2-core machine's cores.
 torch.set_num_threads(1)
 
 # A fast, learnable training setup on the synthetic dataset (seconds on a 2-core CPU).
@@ -31,30 +31,47 @@ SMOKE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _process_state_given_back():
+    with process_state_kept():
+        yield
+
+
+def train_args(*args: str, config: str = "configs/quickstart.yaml") -> list[str]:
+    return ["--config", str(REPO / config), *args]
+
+
+def run_train(*args: str, config: str = "configs/quickstart.yaml", check: bool = False) -> Finished:
+    """``python train.py --config CONFIG ARGS...`` from the repository root, run in this process."""
+    return run_main(train.main, train_args(*args, config=config), check=check)
+
+
+def run_train_with_fault(fault: str, step: int, *args: str, config: str = "configs/quickstart.yaml") -> Finished:
+    """run_train with tests/ddp_probe.py's ``fault`` (sigterm: the process signals itself; nan: a NaN loss;
+    fail: an exception) at the ``step``-th training step; the next run has none."""
+    fit = Trainer.fit
+    Trainer.fit = ddp_probe.probed_fit(fit, fault, rank=0, step=step)
+    try:
+        return run_train(*args, config=config)
+    finally:
+        Trainer.fit = fit
+
+
 def train_env() -> dict:
+    """The environment of a real train.py process: one thread, unbuffered, outside torchrun."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     return env
 
 
 def train_command(*args: str, config: str = "configs/quickstart.yaml") -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), *args]
+    return [sys.executable, str(REPO / "train.py"), *train_args(*args, config=config)]
 
 
 def start_train(*args: str, config: str = "configs/quickstart.yaml") -> subprocess.Popen:
-    """Start train.py without waiting (to signal it mid-run); stdout and stderr are text pipes."""
-    return forkserver.popen(train_command(*args, config=config), cwd=REPO, env=train_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_train(*args: str, config: str = "configs/quickstart.yaml", timeout: float = 300,
-              check: bool = False) -> subprocess.CompletedProcess:
-    """``python train.py --config CONFIG ARGS...`` from the repository root."""
-    command = train_command(*args, config=config)
-    result = forkserver.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"train.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    """train.py as a process of its own, not waited for (to signal it mid-run); stdout and stderr are text pipes."""
+    return subprocess.Popen(train_command(*args, config=config), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def fake_run(run_dir: Path, config: str, overrides: list[str], last: float | None, best: float | None,

@@ -12,7 +12,8 @@
   ``nan``: the loss term returns NaN;
   ``fail``: the loss term raises an exception.
 
-Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``.
+Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``; the tests'
+one-process runs take the same faults in their own process (conftest.run_train_with_fault).
 """
 from __future__ import annotations
 
@@ -20,17 +21,14 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from engine.cli import status_of  # noqa: E402
-from engine.checkpoint import unwrap  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+import train
+from engine.cli import status_of
+from engine.checkpoint import unwrap
+from engine.trainer import Trainer
 
 
 def replica_max_abs_diff(tensors) -> float:
@@ -60,8 +58,8 @@ def injection(kind: str, rank: int, step: int):
     return hook
 
 
-def install(inject: str | None, rank: int, step: int) -> None:
-    fit = Trainer.fit
+def probed_fit(fit, inject: str | None, rank: int, step: int):
+    """``Trainer.fit`` (given as ``fit``) with the injection, then the replicas compared."""
 
     def fit_then_compare(self):
         if inject and self.dist.rank == rank:
@@ -75,7 +73,7 @@ def install(inject: str | None, rank: int, step: int) -> None:
             print(f"probe: replica max abs diff: parameters {parameters!r} buffers {buffers!r}", flush=True)
         return code
 
-    Trainer.fit = fit_then_compare
+    return fit_then_compare
 
 
 def main() -> int:
@@ -85,7 +83,7 @@ def main() -> int:
     parser.add_argument("--step", type=int, default=1)
     probe, train_args = parser.parse_known_args()
     print(f"probe: rank {os.environ.get('RANK', '0')} pid {os.getpid()}", flush=True)
-    install(probe.inject, probe.rank, probe.step)
+    Trainer.fit = probed_fit(Trainer.fit, probe.inject, probe.rank, probe.step)
     return status_of(train.main, train_args)
 
 

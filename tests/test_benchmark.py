@@ -5,17 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
 from engine.meters import DeviceMeter
 from engine.cli import status_of
-
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+from scripts import benchmark
 
 TINY = ["--batch-size", "8", "--image-size", "16", "--num-classes", "10", "--teacher", "resnet20", "--rounds", "2",
         "--steps", "1", "--warmup", "1", "--loader-images", "64", "--workers", "0", "--device", "cpu"]

@@ -71,12 +71,12 @@ def test_aurc_extremes():
 # ---------------------------------------------------------------- in a run: metrics.json, TensorBoard, evaluate.py
 def test_every_evaluation_reports_nll_ece_and_aurc(tmp_path):
     import json
-    import subprocess
-    import sys
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from conftest import REPO, SMOKE, read_metrics, run_train, train_env
+    from conftest import SMOKE, read_metrics, run_train
+    from in_process import run_main
+    from scripts import evaluate
 
     run_dir = tmp_path / "run"
     result = run_train(*SMOKE, "--run-dir", str(run_dir), check=True)
@@ -94,9 +94,7 @@ def test_every_evaluation_reports_nll_ece_and_aurc(tmp_path):
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
     assert events.Scalars("test/ece")[-1].value == pytest.approx(metrics["last_ece"], rel=1e-6)
     # scripts/evaluate.py on best.pt: the best epoch's numbers.
-    evaluated = subprocess.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(run_dir / "best.pt"), "--json"],
-                               cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    evaluated = run_main(evaluate.main, [str(run_dir / "best.pt"), "--json"], check=True)
     figures = json.loads(evaluated.stdout)
     for key in ("nll", "ece", "aurc"):
         assert figures[key] == pytest.approx(metrics[f"best_{key}"], rel=1e-5, abs=1e-6), key

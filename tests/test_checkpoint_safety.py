@@ -7,16 +7,16 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import sys
 
-import forkserver
 import pytest
 import torch
-from conftest import REPO, SMOKE, run_train, train_env
+from conftest import REPO, SMOKE, run_train
+from in_process import run_main
 
 import train
 from engine.cli import status_of
 from models import build_model
+from scripts import evaluate
 
 TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.batch_size=32", "train.epochs=1"]
 
@@ -85,9 +85,7 @@ def test_a_last_checkpoint_that_needs_arbitrary_unpickling_is_refused(tmp_path, 
 def test_evaluate_refuses_a_checkpoint_that_needs_arbitrary_unpickling(tmp_path, kind):
     path, marker = tmp_path / "weights.pt", tmp_path / "marker"
     WRITERS[kind](path, marker)
-    result = forkserver.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(path), "--config",
-                             str(REPO / "configs/quickstart.yaml"), *TINY], cwd=REPO, env=train_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = run_main(evaluate.main, [str(path), "--config", str(REPO / "configs/quickstart.yaml"), *TINY])
     assert_refused_for_safety(result.returncode, result.stderr, path, marker, CALLS[kind])
 
 

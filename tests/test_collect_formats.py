@@ -6,17 +6,14 @@ import csv
 import io
 import re
 import statistics
-import sys
 
 import matplotlib.image
 import pytest
 
-from conftest import REPO, fake_run
+from conftest import fake_run
 from engine.cli import status_of
 from results import figures
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
+from scripts import collect_results
 
 CE = "configs/cifar100/resnet20_ce.yaml"
 SWEEP = {(1e-4, 5e-4): 72.0, (8e-4, 5e-4): 73.0, (1e-4, 5e-3): 73.0, (8e-4, 5e-3): 71.0}  # best-epoch top-1

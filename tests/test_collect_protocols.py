@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 
 import pytest
 
-from conftest import REPO, fake_run
+from conftest import fake_run
 from engine.cli import status_of
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
+from scripts import collect_results
 
 PAPER, RELEASED, README = "paper (CRD)", "released code", "released code, README λ"
 # run directory -> (config, overrides, the protocol its row is labelled with)

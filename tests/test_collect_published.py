@@ -1,17 +1,17 @@
 """Every published number of results/published.py shows in collect_results.py's tables, beside the rows of
 its backbone and method, with the note that names its source: run directories written by hand (config.yaml +
-metrics.json; nothing is trained) for every config those numbers match, collected in a subprocess."""
+metrics.json; nothing is trained) for every config those numbers match, collected by collect_results.main."""
 from __future__ import annotations
 
 import csv
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, fake_run, train_env
+from conftest import fake_run
+from in_process import run_main
 from results import published
+from scripts import collect_results
 
 PREACT = ["model.name=preact_resnet18"]
 CALIBRATION = {"best_ece": 3.0, "last_ece": 3.5, "best_nll": 1.0, "last_nll": 1.1, "best_aurc": 60.0,
@@ -50,9 +50,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
     for name, config, overrides in RUNS:
         fake_run(root / name / "seed0", f"configs/{config}", overrides, 70.0, 70.5, **CALIBRATION)
-    out = subprocess.run([sys.executable, "scripts/collect_results.py", str(root), "--metrics", "ece,nll,aurc",
-                          "--csv", str(root / "table.csv")], cwd=REPO, env=train_env(), capture_output=True,
-                         text=True, check=True).stdout
+    out = run_main(collect_results.main, [str(root), "--metrics", "ece,nll,aurc", "--csv", str(root / "table.csv")],
+                   check=True).stdout
     return out, list(csv.DictReader((root / "table.csv").open()))
 
 
@@ -147,7 +146,6 @@ def test_published_combinations_with_tffd_are_like_for_like_under_their_own_prot
 def test_a_tffd_row_under_the_released_protocol_marks_the_ijcnn_number_not_like_for_like(tmp_path):
     fake_run(tmp_path / "resnet20_tffd_released" / "seed0", "configs/cifar100/resnet20_tffd_released.yaml", [], 70.0,
              70.5)
-    out = subprocess.run([sys.executable, "scripts/collect_results.py", str(tmp_path)], cwd=REPO, env=train_env(),
-                         capture_output=True, text=True, check=True).stdout
+    out = run_main(collect_results.main, [str(tmp_path)], check=True).stdout
     row = next(line for line in out.splitlines() if line.startswith("| resnet20 | Tf-FD |"))
     assert re.search(r"\| 70\.56 \[\d+\]† \|", row) and "| released code, README λ: batch 128" in row, row

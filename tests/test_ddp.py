@@ -18,8 +18,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import forkserver
 from conftest import REPO, read_metrics, run_train, train_env
+from in_process import Finished
 from data.device_loader import DeviceTrainLoader
 from data.plans.plain import PlainPlan
 from engine.builder import build_experiment
@@ -47,9 +47,8 @@ CURVE_TOLERANCE = 0.04  # mean over all 16 steps: measured 0.7-2.0%; another see
 
 def launch(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``command`` in its own process group; on timeout kill the whole group (torchrun and its
-    workers) and fail, so a hang can never outlive the test. ``python -m torch.distributed.run`` is
-    forked from tests/forkserver.py; its workers are fresh interpreters, as torchrun starts them."""
-    process = forkserver.popen(command, cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
+    workers) and fail, so a hang can never outlive the test."""
+    process = subprocess.Popen(command, cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=TIMEOUT)
@@ -91,7 +90,7 @@ def train_loss_curve(run_dir: Path) -> dict[int, float]:
     return {event.step: event.value for event in events.Scalars("train/loss")}
 
 
-def assert_finished(result: subprocess.CompletedProcess, run_dir: Path) -> dict:
+def assert_finished(result: subprocess.CompletedProcess | Finished, run_dir: Path) -> dict:
     assert result.returncode == 0, result.stdout[-4000:]
     metrics = read_metrics(run_dir)
     assert metrics["finished"] and metrics["epochs_done"] == 2
@@ -120,7 +119,7 @@ def two_process_run(tmp_path_factory, kd_tffd):
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory, kd_tffd):
     run_dir = tmp_path_factory.mktemp("single") / "run"
-    result = run_train(*kd_tffd, "--run-dir", str(run_dir), config=CONFIG, timeout=TIMEOUT)
+    result = run_train(*kd_tffd, "--run-dir", str(run_dir), config=CONFIG)
     return run_dir, result
 
 

@@ -4,14 +4,14 @@ with parameters (BYOT's heads, whose gradients DDP must reduce), per-sample stat
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, run_train, train_env
+from conftest import REPO, run_train
 from engine.checkpoint import load_checkpoint
-from test_ddp import (CONFIG, FIRST_STEP_TOLERANCE, SMALL, STEPS_PER_EPOCH, TIMEOUT, assert_finished, dist_train,
+from in_process import run_main
+from scripts import evaluate
+from test_ddp import (CONFIG, FIRST_STEP_TOLERANCE, SMALL, STEPS_PER_EPOCH, assert_finished, dist_train,
                       replica_differences, torchrun_probe, train_loss_curve)
 
 STATEFUL = [*SMALL, "loss.terms=[ps_kd,byot,dlb]", "--config", str(REPO / CONFIG)]
@@ -21,7 +21,7 @@ HISTORY_KEYS = ("train_loss", "train_ps_kd", "train_byot_kd", "train_dlb", "test
 def test_cs_kd_pairs_each_ranks_anchors_like_the_one_process_run(tmp_path):
     args = [*SMALL, "loss.terms=[ce,cs_kd,tffd]"]
     two = dist_train(*args, "--run-dir", str(tmp_path / "two"))
-    one = run_train(*args, "--run-dir", str(tmp_path / "one"), config=CONFIG, timeout=TIMEOUT)
+    one = run_train(*args, "--run-dir", str(tmp_path / "one"), config=CONFIG)
     metrics = assert_finished(two, tmp_path / "two")
     assert_finished(one, tmp_path / "one")
     assert "train_cs_kd" in metrics["history"][-1] and metrics["world_size"] == 2
@@ -30,9 +30,7 @@ def test_cs_kd_pairs_each_ranks_anchors_like_the_one_process_run(tmp_path):
     assert abs(first_two - first_one) / first_one <= FIRST_STEP_TOLERANCE, (first_two, first_one)
     # Calibration is summed exactly over the ranks' test shards: one process evaluating best.pt on the
     # whole test set gets the best epoch's ECE and AURC (an average of per-rank ECEs would not).
-    evaluated = subprocess.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(tmp_path / "two" / "best.pt"),
-                                "--json"], cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    evaluated = run_main(evaluate.main, [str(tmp_path / "two" / "best.pt"), "--json"], check=True)
     figures = json.loads(evaluated.stdout)
     for key in ("ece", "aurc", "nll"):
         assert figures[key] == pytest.approx(metrics[f"best_{key}"], rel=1e-5, abs=1e-5), key

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import forkserver
-from conftest import REPO, SMOKE, read_metrics, run_train, start_train, train_command, train_env
+from conftest import REPO, SMOKE, read_metrics, run_train, run_train_with_fault, start_train, train_command, train_env
 from core.errors import RunDirError
 from engine.checkpoint import load_checkpoint, remove_unfinished_writes
 from engine.run_dir import RunLock
+from in_process import Finished
 
 EPOCHS = 2
 # Deterministic, lr drop and Tf-FD warm-up across the epoch boundary, so a resume must restore the
@@ -72,7 +72,7 @@ def start_with_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     """Start train.py with stderr on a pseudo-terminal, so tqdm draws its progress bar there."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm draws nothing 0 wide
-    process = forkserver.popen(train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
                                stderr=slave, text=True)
     os.close(slave)
     return process, master
@@ -203,7 +203,7 @@ def test_kill_during_atomic_write_keeps_previous_file(tmp_path):
         "    print('writing', flush=True); time.sleep(600)\n"
         f"atomic_write({str(target)!r}, write)\n"
     )
-    process = forkserver.popen([sys.executable, "-c", writer], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     with watchdog(process):
         wait_for_line(process, "^writing")
@@ -248,11 +248,9 @@ def test_sigterm_stops_cleanly_and_same_command_resumes(tmp_path, reference):
 NAN_IN_EPOCH_2 = [*SMOKE, "data.num_train=128", "train.batch_size=32", "train.epochs=3"]
 
 
-def run_with_nan(*args: str) -> subprocess.CompletedProcess:
-    """train.py through tests/ddp_probe.py, in one process, with a NaN loss at step 6."""
-    command = [sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "nan", "--step", "6",
-               *train_command(*NAN_IN_EPOCH_2, *args)[2:]]
-    return forkserver.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+def run_with_nan(*args: str) -> Finished:
+    """train.py with a NaN loss at step 6."""
+    return run_train_with_fault("nan", 6, *NAN_IN_EPOCH_2, *args)
 
 
 def test_nonfinite_loss_stops_with_epoch_step_and_term(tmp_path):

@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 
-import forkserver
 import pytest
-from conftest import REPO, run_train, train_command, train_env
+from conftest import run_train, run_train_with_fault
 from test_faults import FAULT, start_with_terminal, wait_for_mid_epoch, watchdog
 from test_run_safety import assert_one_line_refusal, snapshot
 
@@ -43,9 +41,7 @@ def assert_still_the_finished_run(run_dir, before):
 
 def test_an_overwrite_whose_first_step_is_not_finite_gives_the_old_files_back(run_dir):
     before = snapshot(run_dir)
-    command = [sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "nan", "--step", "1",
-               *train_command(*FAULT, "--run-dir", str(run_dir), "--overwrite")[2:]]
-    result = forkserver.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    result = run_train_with_fault("nan", 1, *FAULT, "--run-dir", str(run_dir), "--overwrite")
     assert result.returncode == 1 and "non-finite loss at epoch 1, step 1" in result.stderr, result.stderr
     assert "the previous run's files are back" in result.stdout
     assert_still_the_finished_run(run_dir, before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import pytest
 
@@ -13,6 +12,7 @@ import engine.session
 import train
 from conftest import SMOKE, run_train
 from engine.cli import status_of
+from in_process import Finished
 
 TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
 
@@ -21,7 +21,7 @@ def snapshot(run_dir):
     return {path.name: path.read_bytes() for path in sorted(run_dir.iterdir())}
 
 
-def assert_one_line_refusal(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_one_line_refusal(result: Finished, *fragments: str) -> None:
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -65,6 +65,7 @@ def test_a_run_that_finished_while_this_one_was_building_is_not_overwritten(tmp_
     build = engine.session.build_experiment
 
     def slow_build(config, dist):
+        monkeypatch.setattr(engine.session, "build_experiment", build)  # the other run builds as usual
         run_train(*TINY, "--run-dir", str(run_dir), check=True)  # the other run, finishing meanwhile
         return build(config, dist)
 

@@ -21,11 +21,8 @@ from conftest import REPO, SMOKE, fake_run, read_metrics, run_train, train_env
 from engine.cli import status_of
 from engine.config import load_config
 from core.typed_config import to_dict
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
-import evaluate as evaluate_script  # noqa: E402
-import sweep  # noqa: E402
+from scripts import collect_results, sweep
+from scripts import evaluate as evaluate_script
 
 ONE_EPOCH = [*SMOKE, "data.num_train=256", "data.num_test=128", "train.epochs=1"]
 STUDENTS = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2", "resnet8x4": "resnet32x4",
@@ -36,10 +33,9 @@ IJCNN_ROWS = {f"{student}_label_smoothing_tffd" for student in ("resnet20", "res
     "resnet32_cutout_tffd", "resnet32_autoaugment_tffd"}
 
 
-def run_script(script: str, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """A script in its own process: the shell script, or launch.py fed on standard input."""
-    command = ["bash"] if script.endswith(".sh") else [sys.executable]
-    result = subprocess.run([*command, str(REPO / "scripts" / script), *args], cwd=REPO, input=stdin,
+def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A shell script in its own process (it starts launch.py and train.py as processes of their own)."""
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], cwd=REPO,
                             env=dict(train_env(), PYTHON=sys.executable), capture_output=True, text=True,
                             timeout=300)
     if check and result.returncode != 0:
@@ -356,12 +352,14 @@ def test_a_seed_axis_in_the_grid_is_the_only_seed(tmp_path, capfd):
     assert " seed=3 " in f"{commands[0]} " and " seed=4 " in f"{commands[1]} "
 
 
-def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path):
+def test_launch_blocks_a_job_whose_teacher_has_not_finished(tmp_path, monkeypatch, capfd):
+    from scripts import launch
+
     student = tmp_path / "student"
-    job = f"--needs {tmp_path / 'teacher'} {student} configs/cifar100/resnet20_kd.yaml\n"
-    result = run_script("launch.py", "-", "--gpus=", stdin=job, check=False)
-    assert result.returncode == 1
-    assert f"BLOCKED {student}: needs the finished run {tmp_path / 'teacher'}" in result.stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"--needs {tmp_path / 'teacher'} {student} "
+                                                  "configs/cifar100/resnet20_kd.yaml\n"))
+    out, _ = call(launch.main, capfd, "-", "--gpus=", code=1)
+    assert f"BLOCKED {student}: needs the finished run {tmp_path / 'teacher'}" in out
     assert not student.exists() and not os.path.exists(f"{student}.log")
 
 
@@ -415,7 +413,7 @@ def test_collect_results_plots_never_write_through_a_link_to_a_runs_file(finishe
 
 
 def test_launch_never_writes_a_log_through_a_link_to_a_runs_file(finished_run, tmp_path, capfd):
-    import launch
+    from scripts import launch
 
     job_file = tmp_path / "jobs.txt"
     job_file.write_text(f"{tmp_path / 'job'} configs/quickstart.yaml\n")
@@ -452,7 +450,7 @@ PATH_PROBLEMS = {"a file": "is a file, not a directory", "a directory": "is a di
 ])
 def test_an_output_path_of_the_wrong_kind_is_one_line_naming_it_before_anything_is_written(
         where, kind, finished_run, tmp_path, capfd):
-    import launch
+    from scripts import launch
 
     path = _odd(tmp_path, kind, "odd.log")
     script, option = where.split(" ", 1)
@@ -490,7 +488,7 @@ def test_a_relaunch_watches_a_run_that_another_live_process_holds_as_running(fin
     without finishing the run, the relaunch resumes it."""
     import threading
 
-    import launch
+    from scripts import launch
     from engine.run_dir import RunLock
 
     run_dir = tmp_path / "run"
@@ -534,7 +532,7 @@ def test_a_run_whose_lock_another_process_takes_first_is_running_not_failed(tmp_
     refuses (exit 2), and the launcher watches that process's run instead of calling it failed."""
     import threading
 
-    import launch
+    from scripts import launch
 
     run_dir = tmp_path / "run"
     fake_run(run_dir, "configs/quickstart.yaml", [], None, None, epochs_done=1)
@@ -590,7 +588,7 @@ def test_every_entry_point_reports_bad_input_as_one_error_line_and_exit_2(script
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{tmp_path / 'run'} {QUICKSTART}\n"))
     try:
-        code = status_of(importlib.import_module(script).main, args)
+        code = status_of(importlib.import_module(f"scripts.{script}").main, args)
     except SystemExit as exit:
         code = exit.code
     out, err = capfd.readouterr()
@@ -602,7 +600,7 @@ def test_every_entry_point_reports_bad_input_as_one_error_line_and_exit_2(script
 
 
 def test_a_job_file_that_is_not_utf8_or_not_a_file_is_one_line(tmp_path, capfd):
-    import launch
+    from scripts import launch
 
     job_file = tmp_path / "jobs.txt"
     good_line = f"{tmp_path / 'run'} configs/quickstart.yaml\n".encode()

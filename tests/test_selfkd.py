@@ -3,15 +3,13 @@ hand-computed tensors, then trained alone and with Tf-FD, and resumed exactly.""
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import data.batch_transforms as bt
-import forkserver
-from conftest import REPO, SMOKE, attached, method_config, read_metrics, run_train, train_command, train_env
+from conftest import REPO, SMOKE, attached, method_config, read_metrics, run_train, run_train_with_fault
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
 from losses import StepOutput, TrainingSetup
@@ -178,9 +176,7 @@ def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path
             "batch.transforms=[mixup,cutmix,cutout]", "batch.cutmix.prob=0.5", f"loss.terms=[{terms}]"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
-    stopped = forkserver.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "13",
-                              *train_command(*args, "--run-dir", str(resumed))[2:]],
-                             cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    stopped = run_train_with_fault("sigterm", 13, *args, "--run-dir", str(resumed))
     assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
     run_train(*args, "--run-dir", str(resumed), check=True)
     from engine.checkpoint import load_checkpoint

@@ -4,14 +4,12 @@ exported model), and exact resume."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, attached, leaf_tensors, read_metrics, run_train, train_command, train_env
+from conftest import REPO, SMOKE, attached, leaf_tensors, read_metrics, run_train, run_train_with_fault
 from core.errors import CheckpointError, ConfigError
 from engine.builder import build_experiment
 from engine.checkpoint import load_checkpoint, save_checkpoint
@@ -19,11 +17,13 @@ from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import apply_gradients, compute_losses
 from engine.trainer import CHECKPOINT_FORMAT, load_resume_state
+from in_process import run_main
 from losses import StepOutput, TrainingSetup
 from losses.byot import BeYourOwnTeacher, BYOTConfig, feature_hint, soft_cross_entropy
 from data.plans.last_batch import LastBatchOptions, LastBatchPlan
 from losses.dlb import DLBConfig, LastMiniBatchKD
 from losses.kd import kd_loss
+from scripts import evaluate
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 RUN = [*SMOKE, "data.num_test=128", "train.batch_size=32", "train.lr=0.05"]
@@ -128,9 +128,7 @@ def test_byot_heads_are_trained_and_checkpointed_but_not_exported(tmp_path):
     assert set(checkpoint["terms"][0]) == set(exp.terms[0].state_dict())
     initial = exp.terms[0].state_dict()
     assert all(not torch.equal(checkpoint["terms"][0][key], initial[key]) for key in initial if key.endswith("weight"))
-    evaluated = subprocess.run([sys.executable, str(REPO / "scripts/evaluate.py"), str(run_dir / "best.pt")],
-                               cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    evaluated = run_main(evaluate.main, [str(run_dir / "best.pt")], check=True)
     metrics = read_metrics(run_dir)
     assert metrics["finished"] and metrics["best_acc1"] > 100 / 10 + 15, metrics["best_acc1"]
     assert {"train_byot_ce", "train_byot_kd", "train_byot_hint", "train_tffd_intra"} <= set(metrics["history"][-1])
@@ -246,9 +244,7 @@ def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_pat
     args = [*RUN, "train.epochs=3", "train.deterministic=true", "loss.terms=[byot,dlb]"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
-    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "21",
-                              *train_command(*args, "--run-dir", str(resumed))[2:]],
-                             cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    stopped = run_train_with_fault("sigterm", 21, *args, "--run-dir", str(resumed))
     assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
     assert load_checkpoint(resumed / "last.pt")["rank_plan"][0]["_extra_state"]["images"].shape[0] == 32
     run_train(*args, "--run-dir", str(resumed), check=True)

@@ -15,10 +15,7 @@ import pytest
 
 from conftest import REPO, SMOKE, read_metrics, train_env
 from engine.cli import status_of
-
-sys.path.insert(0, str(REPO / "scripts"))
-import launch  # noqa: E402
-import submit_slurm  # noqa: E402
+from scripts import launch, submit_slurm
 
 ONE_EPOCH = ["data.name=synthetic", "data.num_train=128", "data.num_test=64", "data.image_size=16",
              "train.batch_size=64", "train.eval_batch_size=64", "train.epochs=1", "train.milestones=[]"]
@@ -254,7 +251,7 @@ def _call(function, errors: list) -> None:
 
 
 def test_sweep_and_reproduce_take_the_executor_options(tmp_path, slurm, capfd):
-    import sweep
+    from scripts import sweep
 
     submissions, _ = slurm
     root = tmp_path / "sweep"

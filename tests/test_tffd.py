@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import losses.tffd
-from conftest import REPO
 from core.errors import ConfigError
 from core.typed_config import build
 from losses import StepOutput
 from losses.tffd import TeacherFreeFD, TfFDConfig, channel_salience, inter_fd, intra_fd, warmup_weight
-
-sys.path.insert(0, str(REPO / "scripts"))
-from released_tffd import released_inter_fd, released_intra_fd, released_tffd  # noqa: E402
+from scripts.released_tffd import released_inter_fd, released_intra_fd, released_tffd
 
 
 def feature(*channels, n=1, h=1, w=2):

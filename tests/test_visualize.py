@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import matplotlib.image
 import pytest
@@ -19,9 +18,7 @@ from losses.tffd import channel_salience, intra_fd
 from models import build_model
 from results.figures import DPI
 import train
-
-sys.path.insert(0, str(REPO / "scripts"))
-import visualize  # noqa: E402
+from scripts import visualize
 
 ONE_EPOCH = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.epochs=1"]
 NUM_IMAGES, SHOWN, CHANNELS = 40, 2, 3
