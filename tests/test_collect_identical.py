@@ -23,9 +23,7 @@ import pytest
 from conftest import REPO, fake_run
 from engine.cli import status_of
 from results import figures
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
+from scripts import collect_results
 
 GOLDEN = REPO / "tests" / "golden" / "collect_results"
 

@@ -266,9 +266,7 @@ def test_a_killed_and_resumed_run_of_every_batch_plan_is_bit_identical(plan, tmp
             "train.deterministic=true", f"loss.terms=[{PLAN_RUNS[plan]}]", "batch.same_class.partners=1"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
-    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--inject", "sigterm", "--step", "5",
-                              *train_command(*args, "--run-dir", str(resumed))[2:]],
-                             cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    stopped = run_train_with_fault("sigterm", 5, *args, "--run-dir", str(resumed))
     assert stopped.returncode == 143 and read_metrics(resumed)["epochs_done"] == 1, stopped.stderr[-2000:]
     run_train(*args, "--run-dir", str(resumed), check=True)
     ours, theirs = (load_checkpoint(d / "last.pt") for d in (resumed, reference))
