@@ -63,10 +63,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code; a ``.safetensors``
+    file through safetensors."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, what)
     try:
         with warnings.catch_warnings():
             # A file pickled with a newer protocol warns before it loads or fails; the outcome says enough.
@@ -84,6 +87,18 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     except Exception as error:  # damaged files surface as RuntimeError, EOFError, KeyError, struct.error, ...
         raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
                               f"({_reason(error)})") from None
+
+
+def _load_safetensors(path: Path, what: str) -> dict:
+    """A .safetensors file (timm's weight files): tensors only, by the format's design."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a safetensors file "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})") from None
 
 
 # torch's own advice in its messages, which would run the code this module refuses to: never repeated.
