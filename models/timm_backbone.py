@@ -99,7 +99,7 @@ def default_stages(feature_info: Sequence[dict]) -> list[int]:
     resolution, one per block: ViT, DeiT) ``NUM_PLAIN_STAGES`` evenly spaced blocks, the last one included."""
     count = len(feature_info)
     if count > NUM_PLAIN_STAGES and len({info["reduction"] for info in feature_info}) == 1:
-        return sorted({round((i + 1) * count / NUM_PLAIN_STAGES) - 1 for i in range(NUM_PLAIN_STAGES)})
+        return [(i + 1) * count // NUM_PLAIN_STAGES - 1 for i in range(NUM_PLAIN_STAGES)]
     return [index for index, info in enumerate(feature_info) if not _STEM.search(info["module"])]
 
 
