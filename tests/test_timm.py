@@ -88,6 +88,8 @@ def test_timm_kwargs_are_a_validated_mapping():
     ("model.weights=hf-hub:timm/deit_tiny_patch16_224.fb_in1k", "error: model.weights='hf-hub:timm/deit_tiny_patch16_224"
                                                                ".fb_in1k' names weights on a hub, and nothing here downloads"),
     ("model.timm_kwargs={pretrained: true}", "error: model.timm_kwargs.pretrained is not allowed"),
+    ("loss.terms=[ce,zipf_ls]", "error: loss.zipf_ls cannot train model.name=timm/resnet18: zipf_ls classifies every "
+                                "pixel of the map a classifier pools"),
 ])
 def test_an_unknown_name_or_hub_weights_are_one_error_line_and_nothing_is_written(override, message, tmp_path):
     run_dir = tmp_path / "run"
