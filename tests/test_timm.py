@@ -3,6 +3,7 @@ exported unchanged, local weight files only, the lazy import of timm, and train.
 ConvNeXt and a ViT from timm with CE and + Tf-FD."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -178,3 +179,17 @@ def test_a_cifar100_timm_config_trains_and_exports_timms_state_dict(name, method
     images = torch.randn(2, 3, side, side)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images)[0], net.eval()(images), rtol=0, atol=0)
+
+
+def test_the_selfkd_table_script_takes_a_timm_model(tmp_path):
+    result = subprocess.run(["bash", "scripts/reproduce_selfkd.sh", "--dry-run", "--epochs", "2", "--seeds", "0",
+                             "--root", str(tmp_path / "table"), "--model", "timm/resnet18"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("python train.py ")]
+    assert commands and all(" model.name=timm/resnet18 " in command for command in commands)
+    run_dirs = [command.split("--run-dir ")[1] for command in commands]
+    assert all(d.startswith(f"{tmp_path}/table/timm_resnet18_") and d.count("/") == str(tmp_path).count("/") + 3
+               for d in run_dirs), run_dirs
+    assert not any("zipf_ls" in command for command in commands)
+    assert "note: timm/resnet18 cannot train zipf_ls; left out" in result.stderr
