@@ -123,3 +123,18 @@ def test_optimizer_options_are_typed_and_bounded():
         train_config("train.betas=[0.9, 1.0]")
     with pytest.raises(ConfigError, match="train.grad_clip must be >= 0"):
         train_config("train.grad_clip=-1")
+
+
+def test_clipping_under_fp16_gradient_scaling_clips_the_unscaled_gradients_of_a_fused_adamw():
+    network = small_network()
+    cfg = train_config("train.optimizer=adamw")
+    optimizer = build_optimizer(network, cfg, 1e-3, fused=True)  # as the builder makes it for amp=fp16
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = [p.detach().clone() for p in network.parameters()]
+    scaler.scale(network(torch.randn(4, 3, 3, 3)).square().sum() * 100).backward()
+    clip_gradients(optimizer, scaler, 1e-3)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in network.parameters()]))
+    assert norm <= 1e-3 * (1 + 1e-4)  # unscaled, then clipped
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(not torch.equal(a, b) and torch.isfinite(b).all() for a, b in zip(before, network.parameters()))
