@@ -97,8 +97,9 @@ def _load_safetensors(path: Path, what: str) -> dict:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise CheckpointError(f"{what} {path} is corrupt, truncated or not a safetensors file "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})") from None
+                              f"({type(error).__name__}: {reason})") from None
 
 
 # torch's own advice in its messages, which would run the code this module refuses to: never repeated.

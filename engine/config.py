@@ -93,7 +93,8 @@ class TrainConfig(Options):
         choices=("none", "linear"),
     )
     lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling", min=1, max=65_536)
-    optimizer: str = option("sgd", "sgd (momentum, nesterov) or adamw (betas); engine/optim.py", choices=("sgd", "adamw"))
+    optimizer: str = option("sgd", "sgd (momentum, nesterov) or adamw (betas); engine/optim.py",
+                            choices=("sgd", "adamw"))
     momentum: float = option(0.9, "SGD momentum", min=0, below=1)
     nesterov: bool = option(True, "Nesterov momentum")
     betas: list[float] = option([0.9, 0.999], "AdamW's beta1, beta2", min=0, below=1)

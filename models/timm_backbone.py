@@ -153,7 +153,8 @@ def build_timm_model(name: str, num_classes: int, timm_kwargs: dict | None = Non
         net = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"timm cannot build {architecture} with model.timm_kwargs={shown(kwargs)}: {reason}") from None
+        raise ConfigError(f"timm cannot build {architecture} with model.timm_kwargs={shown(kwargs)}: "
+                          f"{reason}") from None
     if not hasattr(net, "forward_intermediates") or not hasattr(net, "feature_info"):
         raise ConfigError(f"model.name={name}: timm's {architecture} has no forward_intermediates, so its stage "
                           "features cannot be read; choose another architecture")

@@ -3,7 +3,8 @@
     python scripts/benchmark.py --model resnet20 --batch-size 128 --device cpu
     python scripts/benchmark.py --model resnet20 --batch-size 128 --device cuda --amp bf16 --compile --json gpu.json
     python scripts/benchmark.py --model timm/resnet18 --compare-model resnet18 --methods ce,tffd   (any timm model)
-    python scripts/benchmark.py --model timm/vit_tiny_patch16_224 --set "model.timm_kwargs={img_size: 32, patch_size: 4}"
+    python scripts/benchmark.py --model timm/vit_tiny_patch16_224 --set "model.timm_kwargs={img_size: 32, patch_size: 4}" \
+        --methods ce,tffd,tffd_released
 
 Times the training step of each method (ce, tffd, kd, kd_tffd: the loss terms of
 configs/_base_/methods/<method>.yaml, the KD teacher given by --teacher) and the two data loaders.

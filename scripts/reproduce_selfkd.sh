@@ -19,8 +19,8 @@
 # or any timm model, timm/<architecture> (its keyword arguments by --set, e.g. --set "model.timm_kwargs={img_size:
 # 32, patch_size: 4}" for a ViT; without --methods, the methods a timm model refuses, as zipf_ls, are left out).
 #
-# Run directories: <root>/<model>_<M>/seed<k> and <root>/<model>_<M>_tffd/seed<k> (timm/<arch>: timm_<arch>_<M>); console output beside
-# each, in <dir>.log. Restartable: finished runs are skipped, unfinished ones resume from their last.pt.
+# Run directories: <root>/<model>_<M>/seed<k> and <root>/<model>_<M>_tffd/seed<k> (a timm/<arch> model's <model>:
+# timm_<arch>); console output beside each, in <dir>.log. Restartable: finished runs are skipped, unfinished ones resume from their last.pt.
 # --epochs N is a quick pass: the milestones, the lr warm-up and the Tf-FD warm-up scale with N (a warm-up
 # shorter than one epoch becomes none), and the runs go to runs/cifar100_selfkd_e<N> unless --root is given.
 # --set adds an override to every run (e.g. --set train.amp=bf16 --set train.channels_last=true).
