@@ -138,3 +138,34 @@ def test_clipping_under_fp16_gradient_scaling_clips_the_unscaled_gradients_of_a_
     scaler.step(optimizer)
     scaler.update()
     assert all(not torch.equal(a, b) and torch.isfinite(b).all() for a, b in zip(before, network.parameters()))
+
+
+NEW_TRAIN_KEYS = ("optimizer", "betas", "weight_decay_norms", "grad_clip", "schedule", "lr_min")
+
+
+def test_a_run_saved_before_these_options_existed_resumes_under_their_defaults_only(tmp_path):
+    """An unfinished run whose config.yaml and last.pt predate the options (they lack the keys) resumes as
+    long as the new keys keep their defaults, the behaviour of the code that saved it."""
+    import yaml
+
+    import train
+    from conftest import SMOKE
+    from engine.checkpoint import load_checkpoint
+    from engine.cli import status_of
+
+    run_dir = tmp_path / "run"
+    command = ["--config", "configs/quickstart.yaml", *SMOKE, "data.num_train=64", "data.num_test=32",
+               "train.batch_size=32", "train.epochs=1", "--run-dir", str(run_dir)]
+    assert status_of(train.main, command) == 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in NEW_TRAIN_KEYS:
+        del saved["train"][key]
+    del saved["model"]["timm_kwargs"], saved["model"]["timm_stages"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    state = load_checkpoint(run_dir / "last.pt")
+    state["config"] = saved
+    torch.save(state, run_dir / "last.pt")
+    metrics = run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"finished": true', '"finished": false'))
+    assert status_of(train.main, [*command[:-2], "train.optimizer=adamw", *command[-2:]]) == 2  # not a default
+    assert status_of(train.main, command) == 0
