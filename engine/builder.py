@@ -196,7 +196,7 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     model = build_configured_model(config.model, loaders.num_classes)
     check_model_serves_terms(model, config.loss.terms, config.model.name)
     if config.model.weights:
-        load_model_weights(model, config.model.weights, what="model.weights")
+        load_model_weights(model, config.model.weights, what="model.weights", skip=config.model.weights_skip)
     profile = profile_model(model, loaders.image_size, config.model.name)
     check_trains_on_smallest_batch(model, loaders.image_size,
                                    smallest_train_batch(loaders.num_train, dist.world_size, batch),

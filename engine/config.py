@@ -24,6 +24,8 @@ class ModelConfig(Options):
     name: str = option("resnet20", "backbone name (see models.MODELS), or timm/<architecture> for any timm model")
     weights: Optional[str] = option(None, "local file of initial weights (a state_dict, a run's checkpoint, or a "
                                     "timm .pth/.safetensors file); never downloaded")
+    weights_skip: list[str] = option([], "state_dict key prefixes of model.weights left at their initialisation, "
+                                     "e.g. [head] (timm ViT) or [fc]: fine-tuning to another number of classes")
     sync_bn: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
     timm_kwargs: dict[str, object] = option({}, "timm models: keyword arguments of timm.create_model, e.g. "
                                             "{img_size: 32, patch_size: 4, drop_path_rate: 0.1}")
@@ -34,6 +36,8 @@ class ModelConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         check_timm_options(self.name, self.weights, self.timm_kwargs, self.timm_stages)
+        if self.weights_skip and not self.weights:
+            raise ConfigError("model.weights_skip applies to the weights of model.weights, and none is given")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import REPO, read_metrics, run_train
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from engine.checkpoint import load_model_weights
 from engine.config import load_config
 from engine.run_dir import default_run_dir
@@ -197,3 +197,25 @@ def test_the_selfkd_table_script_takes_a_timm_model(tmp_path):
                for d in run_dirs), run_dirs
     assert not any("zipf_ls" in command for command in commands)
     assert "note: timm/resnet18 cannot train zipf_ls; left out" in result.stderr
+
+
+def test_fine_tuning_a_timm_file_to_another_number_of_classes_keeps_the_models_own_head(tmp_path):
+    from safetensors.torch import save_file
+
+    name = "timm/convnext_atto"
+    side, kwargs, _ = TINY[name]
+    torch.manual_seed(1)
+    pretrained = timm.create_model("convnext_atto", num_classes=7, **kwargs)  # "ImageNet": 7 classes
+    path = tmp_path / "pretrained.safetensors"
+    save_file(pretrained.state_dict(), path)
+    model = _tiny(name)  # 5 classes
+    fresh_head = model.net.head.fc.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(file vs model\) head.fc.weight \(7, 32\) vs \(5, 32\)"):
+        load_model_weights(model, path, what="model.weights")
+    load_model_weights(model, path, what="model.weights", skip=["head.fc"])
+    assert torch.equal(model.net.head.fc.weight, fresh_head)
+    theirs = pretrained.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in model.state_dict().items()
+               if not key.startswith("head.fc."))
+    with pytest.raises(CheckpointError, match="model.weights_skip: 'haed' names no key of the model"):
+        load_model_weights(model, path, what="model.weights", skip=["haed"])
