@@ -70,6 +70,10 @@ def check_value(value: Any, key: str, metadata) -> None:
         for index, item in enumerate(value):
             check_value(item, f"{key}[{index}]", {**metadata, "choices": None})
         return
+    if isinstance(value, dict):
+        for name, item in value.items():
+            check_value(item, f"{key}.{name}", {**metadata, "choices": None})
+        return
     choices = metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {shown(value)}")
@@ -146,6 +150,8 @@ def type_name(annotation) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(annotation))
     if origin is list:
         return f"list of {type_name(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return "mapping"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -175,6 +181,8 @@ def coerce(value, annotation, key: str):
         if not isinstance(value, list):
             raise _type_error(key, annotation, value)
         return [coerce(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        return _coerce_mapping(value, annotation, key)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -197,6 +205,31 @@ def coerce(value, annotation, key: str):
             return value
         raise _type_error(key, annotation, value)
     raise TypeError(f"unsupported config type {annotation!r} for {key}")
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _coerce_mapping(value, annotation, key: str) -> dict:
+    """A ``dict[str, object]`` field: a mapping of names to plain YAML values (numbers, strings, booleans,
+    null, and lists of them), as keyword arguments for a library (``model.timm_kwargs``)."""
+    if isinstance(value, str):
+        value = parse_yaml_value(value, key)
+    if not isinstance(value, dict):
+        raise _type_error(key, annotation, value)
+    for name, item in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"{key}: the name {shown(name)} is not a keyword argument name")
+        _check_plain(item, f"{key}.{name}")
+    return dict(value)
+
+
+def _check_plain(value, key: str) -> None:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{key}[{index}]")
+    elif not isinstance(value, _PLAIN):
+        raise ConfigError(f"{key} must be a number, string, boolean, null or a list of them, got {shown(value)}")
 
 
 def _type_error(key, annotation, value) -> ConfigError:

@@ -19,12 +19,13 @@ from data import Loaders, build_dataset, build_loaders
 from data.batch_transforms import build_batch_transforms
 from data.plans import BatchPlan, build_plan, choose_plan
 from losses import LossTerm, TrainingSetup, build_loss_terms
-from models import build_model
+from models import build_configured_model
+from models.timm_backbone import check_model_serves_terms
 
 from .checkpoint import load_model_weights
 from .distributed import DistContext
 from .network import TrainingNetwork
-from .schedule import build_scheduler
+from .optim import build_lr_scheduler, build_optimizer
 from .teacher import FrozenTeacher, build_teacher
 
 
@@ -51,6 +52,7 @@ class Experiment:
     lr: float
     batch_transforms: list  # data/batch_transforms.py, applied by the step
     memory_format: torch.memory_format = torch.contiguous_format  # of the model, and so of its inputs
+    grad_clip: float = 0.0  # max global gradient norm (engine/optim.py); 0: none
 
     def autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -183,9 +185,10 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, plan, dist.rank,
                             dist.world_size)
 
-    model = build_model(config.model.name, loaders.num_classes)
+    model = build_configured_model(config.model, loaders.num_classes)
+    check_model_serves_terms(model, config.loss.terms, config.model.name)
     if config.model.weights:
-        load_model_weights(model, config.model.weights, what="model.weights")
+        load_model_weights(model, config.model.weights, what="model.weights", skip=config.model.weights_skip)
     profile = profile_model(model, loaders.image_size, config.model.name)
     check_trains_on_smallest_batch(model, loaders.image_size,
                                    smallest_train_batch(loaders.num_train, dist.world_size, batch),
@@ -220,14 +223,12 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     if train_cfg.lr_scaling == "linear":
         lr = lr * train_cfg.batch_size / train_cfg.lr_base_batch_size
     # The model's parameters and those of the terms (e.g. BYOT's heads), with the same settings.
-    optimizer = torch.optim.SGD(plain.parameters(), lr=lr, momentum=train_cfg.momentum,
-                                nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
-                                weight_decay=train_cfg.weight_decay,
+    optimizer = build_optimizer(plain, train_cfg, lr,
                                 # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
                                 # check of a non-fused optimizer on the host, a device sync per fp16 step.
                                 fused=dist.device.type == "cuda" or train_cfg.amp == "fp16")
-    scheduler = build_scheduler(optimizer, train_cfg, len(loaders.train))
+    scheduler = build_lr_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(network, plain.model, list(plain.terms), plain.plan, teacher, loaders, optimizer, scheduler, scaler,
-                      autocast_dtype, profile, lr, batch_transforms, memory_format)
+    return Experiment(network, plain.model, list(plain.terms), plain.plan, teacher, loaders, optimizer, scheduler,
+                      scaler, autocast_dtype, profile, lr, batch_transforms, memory_format, train_cfg.grad_clip)

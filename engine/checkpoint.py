@@ -10,6 +10,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -63,10 +64,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code; a ``.safetensors``
+    file through safetensors."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, what)
     try:
         with warnings.catch_warnings():
             # A file pickled with a newer protocol warns before it loads or fails; the outcome says enough.
@@ -84,6 +88,19 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     except Exception as error:  # damaged files surface as RuntimeError, EOFError, KeyError, struct.error, ...
         raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
                               f"({_reason(error)})") from None
+
+
+def _load_safetensors(path: Path, what: str) -> dict:
+    """A .safetensors file (timm's weight files): tensors only, by the format's design."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a safetensors file "
+                              f"({type(error).__name__}: {reason})") from None
 
 
 # torch's own advice in its messages, which would run the code this module refuses to: never repeated.
@@ -153,23 +170,37 @@ def _strip_prefixes(key: str) -> str:
 
 
 def load_model_weights(model: nn.Module, path: str | Path, what: str, *, model_name: str | None = None,
-                       num_classes: int | None = None) -> dict:
+                       num_classes: int | None = None, skip: Sequence[str] = ()) -> dict:
     """Load weights into ``model`` strictly; a mismatch names the missing, unexpected or misshapen keys.
     ``model_name`` / ``num_classes``, when given, are checked first against a run checkpoint's metadata
-    for a one-line diagnosis. Returns the whole checkpoint (for its metadata)."""
+    for a one-line diagnosis. Keys under the prefixes ``skip`` (``model.weights_skip``: a classifier of
+    another number of classes) are left out on both sides and keep the model's initialisation. Returns the
+    whole checkpoint (for its metadata)."""
     checkpoint = load_checkpoint(path, what)
-    if isinstance(checkpoint, dict):
+    if isinstance(checkpoint, dict) and not skip:
         check_trained_for(checkpoint, model_name, num_classes, path, what)
     weights = state_dict_from(checkpoint, path, what)
-    check_fits(model, weights, path, what)
-    unwrap(model).load_state_dict(weights)
+    if skip:
+        weights = {key: value for key, value in weights.items() if not _under(key, skip)}
+    check_fits(model, weights, path, what, skip)
+    unwrap(model).load_state_dict(weights, strict=not skip)  # check_fits has matched every key but the skipped
     return checkpoint if isinstance(checkpoint, dict) else {}
 
 
-def check_fits(model: nn.Module, weights: dict[str, torch.Tensor], path, what: str) -> None:
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def check_fits(model: nn.Module, weights: dict[str, torch.Tensor], path, what: str, skip: Sequence[str] = ()) -> None:
     """``CheckpointError`` naming the missing, unexpected or misshapen keys unless ``weights`` load into
-    ``model`` strictly, and naming the tensor unless every floating-point one is finite."""
+    ``model`` strictly (the keys under the prefixes ``skip`` aside), and naming the tensor unless every
+    floating-point one is finite."""
     expected = unwrap(model).state_dict()
+    unmatched = [prefix for prefix in skip if not any(_under(key, [prefix]) for key in expected)]
+    if unmatched:
+        raise CheckpointError(f"model.weights_skip: {unmatched[0]!r} names no key of the model (its keys begin "
+                              f"{_few(list(expected))})")
+    expected = {key: value for key, value in expected.items() if not _under(key, skip)}
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     misshapen = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()

@@ -18,13 +18,28 @@ from data.augmentations import AUGMENTATIONS, check_augment_names
 from data.batch_transforms import BATCH_TRANSFORMS
 from data.plans import AUTO, PLANS, plans_with_options
 from losses.registry import LOSSES
+from models.timm_backbone import check_options as check_timm_options
 
 
 @dataclass
 class ModelConfig(Options):
-    name: str = option("resnet20", "backbone name (see models.MODELS)")
-    weights: Optional[str] = option(None, "local file of initial weights (a state_dict or a run's checkpoint)")
+    name: str = option("resnet20", "backbone name (see models.MODELS), or timm/<architecture> for any timm model")
+    weights: Optional[str] = option(None, "local file of initial weights (a state_dict, a run's checkpoint, or a "
+                                    "timm .pth/.safetensors file); never downloaded")
+    weights_skip: list[str] = option([], "state_dict key prefixes of model.weights left at their initialisation, "
+                                     "e.g. [head] (timm ViT) or [fc]: fine-tuning to another number of classes")
     sync_bn: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
+    timm_kwargs: dict[str, object] = option({}, "timm models: keyword arguments of timm.create_model, e.g. "
+                                            "{img_size: 32, patch_size: 4, drop_path_rate: 0.1}")
+    timm_stages: list[int] = option([], "timm models: the forward_intermediates indices taken as stages; [] = "
+                                    "its own stages (feature_info less the stem), for a ViT 4 evenly spaced blocks",
+                                    min=0, max=1000)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_timm_options(self.name, self.weights, self.timm_kwargs, self.timm_stages)
+        if self.weights_skip and not self.weights:
+            raise ConfigError("model.weights_skip applies to the weights of model.weights, and none is given")
 
 
 @dataclass
@@ -84,9 +99,18 @@ class TrainConfig(Options):
         choices=("none", "linear"),
     )
     lr_base_batch_size: int = option(128, "reference batch size of linear lr scaling", min=1, max=65_536)
+    optimizer: str = option("sgd", "sgd (momentum, nesterov) or adamw (betas); engine/optim.py",
+                            choices=("sgd", "adamw"))
     momentum: float = option(0.9, "SGD momentum", min=0, below=1)
     nesterov: bool = option(True, "Nesterov momentum")
+    betas: list[float] = option([0.9, 0.999], "AdamW's beta1, beta2", min=0, below=1)
     weight_decay: float = option(5e-4, "weight decay", min=0, max=1)
+    weight_decay_norms: bool = option(True, "weight decay on every parameter; false: none on norm weights, biases "
+                                      "and a model's no_weight_decay() parameters (timm's filter_bias_and_bn, DeiT)")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this; 0 = no clipping", min=0, max=1e6)
+    schedule: str = option("step", "lr schedule after the warm-up: step (milestones, gamma) or cosine (per step, "
+                           "to lr_min at the last step)", choices=("step", "cosine"))
+    lr_min: float = option(0.0, "cosine schedule: the final lr", min=0, max=100)
     milestones: list[int] = option([150, 180, 210], "epochs after which the lr is multiplied by gamma (increasing)",
                                    min=1, max=100_000)
     gamma: float = option(0.1, "lr decay factor at each milestone", above=0, max=1)
@@ -107,6 +131,8 @@ class TrainConfig(Options):
 
     def __post_init__(self):
         super().__post_init__()
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers (beta1, beta2), got {shown(self.betas)}")
         if self.milestones != sorted(set(self.milestones)):
             raise ConfigError(f"train.milestones must be increasing, got {shown(self.milestones)}")
 

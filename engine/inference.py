@@ -15,7 +15,7 @@ import torch
 
 from core.errors import CheckpointError, ConfigError
 from data import Loaders, build_dataset, build_loaders
-from models import build_model
+from models import build_configured_model
 
 from .checkpoint import load_model_weights
 from .config import ExperimentConfig, load_config
@@ -63,7 +63,7 @@ def load_trained(checkpoint: Path, config_path: Path | None, overrides: list[str
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, config.train.batch_size, config.train.eval_batch_size, device,
                             config.seed)
-    model = build_model(config.model.name, loaders.num_classes)
+    model = build_configured_model(config.model, loaders.num_classes)
     load_model_weights(model, checkpoint, what="checkpoint", model_name=config.model.name,
                        num_classes=loaders.num_classes)
     return Trained(config, device, loaders, model.to(device))

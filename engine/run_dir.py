@@ -98,10 +98,16 @@ def current_form(saved: dict) -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ; a key the old config lacks (an option added since it was saved) differs
+    only where the new value is not its default, which keeps the behaviour of the code that saved it."""
+    from .config import ExperimentConfig  # the schema imports every registry: only when a run is compared
+
     old_flat, new_flat = flatten(old), flatten(new)
+    defaults = flatten(to_dict(ExperimentConfig()))
     return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
             for key in sorted(set(old_flat) | set(new_flat))
-            if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)]
+            if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)
+            and not (key not in old_flat and key in defaults and new_flat.get(key) == defaults[key])]
 
 
 def check_same_config(run_dir: Path, saved: dict, new: dict) -> None:

@@ -15,6 +15,7 @@ from losses.base import epoch_tensor
 
 from .builder import Experiment
 from .network import joined
+from .optim import clip_gradients
 
 
 class Losses(NamedTuple):
@@ -65,5 +66,6 @@ def apply_gradients(exp: Experiment, total: torch.Tensor) -> None:
     """Backward pass and optimizer update (through the gradient scaler, which is a no-op without fp16)."""
     exp.optimizer.zero_grad(set_to_none=True)
     exp.scaler.scale(total).backward()
+    clip_gradients(exp.optimizer, exp.scaler, exp.grad_clip)
     exp.scaler.step(exp.optimizer)
     exp.scaler.update()

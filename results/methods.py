@@ -60,7 +60,7 @@ def selfkd_of(config, settings: dict) -> SelfKD | None:
     smoothing = ("label_smoothing",) if "ce" in terms and config.loss.ce.label_smoothing > 0 else ()
     parts = (tuple(term for term in terms if term != "ce") + smoothing + tuple(config.data.augment)
              + tuple(config.batch.transforms))
-    if not parts and config.model.name not in SELFKD_BACKBONES:
+    if not parts and config.model.name not in SELFKD_BACKBONES and not config.model.name.startswith("timm/"):
         return None
     name = " + ".join(SELFKD_NAMES.get(part, part) for part in parts) or SELFKD_NAMES["ce"]
     method = {key: value for key, value in settings.items()

@@ -2,6 +2,9 @@
 
     python scripts/benchmark.py --model resnet20 --batch-size 128 --device cpu
     python scripts/benchmark.py --model resnet20 --batch-size 128 --device cuda --amp bf16 --compile --json gpu.json
+    python scripts/benchmark.py --model timm/resnet18 --compare-model resnet18 --methods ce,tffd   (any timm model)
+    python scripts/benchmark.py --model timm/vit_tiny_patch16_224 --set "model.timm_kwargs={img_size: 32, patch_size: 4}" \
+        --methods ce,tffd,tffd_released
 
 Times the training step of each method (ce, tffd, kd, kd_tffd: the loss terms of
 configs/_base_/methods/<method>.yaml, the KD teacher given by --teacher) and the two data loaders.
@@ -21,6 +24,9 @@ real stage features: values and gradients must agree to fp32 rounding (exit code
 The table also says how large the stage features are next to the model's compute (bytes of stage
 features per forward FLOP): Tf-FD's cost is memory traffic over those features, so its share of a
 step grows with that figure.
+With --compare-model, each method is also built on that model and timed in the same rounds (rows
+``<method>@<model>``, their ratios against ``ce@<model>``), and the table gives the per-round ratio of the
+two models' steps per method. ``--set KEY=VALUE`` passes any config override to --model's experiments.
 Bad input: one line, exit code 2.
 """
 from __future__ import annotations
@@ -31,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -52,6 +59,7 @@ from losses import StepOutput
 from losses.base import epoch_tensor
 from losses.tffd import TeacherFreeFD
 from models import MODELS, build_model
+from models.timm_backbone import is_timm_name
 from scripts.released_tffd import ReleasedTfFD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20", help="student backbone (default resnet20)")
     parser.add_argument("--teacher", default="resnet110", help="KD teacher backbone (random weights)")
+    parser.add_argument("--compare-model", help="another student backbone, timed in the same interleaved rounds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for --model's experiments (repeatable), e.g. model.timm_kwargs=...")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (train.amp)")
@@ -93,16 +104,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- building what the trainer builds
-def method_config(method: str, args, overrides: list[str], compiled: bool | None = None):
+def method_config(method: str, args, overrides: list[str], compiled: bool | None = None, model: str | None = None):
     """The config of one method: its loss terms from configs/_base_/methods, the rest from the CLI
-    (``compiled`` in place of --compile where given)."""
+    (``compiled`` in place of --compile where given; ``model`` in place of --model, without --set)."""
     compiled = args.compile if compiled is None else compiled
+    extra = args.set if model is None else []
     return load_config(REPO / "configs" / "_base_" / "methods" / f"{method}.yaml", [
-        f"model.name={args.model}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
+        f"model.name={model or args.model}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
         f"train.amp={args.amp}", f"train.compile={str(compiled).lower()}",
         f"train.channels_last={str(args.channels_last).lower()}", "train.milestones=[]",
         "data.name=synthetic", f"data.num_classes={args.num_classes}", f"data.image_size={args.image_size}",
-        *overrides,
+        *overrides, *extra,
     ])
 
 
@@ -123,7 +135,18 @@ def build_methods(methods: list[str], args, device: torch.device, workdir: Path)
             network.terms = torch.nn.ModuleList([released_term(term, config) for term in network.terms])
             exp.terms = list(network.terms)
         experiments[method + (EAGER if args.compile and not compiled else "")] = (config, exp)
+    if args.compare_model:
+        for method, compiled in variants:
+            if method != "tffd_released":
+                config = method_config(method, args, overrides, compiled, model=args.compare_model)
+                key = f"{method}@{args.compare_model}" + (EAGER if args.compile and not compiled else "")
+                experiments[key] = (config, build_experiment(config, dist))
     return experiments
+
+
+def baseline_of(key: str) -> str:
+    """The ce row a row's ratio is taken against: ``ce`` with the row's suffixes (``@<model>``, ``/eager``)."""
+    return "ce" + key[len(re.split(r"[/@]", key, maxsplit=1)[0]):]
 
 
 def tffd_term(exp) -> TeacherFreeFD:
@@ -179,7 +202,7 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
     results = {}
     for method in names:
         ms = 1000 * statistics.median(wall[method])
-        baseline = "ce" + EAGER if method.endswith(EAGER) else "ce"  # eager twins against the eager ce
+        baseline = baseline_of(method)  # eager twins against the eager ce, a compared model's against its own
         ratios = [mine / base for mine, base in zip(wall[method], wall[baseline])]
         results[method] = {
             "ms_per_step": ms,
@@ -188,11 +211,21 @@ def time_methods(experiments: dict, args, device: torch.device) -> dict:
             "ratio_to_ce_ci95": median_ci95(ratios),
             "peak_memory_mib": peak[method] / MiB if device.type == "cuda" else None,
             "cpu_ms_per_step": 1000 * statistics.median(cpu[method]) if device.type == "cpu" else None,
-            "cpu_ratio_to_ce": (statistics.median(c / b for c, b in zip(cpu[method], cpu["ce"]))
+            "cpu_ratio_to_ce": (statistics.median(c / b for c, b in zip(cpu[method], cpu[baseline]))
                                 if device.type == "cpu" else None),
             "samples_ms": [1000 * sample for sample in wall[method]],
         }
-    return with_eager_ratios(results, wall)
+    return with_model_ratios(with_eager_ratios(results, wall), wall)
+
+
+def with_model_ratios(results: dict, wall: dict) -> dict:
+    """The compared model's rows, each with the median per-round ratio of --model's step to its step."""
+    for key, row in results.items():
+        if "@" in key:
+            main = key.replace("@" + key.split("@", 1)[1], "")
+            ratios = [mine / theirs for mine, theirs in zip(wall[main], wall[key])]
+            row.update(model_ratio=statistics.median(ratios), model_ratio_ci95=median_ci95(ratios))
+    return results
 
 
 def with_eager_ratios(results: dict, wall: dict) -> dict:
@@ -325,11 +358,12 @@ def _cpuinfo() -> list[str]:
 
 def table(result: dict) -> str:
     settings, methods, on_cpu = result["settings"], result["methods"], result["device"].startswith("cpu")
+    width = max(14, *(len(method) + 2 for method in methods))
     lines = [f"{settings['model']} training step, batch {settings['batch_size']}, {result['device']}, "
              f"amp {settings['amp']}, {'compiled' if settings['compile'] else 'eager'}"
              f"{', channels_last' if settings['channels_last'] else ''}, torch {result['torch']}; "
              f"median of {settings['rounds']} interleaved rounds of {settings['steps']} steps",
-             f"{'method':14s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
+             f"{'method':{width}s}{'ms/step':>10s}{'cpu ms/step' if on_cpu else '':>13s}{'images/s':>11s}"
              f"{'ratio to ce':>13s}{'peak memory':>14s}"
              + (f"{'eager ms/step':>15s}{'compiled/eager':>16s}" if settings["compile"] else "")]
     for method, row in methods.items():
@@ -337,8 +371,14 @@ def table(result: dict) -> str:
         memory = f"{row['peak_memory_mib']:.0f} MiB" if row["peak_memory_mib"] is not None else "n/a"
         eager = (f"{row['eager_ms_per_step']:15.1f}{row['compiled_to_eager']:16.3f}" if "compiled_to_eager" in row
                  else "")
-        lines.append(f"{method:14s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
+        lines.append(f"{method:{width}s}{row['ms_per_step']:10.1f}{cpu:>13s}{row['images_per_s']:11.0f}"
                      f"{row['ratio_to_ce']:13.3f}{memory:>14s}{eager}")
+    compared = {method: row for method, row in methods.items() if "model_ratio" in row}
+    if compared:
+        lines.append(f"{settings['model']} step / {settings['compare_model']} step, median of per-round ratios: "
+                     + ", ".join(f"{method.split('@')[0]} {row['model_ratio']:.3f} (95% interval "
+                                 f"{row['model_ratio_ci95'][0]:.3f}-{row['model_ratio_ci95'][1]:.3f})"
+                                 for method, row in compared.items()))
     if result["loaders"]:
         lines.append(f"{'loader':14s}{'images/s':>10s}   (loader only, {settings['loader_images']} images per epoch)")
         for kind, row in result["loaders"].items():
@@ -376,8 +416,8 @@ def run(args) -> dict:
     unknown = [method for method in methods if method not in METHODS]
     if unknown or "ce" not in methods or len(set(methods)) != len(methods):
         raise ConfigError(f"--methods {args.methods!r}: list each of {', '.join(METHODS)} at most once, ce included")
-    for name in (args.model, args.teacher):
-        if name not in MODELS:
+    for name in (args.model, args.teacher, args.compare_model):
+        if name is not None and name not in MODELS and not is_timm_name(name):
             raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     device = choose_device(args.device, local_rank=0)
     with tempfile.TemporaryDirectory() as workdir:
@@ -391,7 +431,8 @@ def run(args) -> dict:
         check = reference_check(exp, images)
     result = {
         "device": device_name(device), "torch": torch.__version__,
-        "settings": {"model": args.model, "teacher": args.teacher, "batch_size": args.batch_size, "amp": args.amp,
+        "settings": {"model": args.model, "compare_model": args.compare_model, "overrides": args.set,
+                     "teacher": args.teacher, "batch_size": args.batch_size, "amp": args.amp,
                      "compile": args.compile, "channels_last": args.channels_last, "rounds": args.rounds,
                      "steps": args.steps, "warmup": args.warmup, "image_size": args.image_size,
                      "num_classes": args.num_classes, "loader_images": args.loader_images,

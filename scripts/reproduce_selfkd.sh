@@ -15,10 +15,12 @@
 #   + Tf-FD  configs/cifar100/selfkd/cifar_resnet18_<M>_tffd.yaml   (M's terms and transforms + tffd)
 # except ce and tffd, which are one run each: CE + Tf-FD is the tffd config itself.
 # --model NAME trains another backbone with the same configs (model.name=NAME): cifar_resnet18 (default,
-# post-activation) or preact_resnet18 (PreAct ResNet-18, the backbone of Self-KD-Lib's published table).
+# post-activation) or preact_resnet18 (PreAct ResNet-18, the backbone of Self-KD-Lib's published table),
+# or any timm model, timm/<architecture> (its keyword arguments by --set, e.g. --set "model.timm_kwargs={img_size:
+# 32, patch_size: 4}" for a ViT; without --methods, the methods a timm model refuses, as zipf_ls, are left out).
 #
-# Run directories: <root>/<model>_<M>/seed<k> and <root>/<model>_<M>_tffd/seed<k>; console output beside
-# each, in <dir>.log. Restartable: finished runs are skipped, unfinished ones resume from their last.pt.
+# Run directories: <root>/<model>_<M>/seed<k> and <root>/<model>_<M>_tffd/seed<k> (a timm/<arch> model's <model>:
+# timm_<arch>); console output beside each, in <dir>.log. Restartable: finished runs are skipped, unfinished ones resume from their last.pt.
 # --epochs N is a quick pass: the milestones, the lr warm-up and the Tf-FD warm-up scale with N (a warm-up
 # shorter than one epoch becomes none), and the runs go to runs/cifar100_selfkd_e<N> unless --root is given.
 # --set adds an override to every run (e.g. --set train.amp=bf16 --set train.channels_last=true).
@@ -44,9 +46,17 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 check_common_options
-[[ " ${MODELS[*]} " == *" $MODEL "* ]] || {
-  echo "error: --model takes one of ${MODELS[*]}, got '$MODEL'" >&2; exit 2; }
+[[ " ${MODELS[*]} " == *" $MODEL "* || $MODEL =~ ^timm/[A-Za-z0-9_.]+$ ]] || {
+  echo "error: --model takes one of ${MODELS[*]}, got '$MODEL' (or timm/<architecture>: any timm model)" >&2; exit 2; }
+MODEL_DIR=${MODEL//\//_}  # timm/<arch> -> timm_<arch>: one directory level per run, as for the others
 RUN_METHODS=("${METHODS[@]}")
+if [[ $MODEL == timm/* && $ONLY == - ]]; then  # the terms a timm model refuses (models/timm_backbone.py)
+  REFUSED=" $("$PYTHON" -c 'from models.timm_backbone import TimmBackbone; print(*TimmBackbone.refuses_terms)') "
+  KEPT=()
+  for method in "${RUN_METHODS[@]}"; do [[ $REFUSED == *" $method "* ]] || KEPT+=("$method"); done
+  echo "note: $MODEL cannot train${REFUSED% }; left out" >&2
+  RUN_METHODS=("${KEPT[@]}")
+fi
 if [[ $ONLY != - ]]; then
   IFS=, read -r -a RUN_METHODS <<< "$ONLY,"  # the trailing comma keeps an empty last name
   (( ${#RUN_METHODS[@]} )) || RUN_METHODS=("")
@@ -75,7 +85,7 @@ jobs() {
     for method in "${RUN_METHODS[@]}"; do
       for variant in "$method" "${method}_tffd"; do
         [[ $variant == "${method}_tffd" && $ALONE_ONLY == *" $method "* ]] && continue
-        job "$ROOT/${MODEL}_$variant/seed$seed" "configs/cifar100/selfkd/cifar_resnet18_$variant.yaml" \
+        job "$ROOT/${MODEL_DIR}_$variant/seed$seed" "configs/cifar100/selfkd/cifar_resnet18_$variant.yaml" \
             "seed=$seed" ${COMMON[@]+"${COMMON[@]}"}
       done
     done

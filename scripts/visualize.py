@@ -41,7 +41,7 @@ from engine.cli import exit_with
 from engine.output_paths import check_output_dir
 from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained
 from losses.tffd import channel_salience, salience_order, salient_and_redundant
-from models import build_model
+from models import build_configured_model
 from results.figures import FORMATS, new_figure, save  # shared with collect_results.py --plots
 
 JSON_FILE = "features.json"
@@ -95,16 +95,17 @@ def default_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def load_compare(path: Path, checkpoint: Path, model_name: str, num_classes: int, device) -> torch.nn.Module:
-    """The --compare checkpoint's weights in a model of the checkpoint's architecture."""
-    what = "--compare checkpoint"
+def load_compare(path: Path, checkpoint: Path, model_config, num_classes: int, device) -> torch.nn.Module:
+    """The --compare checkpoint's weights in a model of the checkpoint's architecture (``model_config``: its
+    config's ``model`` section, a timm model's keyword arguments included)."""
+    what, model_name = "--compare checkpoint", model_config.name
     saved = load_checkpoint(path, what)
     saved_name = saved.get("model_name") if isinstance(saved, dict) else None
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{what} {path} holds a {saved_name}, but {checkpoint} is a {model_name}; "
                               f"compare two checkpoints of one architecture")
     del saved
-    model = build_model(model_name, num_classes)
+    model = build_configured_model(model_config, num_classes)
     load_model_weights(model, path, what=what, model_name=model_name, num_classes=num_classes)
     return model.to(device)
 
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
     config = trained.config
     runs = [Run("checkpoint", args.checkpoint, args.label or default_label(args.checkpoint), trained.model)]
     if args.compare is not None:
-        model = load_compare(args.compare, args.checkpoint, config.model.name, trained.loaders.num_classes,
+        model = load_compare(args.compare, args.checkpoint, config.model, trained.loaders.num_classes,
                              trained.device)
         label = args.compare_label or default_label(args.compare)
         runs.append(Run("compare", args.compare, label if label != runs[0].label else f"{label} (compare)", model))

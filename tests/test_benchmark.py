@@ -168,3 +168,18 @@ def test_compiled_steps_are_timed_beside_their_eager_twins(tmp_path, capsys, mon
     printed = capsys.readouterr().out
     assert "compiled/eager" in printed.splitlines()[1]
     assert f"{methods['tffd']['compiled_to_eager']:16.3f}" in printed
+
+
+def test_a_compared_model_is_timed_in_the_same_rounds_and_set_reaches_the_main_models_config(tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--loader-images", "0", "--methods", "ce,tffd", "--model", "timm/vit_tiny_patch16_224",
+            "--set", "model.timm_kwargs={img_size: 16, patch_size: 4, depth: 4, embed_dim: 32, num_heads: 2}",
+            "--compare-model", "resnet20", "--json", str(out)]
+    assert benchmark.main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"ce", "tffd", "ce@resnet20", "tffd@resnet20"}
+    assert result["methods"]["ce@resnet20"]["ratio_to_ce"] == 1.0  # against its own ce
+    assert all(result["methods"][f"{m}@resnet20"]["model_ratio"] > 0 for m in ("ce", "tffd"))
+    assert result["reference_check"]["feature_shapes"][0] == [8, 32, 4, 4]  # the ViT's blocks, not resnet20's
+    assert "timm/vit_tiny_patch16_224 step / resnet20 step, median of per-round ratios: ce " in capsys.readouterr().out

@@ -15,7 +15,7 @@ from engine.checkpoint import load_model_weights
 from engine.config import load_config
 from losses import StepOutput, build_loss_terms
 from losses.tffd import TeacherFreeFD, TfFDConfig
-from models import MODELS, build_model
+from models import MODELS, build_configured_model, build_model
 
 CIFAR, IMAGENET = (100, 32), (1000, 224)  # (classes, input side) of the figures below
 _RESNET = [(16, 32), (32, 16), (64, 8)]
@@ -167,10 +167,17 @@ def test_train_with_mismatched_weights_exits_2_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
                                         if "_base_" not in p.parts))
 def test_shipped_configs_fit_their_model(path):
-    """Every experiment config names a registered model whose stages its loss terms can use."""
+    """Every experiment config names a registered model (or a timm one, which is built) whose stages its loss
+    terms can use."""
     config = load_config(REPO / path)
-    assert config.model.name in EXPECTED
-    shapes = [(channels, side, side) for channels, side in EXPECTED[config.model.name][2]]
+    if config.model.name.startswith("timm/"):
+        (num_classes, side) = IMAGENET if config.data.name == "imagenet" else CIFAR
+        with torch.no_grad():
+            feats = build_configured_model(config.model, num_classes).eval()(torch.zeros(1, 3, side, side))[1]
+        shapes = [tuple(f.shape[1:]) for f in feats]
+    else:
+        assert config.model.name in EXPECTED
+        shapes = [(channels, side, side) for channels, side in EXPECTED[config.model.name][2]]
     for term in build_loss_terms(config.loss.terms, config.loss):
         term.check_features(shapes)
 

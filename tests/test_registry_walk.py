@@ -1,5 +1,5 @@
 """Every registered loss term, batch plan, batch transform and augmentation, walked from the registries, so that no
-method can be added without being trained: every term on every backbone family in-process (two steps of the batch
+method can be added without being trained: every term on every backbone family (timm's included) in-process (two steps of the batch
 its plan composes, the gradient reaching the first convolution, or a clean refusal by ``check_features``) and under
 every plan it accepts, every plan's indices alike from both loaders, and a real one-epoch run of train.py of each
 term, alone and with Tf-FD."""
@@ -22,11 +22,14 @@ from engine.config import BatchConfig
 from engine.network import TrainingNetwork
 from losses import LOSSES, LossTerm, TrainingSetup
 from models import build_model
+from timm_models import TINY as TIMM_TINY
 
 TERMS = sorted(LOSSES)
 # Models of each stage layout: 3 and 4 stages, head blocks (a final BN-ReLU; a 1x1 conv, with odd
 # widths and a 2 x 2 last stage), torchvision's ImageNet ResNet (at 64 x 64 here, for speed).
-BACKBONES = {"resnet20": 16, "cifar_resnet18": 16, "wrn_16_2": 16, "mobilenetv2": 32, "resnet18": 64}
+BACKBONES = {"resnet20": 16, "cifar_resnet18": 16, "wrn_16_2": 16, "mobilenetv2": 32, "resnet18": 64,
+             # tiny timm models of three families: a ResNet, a ConvNeXt, a ViT (tests/timm_models.py)
+             **{name: side for name, (side, _, _) in TIMM_TINY.items()}}
 MUST_FIT = {"resnet20", "cifar_resnet18"}  # the quickstart's and the self-KD table's backbones
 NUM_CLASSES, ANCHORS = 5, 6
 
@@ -57,7 +60,8 @@ def _model(name: str):
     """One initialised model per name and its stage shapes; each test trains a copy."""
     torch.manual_seed(0)
     side = BACKBONES[name]
-    model = build_model(name, NUM_CLASSES).train()
+    options = {"timm_kwargs": TIMM_TINY[name][1]} if name in TIMM_TINY else {}
+    model = build_model(name, NUM_CLASSES, **options).train()
     with torch.no_grad():
         shapes = tuple(tuple(f.shape[1:]) for f in model(torch.zeros(2, 3, side, side))[1])
     return model, shapes
@@ -103,6 +107,10 @@ def test_every_term_trains_on_every_backbone_family_or_refuses_it_cleanly(name, 
     torch.manual_seed(0)
     registered = LOSSES.lookup(name)
     term = registered.term(registered.config())
+    refusal = getattr(model, "refuses_terms", {}).get(name)  # the model's own (engine/builder.py checks it)
+    if refusal:
+        assert model_name not in MUST_FIT and "\n" not in refusal, refusal
+        return
     try:
         term.check_features(shapes)
     except ConfigError as error:
