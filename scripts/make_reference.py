@@ -69,7 +69,8 @@ def registries() -> list[str]:
     lines += table(["augmentation", "what it does"],
                    [[f"`{name}`", first_sentence(builder)] for name, (builder, *_) in sorted(AUGMENTATIONS.items())])
     lines += ["", "## Models (`model.name`) and datasets (`data.name`)", "",
-              "Models: " + ", ".join(f"`{name}`" for name in sorted(MODELS)) + ".", "",
+              "Models: " + ", ".join(f"`{name}`" for name in sorted(MODELS)) + ", and `timm/<architecture>` for any "
+              "timm model (docs/MODELS.md).", "",
               "Datasets: " + ", ".join(f"`{name}`" for name in sorted(DATASETS)) + "."]
     return lines
 
