@@ -5,6 +5,7 @@
 
 Re-running the same command resumes an unfinished run from its last.pt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,12 @@ from engine.session import run_experiment
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="experiment YAML file")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="set any config field, e.g. loss.tffd.lambda_intra=1e-3 train.epochs=2")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="set any config field, e.g. loss.tffd.lambda_intra=1e-3 train.epochs=2",
+    )
     parser.add_argument("--run-dir", help="output directory (default: runs/<config path>[/<overrides>])")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory's previous outputs")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its type and default")

@@ -1,5 +1,6 @@
 """Errors caused by the user's input. ``train.py`` prints them as one line and exits with code 2; ``shown``
 shortens the values such a line echoes."""
+
 from __future__ import annotations
 
 import reprlib

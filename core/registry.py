@@ -1,5 +1,6 @@
 """One registry for every kind of pluggable part (models, loss terms, datasets): a dict of names,
 filled by a decorator, whose lookup of an unknown name lists the known ones."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, TypeVar

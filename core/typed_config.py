@@ -5,6 +5,7 @@ The schema is the documentation: each field has a type, a default and a ``help``
 a fixed set of values carry ``choices``. Unknown keys and badly typed values raise ``ConfigError``
 naming the key, so a typo never silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,24 @@ from .errors import ConfigError, shown
 from .yaml_files import parse_yaml_value
 
 
-def option(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
-           max: float | None = None, above: float | None = None, below: float | None = None):
+def option(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+):
     """A documented config field. ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive
     ones; they apply to a number and to every number in a list. Floats must be finite whatever the
     bounds. Mutable defaults are copied per instance."""
-    bounds = {name: value for name, value in (("min", min), ("max", max), ("above", above), ("below", below))
-              if value is not None}
+    bounds = {
+        name: value
+        for name, value in (("min", min), ("max", max), ("above", above), ("below", below))
+        if value is not None
+    }
     metadata = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: _copy(default), metadata=metadata)
@@ -43,8 +55,10 @@ STAGE = {"min": 1, "max": 16}  # a backbone stage, counted from 1 (ours have 3 t
 
 
 _BOUND_TESTS = {  # bound name -> (the test a value must pass, how a message says it)
-    "min": (lambda value, bound: value >= bound, ">="), "max": (lambda value, bound: value <= bound, "<="),
-    "above": (lambda value, bound: value > bound, ">"), "below": (lambda value, bound: value < bound, "<"),
+    "min": (lambda value, bound: value >= bound, ">="),
+    "max": (lambda value, bound: value <= bound, "<="),
+    "above": (lambda value, bound: value > bound, ">"),
+    "below": (lambda value, bound: value < bound, "<"),
 }
 
 
@@ -164,7 +178,9 @@ def coerce(value, annotation, key: str):
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         options = typing.get_args(annotation)
-        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))):
+        if type(None) in options and (
+            value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))
+        ):
             return None
         for option_type in (o for o in options if o is not type(None)):
             try:

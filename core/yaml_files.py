@@ -5,6 +5,7 @@ The loader builds plain YAML only (no Python objects), refuses a key given twice
 bounds what a document may expand to: an alias bomb of a few hundred bytes, or a deeply nested document,
 is one ``ConfigError`` before anything is built.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ class _StrictLoader(yaml.SafeLoader):
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep (at line "
-                                f"{self.peek_event().start_mark.line + 1})")
+                raise _TooLarge(
+                    f"is nested more than {MAX_YAML_DEPTH} levels deep (at line "
+                    f"{self.peek_event().start_mark.line + 1})"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -53,8 +56,10 @@ class _StrictLoader(yaml.SafeLoader):
             sizes: dict[int, tuple[int, int]] = {}
             nodes, _ = _expanded_size(node, 1, sizes)
             if nodes > MAX_YAML_NODES:
-                raise _TooLarge(f"holds {shown(nodes)} values (each alias *name counted where it stands), more "
-                                f"than {MAX_YAML_NODES}")
+                raise _TooLarge(
+                    f"holds {shown(nodes)} values (each alias *name counted where it stands), more "
+                    f"than {MAX_YAML_NODES}"
+                )
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -80,22 +85,32 @@ def _expanded_size(node: yaml.Node, depth: int, sizes: dict) -> tuple[int, int]:
     """(values, levels) of ``node`` with every alias expanded, each shared node counted once per use;
     ``sizes`` memoises them by node (an unfinished one is -1: an alias inside its own anchor)."""
     if depth > MAX_YAML_DEPTH:
-        raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
-                        f"{node.start_mark.line + 1})")
+        raise _TooLarge(
+            f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
+            f"{node.start_mark.line + 1})"
+        )
     known = sizes.get(id(node))
     if known == (-1, -1):
-        raise _TooLarge(f"refers to itself: an alias (*name) inside its own anchor (&name), at line "
-                        f"{node.start_mark.line + 1}")
+        raise _TooLarge(
+            f"refers to itself: an alias (*name) inside its own anchor (&name), at line {node.start_mark.line + 1}"
+        )
     if known is None:
         sizes[id(node)] = (-1, -1)
-        children = ([child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode)
-                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [child for pair in node.value for child in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
         counted = [_expanded_size(child, depth + 1, sizes) for child in children]
         known = (1 + sum(count for count, _ in counted), 1 + max((levels for _, levels in counted), default=0))
         sizes[id(node)] = known
     if depth - 1 + known[1] > MAX_YAML_DEPTH:
-        raise _TooLarge(f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
-                        f"{node.start_mark.line + 1})")
+        raise _TooLarge(
+            f"is nested more than {MAX_YAML_DEPTH} levels deep through its aliases (*name) (at line "
+            f"{node.start_mark.line + 1})"
+        )
     return known
 
 
@@ -113,8 +128,9 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as error:
-        raise ConfigError(f"{path}: key {shown(error.key)} appears twice, at lines {error.lines[0]} and "
-                          f"{error.lines[1]}; keep one") from None
+        raise ConfigError(
+            f"{path}: key {shown(error.key)} appears twice, at lines {error.lines[0]} and {error.lines[1]}; keep one"
+        ) from None
     except _TooLarge as error:
         raise ConfigError(f"{path}: refused: the document {error}; a config is a few plain nested mappings") from None
     except yaml.constructor.ConstructorError as error:
@@ -141,8 +157,9 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
-        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), "
-                          f"got {shown(bases)}")
+        raise ConfigError(
+            f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), got {shown(bases)}"
+        )
     merged: dict = {}
     for base in bases:
         merged = deep_merge(merged, load_yaml_tree(path.parent / base, _seen + (path,)))

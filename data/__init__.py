@@ -1,5 +1,6 @@
 """Datasets and loaders. ``build_loaders`` picks the device-resident loader for in-memory datasets
 (unless ``data.loader: torchvision``) and DataLoader workers otherwise."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,17 @@ class Loaders:
     num_test: int
 
 
-def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: int, eval_batch_size: int,
-                  device, seed: int, plan: Optional[BatchPlan] = None, rank: int = 0, world_size: int = 1) -> Loaders:
+def build_loaders(
+    data_config,
+    data: "InMemoryData | FolderData",
+    batch_size: int,
+    eval_batch_size: int,
+    device,
+    seed: int,
+    plan: Optional[BatchPlan] = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Loaders:
     """Loaders for one rank; ``batch_size`` and ``eval_batch_size`` are per rank (anchors, where the batch
     ``plan`` (data/plans/; None: plain) adds extra samples to each)."""
     plan = plan if plan is not None else PlainPlan()
@@ -38,25 +48,60 @@ def build_loaders(data_config, data: "InMemoryData | FolderData", batch_size: in
         augment = build_augmentations(data_config)  # FolderData's transforms hold theirs (data/folder.py)
         num_train, num_test = len(data.train_labels), len(data.test_labels)
         if data_config.loader in ("auto", "device"):
-            train = DeviceTrainLoader(data.train_images, data.train_labels, data.mean, data.std, batch_size, device,
-                                      seed, plan, rank, world_size, data_config.padding, data_config.pad_mode,
-                                      data_config.hflip, augment)
-            test = DeviceEvalLoader(data.test_images, data.test_labels, data.mean, data.std, eval_batch_size,
-                                    device, rank, world_size)
+            train = DeviceTrainLoader(
+                data.train_images,
+                data.train_labels,
+                data.mean,
+                data.std,
+                batch_size,
+                device,
+                seed,
+                plan,
+                rank,
+                world_size,
+                data_config.padding,
+                data_config.pad_mode,
+                data_config.hflip,
+                augment,
+            )
+            test = DeviceEvalLoader(
+                data.test_images, data.test_labels, data.mean, data.std, eval_batch_size, device, rank, world_size
+            )
         else:
+
             def dataset(images, labels, train):
-                transform = small_image_transforms(data.image_size, data.mean, data.std, data_config.padding,
-                                                   data_config.pad_mode, data_config.hflip, train, augment)
+                transform = small_image_transforms(
+                    data.image_size,
+                    data.mean,
+                    data.std,
+                    data_config.padding,
+                    data_config.pad_mode,
+                    data_config.hflip,
+                    train,
+                    augment,
+                )
                 return TensorImageDataset(images, labels, transform)
 
-            train = TorchTrainLoader(dataset(data.train_images, data.train_labels, True), batch_size, device, seed,
-                                     plan, data.train_labels, rank, world_size, workers)
-            test = TorchEvalLoader(dataset(data.test_images, data.test_labels, False), eval_batch_size, device,
-                                   rank, world_size, workers)
+            train = TorchTrainLoader(
+                dataset(data.train_images, data.train_labels, True),
+                batch_size,
+                device,
+                seed,
+                plan,
+                data.train_labels,
+                rank,
+                world_size,
+                workers,
+            )
+            test = TorchEvalLoader(
+                dataset(data.test_images, data.test_labels, False), eval_batch_size, device, rank, world_size, workers
+            )
     else:
         if data_config.loader == "device":
-            raise ConfigError(f"data.loader=device needs an in-memory dataset; {data_config.name} is read from files "
-                              "(use data.loader=torchvision or auto)")
+            raise ConfigError(
+                f"data.loader=device needs an in-memory dataset; {data_config.name} is read from files "
+                "(use data.loader=torchvision or auto)"
+            )
         num_train, num_test = len(data.train), len(data.test)
         skip = data_config.skip_bad_images
         labels = torch.as_tensor(data.train.targets, dtype=torch.int64)

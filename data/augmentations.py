@@ -43,6 +43,7 @@ before pad-crop and flip, fills with grey (128) and always adds Cutout 16; here 
 Self-KD-Lib's order (the device loader's crop is a gather from pre-padded images), ``fill`` is an
 option, and Cutout is ``batch.transforms=[cutout]`` with ``batch.cutout.length=16``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,12 +80,22 @@ def _channels(values: list, key: str) -> None:
 @dataclass
 class RandomEraseConfig(Options):
     p: float = option(0.5, "probability that an image gets a rectangle erased", min=0, max=1)
-    scale: list[float] = option([0.02, 0.4], "[min, max] fraction of the image area erased (zhunzhong07: sl, sh)",
-                                min=0, max=1)
-    ratio: list[float] = option([0.3, 1 / 0.3], "[min, max] aspect ratio h / w of the rectangle, log-uniform "
-                                "(zhunzhong07: r1 to 1/r1, r1 = 0.3)", above=0, max=100)
-    value: list[float] = option([0.4914, 0.4822, 0.4465], "fill, in normalised units (0 = the mean pixel), 1 value "
-                                "or 3: zhunzhong07's numbers; Self-KD-Lib [0.5071, 0.4867, 0.4408]", min=-100, max=100)
+    scale: list[float] = option(
+        [0.02, 0.4], "[min, max] fraction of the image area erased (zhunzhong07: sl, sh)", min=0, max=1
+    )
+    ratio: list[float] = option(
+        [0.3, 1 / 0.3],
+        "[min, max] aspect ratio h / w of the rectangle, log-uniform (zhunzhong07: r1 to 1/r1, r1 = 0.3)",
+        above=0,
+        max=100,
+    )
+    value: list[float] = option(
+        [0.4914, 0.4822, 0.4465],
+        "fill, in normalised units (0 = the mean pixel), 1 value "
+        "or 3: zhunzhong07's numbers; Self-KD-Lib [0.5071, 0.4867, 0.4408]",
+        min=-100,
+        max=100,
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,12 +111,21 @@ def random_erase(config: RandomEraseConfig) -> v2.RandomErasing:
 
 @dataclass
 class AutoAugmentConfig(Options):
-    policy: str = option("cifar10", "the learned policy (Self-KD-Lib uses CIFAR-10's on CIFAR-100 and ImageNet)",
-                         choices=("cifar10", "imagenet", "svhn"))
-    interpolation: str = option("nearest", "resampling of rotate/shear/translate (torchvision's default)",
-                                choices=("nearest", "bilinear"))
-    fill: list[int] = option([0], "pixel value of the areas rotate/shear/translate uncover, 1 value or 3 "
-                             "(0: torchvision's default, as Self-KD-Lib; 128: the authors' code)", min=0, max=255)
+    policy: str = option(
+        "cifar10",
+        "the learned policy (Self-KD-Lib uses CIFAR-10's on CIFAR-100 and ImageNet)",
+        choices=("cifar10", "imagenet", "svhn"),
+    )
+    interpolation: str = option(
+        "nearest", "resampling of rotate/shear/translate (torchvision's default)", choices=("nearest", "bilinear")
+    )
+    fill: list[int] = option(
+        [0],
+        "pixel value of the areas rotate/shear/translate uncover, 1 value or 3 "
+        "(0: torchvision's default, as Self-KD-Lib; 128: the authors' code)",
+        min=0,
+        max=255,
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,8 +134,11 @@ class AutoAugmentConfig(Options):
 
 @register_augmentation("autoaugment", AutoAugmentConfig, stage="uint8")
 def autoaugment(config: AutoAugmentConfig) -> v2.AutoAugment:
-    return v2.AutoAugment(v2.AutoAugmentPolicy(config.policy), interpolation=v2.InterpolationMode(config.interpolation),
-                          fill=config.fill[0] if len(config.fill) == 1 else list(config.fill))
+    return v2.AutoAugment(
+        v2.AutoAugmentPolicy(config.policy),
+        interpolation=v2.InterpolationMode(config.interpolation),
+        fill=config.fill[0] if len(config.fill) == 1 else list(config.fill),
+    )
 
 
 @dataclass(frozen=True)
@@ -134,8 +157,10 @@ def check_augment_names(names: list[str]) -> None:
     stages = [STAGES.index(AUGMENTATIONS[name][2]) for name in names]
     if stages != sorted(stages):
         late = next(names[i] for i in range(1, len(names)) if stages[i] < stages[i - 1])
-        raise ConfigError(f"data.augment: {late} works on uint8 images, before normalisation, so it must come before "
-                          f"{', '.join(n for n in names if AUGMENTATIONS[n][2] == 'normalised')} (got {shown(names)})")
+        raise ConfigError(
+            f"data.augment: {late} works on uint8 images, before normalisation, so it must come before "
+            f"{', '.join(n for n in names if AUGMENTATIONS[n][2] == 'normalised')} (got {shown(names)})"
+        )
 
 
 def build_augmentations(data_config) -> list[Augmentation]:
@@ -153,8 +178,9 @@ def stage_transforms(augmentations: list[Augmentation], stage: str) -> list:
     return [augmentation.transform for augmentation in augmentations if augmentation.stage == stage]
 
 
-def draw_seeds(shape: tuple[int, ...], total: int, seed: int, epoch: int, stream: int, rank: int,
-               world_size: int) -> torch.Tensor:
+def draw_seeds(
+    shape: tuple[int, ...], total: int, seed: int, epoch: int, stream: int, rank: int, world_size: int
+) -> torch.Tensor:
     """Seeds of shape ``shape`` x this rank's positions (CPU, int64): drawn for every position of the
     epoch's global order of ``total`` samples from (seed, epoch, stream) alone, then sliced like the order."""
     seeds = torch.randint(0, 2**62, (*shape, total), generator=epoch_generator(seed, epoch, stream=stream))

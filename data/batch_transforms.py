@@ -15,6 +15,7 @@ those of the unmixed images and are what the training top-1 is counted against.
 Random draws use PyTorch's global generators (the CPU's for the mixing factors, the device's for
 permutations and positions), whose states every checkpoint saves: a resumed run draws the same.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ def beta_sample(alpha: float) -> float:
 
 def mix(images: torch.Tensor, labels: torch.Tensor, lam: float, permutation: torch.Tensor):
     """Mixup of a batch with its permutation: lam * x + (1 - lam) * x[perm], and the labels alike."""
-    return (images.mul(lam).add_(images[permutation], alpha=1 - lam),
-            labels.mul(lam).add_(labels[permutation], alpha=1 - lam))
+    return (
+        images.mul(lam).add_(images[permutation], alpha=1 - lam),
+        labels.mul(lam).add_(labels[permutation], alpha=1 - lam),
+    )
 
 
 def cutmix_box(height: int, width: int, lam: float) -> tuple[int, int, int, int]:
@@ -63,15 +66,20 @@ def cutout_masks(count: int, height: int, width: int, length: int, device) -> to
     centre_x = torch.randint(0, width, (count, 1, 1), device=device)
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
-    inside = ((rows >= centre_y - length // 2) & (rows < centre_y + length // 2)
-              & (cols >= centre_x - length // 2) & (cols < centre_x + length // 2))
+    inside = (
+        (rows >= centre_y - length // 2)
+        & (rows < centre_y + length // 2)
+        & (cols >= centre_x - length // 2)
+        & (cols < centre_x + length // 2)
+    )
     return (~inside).unsqueeze(1).to(torch.float32)
 
 
 @dataclass
 class MixupConfig(Options):
-    alpha: float = option(1.0, "lam ~ Beta(alpha, alpha) (1.0: facebookresearch/mixup-cifar10; Self-KD-Lib 0.4)",
-                          **BETA_ALPHA)
+    alpha: float = option(
+        1.0, "lam ~ Beta(alpha, alpha) (1.0: facebookresearch/mixup-cifar10; Self-KD-Lib 0.4)", **BETA_ALPHA
+    )
 
 
 @register_batch_transform("mixup", MixupConfig)
@@ -90,8 +98,13 @@ class Mixup:
 @dataclass
 class CutMixConfig(Options):
     alpha: float = option(1.0, "lam ~ Beta(alpha, alpha)", **BETA_ALPHA)
-    prob: float = option(0.5, "probability that a batch is cut-mixed (0.5: clovaai/CutMix-PyTorch's CIFAR "
-                              "setting; 1.0 there on ImageNet and in Self-KD-Lib)", min=0, max=1)
+    prob: float = option(
+        0.5,
+        "probability that a batch is cut-mixed (0.5: clovaai/CutMix-PyTorch's CIFAR "
+        "setting; 1.0 there on ImageNet and in Self-KD-Lib)",
+        min=0,
+        max=1,
+    )
 
 
 @register_batch_transform("cutmix", CutMixConfig)
@@ -116,8 +129,9 @@ class CutMix:
 
 @dataclass
 class CutoutConfig(Options):
-    length: int = option(8, "side of the square hole in pixels (uoguelph-mlrg/Cutout: 8 on CIFAR-100, "
-                            "16 on CIFAR-10)", min=1, max=4096)
+    length: int = option(
+        8, "side of the square hole in pixels (uoguelph-mlrg/Cutout: 8 on CIFAR-100, 16 on CIFAR-10)", min=1, max=4096
+    )
 
 
 @register_batch_transform("cutout", CutoutConfig)

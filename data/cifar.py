@@ -1,4 +1,5 @@
 """CIFAR-10 and CIFAR-100 through torchvision, kept in memory as uint8 tensors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,10 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_CLASSES = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10), "cifar100": (datasets.CIFAR100, "cifar-100-python", 100)}
+_CLASSES = {
+    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10),
+    "cifar100": (datasets.CIFAR100, "cifar-100-python", 100),
+}
 
 
 def _load(name: str, data_config) -> InMemoryData:
@@ -30,7 +34,9 @@ def _load(name: str, data_config) -> InMemoryData:
             f"or put the extracted '{folder}' folder under data.root={root}"
         ) from None
     except OSError as error:  # download attempted without a network
-        raise DataError(f"{name} download to {root} failed ({error}); put the extracted '{folder}' folder there") from None
+        raise DataError(
+            f"{name} download to {root} failed ({error}); put the extracted '{folder}' folder there"
+        ) from None
     mean, std = normalisation(data_config, *_STATS[name])
     return InMemoryData(
         train_images=_to_tensor(train.data),

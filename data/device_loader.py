@@ -8,6 +8,7 @@ direction and flips happen with probability 1/2, drawn independently per image. 
 of ``data.augment`` (data/augmentations.py: torchvision transforms, per image, seeded per image) run
 after the crop and flip, on the uint8 images or on the normalised ones as each requires.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
     return F.pad(images.float(), (padding,) * 4, mode=mode).to(torch.uint8)
 
 
-def crop_flip(padded: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-              flip: torch.Tensor, size: int) -> torch.Tensor:
+def crop_flip(
+    padded: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, size: int
+) -> torch.Tensor:
     """Gather images ``index`` from ``padded``, crop ``size`` x ``size`` at (top, left) and mirror
     where ``flip``, as one gather. Returns uint8 B x C x size x size."""
     _, channels, height, width = padded.shape
@@ -57,8 +59,23 @@ class DeviceTrainLoader:
     anchors, then the extra samples the batch plan (data/plans/) draws for them, each with crops, flips and
     augmentations of its own."""
 
-    def __init__(self, images, labels, mean, std, batch_size: int, device, seed: int, plan, rank: int = 0,
-                 world_size: int = 1, padding: int = 4, pad_mode: str = "constant", hflip: bool = True, augment=()):
+    def __init__(
+        self,
+        images,
+        labels,
+        mean,
+        std,
+        batch_size: int,
+        device,
+        seed: int,
+        plan,
+        rank: int = 0,
+        world_size: int = 1,
+        padding: int = 4,
+        pad_mode: str = "constant",
+        hflip: bool = True,
+        augment=(),
+    ):
         self.device = torch.device(device)
         self.size = images.shape[-1]
         self.padding, self.hflip = padding, hflip
@@ -101,8 +118,9 @@ class DeviceTrainLoader:
             yield self._augment_and_normalize(images, image_seeds), self.labels[index], index
 
     def _seeds(self, stream: int, copies: int) -> torch.Tensor:
-        return draw_seeds((len(self.augment), copies), len(self.labels), self.seed, self.epoch, stream, self.rank,
-                          self.world_size)
+        return draw_seeds(
+            (len(self.augment), copies), len(self.labels), self.seed, self.epoch, stream, self.rank, self.world_size
+        )
 
     def _augment_and_normalize(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """The uint8-stage augmentations, normalisation, then the normalised-stage ones; ``seeds`` holds
@@ -125,7 +143,9 @@ class DeviceTrainLoader:
         shape = (copies, total)
         top = torch.randint(0, 2 * self.padding + 1, shape, generator=generator)[:, mine]
         left = torch.randint(0, 2 * self.padding + 1, shape, generator=generator)[:, mine]
-        flip = (torch.rand(shape, generator=generator) < 0.5)[:, mine] if self.hflip else torch.zeros_like(top, dtype=bool)
+        flip = (
+            (torch.rand(shape, generator=generator) < 0.5)[:, mine] if self.hflip else torch.zeros_like(top, dtype=bool)
+        )
         return [value.to(self.device) for value in (top, left, flip)]
 
 
@@ -143,4 +163,7 @@ class DeviceEvalLoader:
 
     def __iter__(self):
         for start in range(0, len(self.labels), self.batch_size):
-            yield self.normalize(self.images[start : start + self.batch_size]), self.labels[start : start + self.batch_size]
+            yield (
+                self.normalize(self.images[start : start + self.batch_size]),
+                self.labels[start : start + self.batch_size],
+            )

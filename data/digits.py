@@ -3,6 +3,7 @@
 Upsampled bilinearly to ``data.image_size`` and repeated over 3 channels, so CIFAR models run on it
 unchanged. The train/test split is fixed (80/20, stratified by a fixed permutation), whatever the seed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,6 +38,4 @@ def digits(data_config) -> InMemoryData:
     train_index, test_index = torch.cat(train_index).sort().values, torch.cat(test_index).sort().values
 
     mean, std = normalisation(data_config, *channel_stats(images[train_index]))
-    return InMemoryData(
-        images[train_index], labels[train_index], images[test_index], labels[test_index], 10, mean, std
-    )
+    return InMemoryData(images[train_index], labels[train_index], images[test_index], labels[test_index], 10, mean, std)

@@ -12,6 +12,7 @@ random-crop back) or ``resized`` (ImageNet-like large images, as ``imagenet`` at
 Normalisation is ``data.mean``/``data.std``, ImageNet's when null (reading every image to measure
 the dataset's own statistics would cost a pass over the data before each run).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,11 +54,23 @@ def resized_crop_transforms(size: int, mean, std, hflip: bool, train: bool, augm
 def padded_crop_transforms(size: int, mean, std, data_config, train: bool) -> v2.Compose:
     """CIFAR-style pipeline on PIL images: bring the image to size x size, then the in-memory datasets'
     pad + random crop (+ flip, + ``data.augment``) and normalisation."""
-    return v2.Compose([
-        v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage(),
-        small_image_transforms(size, mean, std, data_config.padding, data_config.pad_mode, data_config.hflip, train,
-                               build_augmentations(data_config)),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToImage(),
+            small_image_transforms(
+                size,
+                mean,
+                std,
+                data_config.padding,
+                data_config.pad_mode,
+                data_config.hflip,
+                train,
+                build_augmentations(data_config),
+            ),
+        ]
+    )
 
 
 def _split_dir(root: Path, names: tuple[str, ...], what: str, hint: str) -> Path:
@@ -73,20 +86,28 @@ class Skipped:
     """What a scan of class folders left out: symlinks that repeat a file or folder already counted (a loop
     such as ``a/loop -> ..``, a second link to one image), symlinks to an image of another class, and
     broken symlinks (only where ``data.skip_bad_images``; otherwise they are refused)."""
+
     repeated: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
 
     def line(self, what: str) -> str | None:
         """The one warning line that says what was skipped, or None."""
-        parts = [f"{len(paths)} {kind} (e.g. {paths[0]})" for paths, kind in (
-            (self.repeated, "symlinks that repeat an image or folder already counted"),
-            (self.foreign, "symlinks to images of another class, counted under their own"),
-            (self.broken, "broken symlinks (data.skip_bad_images)")) if paths]
+        parts = [
+            f"{len(paths)} {kind} (e.g. {paths[0]})"
+            for paths, kind in (
+                (self.repeated, "symlinks that repeat an image or folder already counted"),
+                (self.foreign, "symlinks to images of another class, counted under their own"),
+                (self.broken, "broken symlinks (data.skip_bad_images)"),
+            )
+            if paths
+        ]
         if not parts:
             return None
-        return f"warning: {what}: every image file counts once, under the class folder that holds it; skipped " + \
-            ", ".join(parts)
+        return (
+            f"warning: {what}: every image file counts once, under the class folder that holds it; skipped "
+            + ", ".join(parts)
+        )
 
 
 def _class_of(real: str, class_dirs: dict[str, str]) -> str | None:
@@ -101,8 +122,15 @@ def _class_of(real: str, class_dirs: dict[str, str]) -> str | None:
     return class_dirs[path]
 
 
-def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...], what: str,
-                       skip_broken: bool, skipped: Skipped, counted: set[str]) -> list[tuple[str, int]]:
+def scan_class_folders(
+    directory: str,
+    class_to_idx: dict[str, int],
+    extensions: tuple[str, ...],
+    what: str,
+    skip_broken: bool,
+    skipped: Skipped,
+    counted: set[str],
+) -> list[tuple[str, int]]:
     """(path, class index) of every image file under ``directory/<class>/`` once, by its real path, under the
     class folder that really holds it (an image linked from another class's folder counts there only), in
     torchvision's order. Symlinked folders are followed, each real folder once per class (a loop ends);
@@ -133,9 +161,11 @@ def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions:
                     continue
                 if not os.path.exists(path):  # a symlink to nothing (or to itself)
                     if not skip_broken:
-                        raise DataError(f"{what}: broken symbolic link {path} -> {os.readlink(path)} (no such file); "
-                                        f"remove it or fix its target, or set data.skip_bad_images=true to skip such "
-                                        f"files")
+                        raise DataError(
+                            f"{what}: broken symbolic link {path} -> {os.readlink(path)} (no such file); "
+                            f"remove it or fix its target, or set data.skip_bad_images=true to skip such "
+                            f"files"
+                        )
                     skipped.broken.append(path)
                     continue
                 real = os.path.realpath(path)
@@ -160,8 +190,15 @@ class CheckedImageFolder(ImageFolder):
         super().__init__(root, transform=transform, allow_empty=True)
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        return scan_class_folders(str(directory), class_to_idx, extensions or IMG_EXTENSIONS, self.what,
-                                  self.skip_broken, self.skipped, self.real_paths)
+        return scan_class_folders(
+            str(directory),
+            class_to_idx,
+            extensions or IMG_EXTENSIONS,
+            self.what,
+            self.skip_broken,
+            self.skipped,
+            self.real_paths,
+        )
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
@@ -184,18 +221,23 @@ def _image_folder(directory: Path, transform, what: str, skip_broken: bool) -> C
     try:
         dataset = CheckedImageFolder(str(directory), transform, what, skip_broken)
     except FileNotFoundError:  # torchvision: no class folder at all
-        raise DataError(f"{what}: no class sub-folders in {directory} (expected one folder of images per class)") from None
+        raise DataError(
+            f"{what}: no class sub-folders in {directory} (expected one folder of images per class)"
+        ) from None
     counts = torch.bincount(torch.as_tensor(dataset.targets, dtype=torch.int64), minlength=len(dataset.classes))
     empty = [name for name, count in zip(dataset.classes, counts.tolist()) if count == 0]
     if empty:
         more = f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else ""
-        raise DataError(f"{what}: empty class folder {directory / empty[0]}{more}: no images "
-                        f"({', '.join(IMG_EXTENSIONS)}) of its own")
+        raise DataError(
+            f"{what}: empty class folder {directory / empty[0]}{more}: no images "
+            f"({', '.join(IMG_EXTENSIONS)}) of its own"
+        )
     return dataset
 
 
-def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_size: int, transforms,
-                 hint: str) -> FolderData:
+def _folder_data(
+    data_config, what: str, test_splits: tuple[str, ...], image_size: int, transforms, hint: str
+) -> FolderData:
     """``transforms(train: bool)`` gives each split's pipeline; ``hint`` says how to lay out a missing split."""
     root = Path(data_config.root).expanduser()
     train_dir = _split_dir(root, ("train",), what, hint)
@@ -205,14 +247,18 @@ def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_siz
     if test.classes != train.classes:  # labels are class indices in sorted order: the sets must agree
         differing = sorted(set(train.classes) ^ set(test.classes))[0]
         side = test_dir if differing in test.classes else train_dir
-        raise DataError(f"{what}: {test_dir} and {train_dir} must hold the same class folders; "
-                        f"{side / differing} has no counterpart")
+        raise DataError(
+            f"{what}: {test_dir} and {train_dir} must hold the same class folders; "
+            f"{side / differing} has no counterpart"
+        )
     in_both = train.real_paths & test.real_paths
     train.real_paths = test.real_paths = set()
     if in_both:  # e.g. a training folder of symlinks into the test split
-        raise DataError(f"{what}: {len(in_both)} image files are both in {train_dir} and in {test_dir} (by their real "
-                        f"paths, through symlinks), e.g. {sorted(in_both)[0]}: the test split would be trained on; "
-                        f"keep each image in one split")
+        raise DataError(
+            f"{what}: {len(in_both)} image files are both in {train_dir} and in {test_dir} (by their real "
+            f"paths, through symlinks), e.g. {sorted(in_both)[0]}: the test split would be trained on; "
+            f"keep each image in one split"
+        )
     skipped = Skipped(*(a + b for a, b in zip(dataclasses.astuple(train.skipped), dataclasses.astuple(test.skipped))))
     warning = skipped.line(what)
     if warning:
@@ -224,11 +270,15 @@ def _folder_data(data_config, what: str, test_splits: tuple[str, ...], image_siz
 def imagenet(data_config) -> FolderData:
     mean, std = normalisation(data_config, IMAGENET_MEAN, IMAGENET_STD)
     return _folder_data(
-        data_config, "imagenet", ("val",), IMAGENET_SIZE,
-        lambda train: resized_crop_transforms(IMAGENET_SIZE, mean, std, data_config.hflip, train,
-                                              build_augmentations(data_config)),
+        data_config,
+        "imagenet",
+        ("val",),
+        IMAGENET_SIZE,
+        lambda train: resized_crop_transforms(
+            IMAGENET_SIZE, mean, std, data_config.hflip, train, build_augmentations(data_config)
+        ),
         hint="ImageNet is never downloaded: put ILSVRC-2012's train/ and val/ under data.root, one folder per "
-             "class (wnid) in each, validation images sorted into theirs",
+        "class (wnid) in each, validation images sorted into theirs",
     )
 
 
@@ -237,10 +287,19 @@ def imagefolder(data_config) -> FolderData:
     mean, std = normalisation(data_config, IMAGENET_MEAN, IMAGENET_STD)
     size = data_config.image_size
     if data_config.crop == "resized":
+
         def transforms(train):
             return resized_crop_transforms(size, mean, std, data_config.hflip, train, build_augmentations(data_config))
     else:
+
         def transforms(train):
             return padded_crop_transforms(size, mean, std, data_config, train)
-    return _folder_data(data_config, "imagefolder", ("val", "test"), size, transforms,
-                        hint="expected train/ and val/ (or test/) under data.root, one sub-folder of images per class")
+
+    return _folder_data(
+        data_config,
+        "imagefolder",
+        ("val", "test"),
+        size,
+        transforms,
+        hint="expected train/ and val/ (or test/) under data.root, one sub-folder of images per class",
+    )

@@ -1,6 +1,7 @@
 """Dataset registry. A builder reads the ``data`` config and returns ``InMemoryData`` (uint8 image
 tensors, usable by the device-resident loader) or ``FolderData`` (torchvision datasets with their
 own transforms, read by DataLoader workers)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class InMemoryData:
 @dataclass(frozen=True)
 class BadImage:
     """A ``FolderData`` sample whose file cannot be decoded; the loader reports or skips it."""
+
     path: str
     reason: str
 
@@ -58,10 +60,12 @@ def check_in_memory_size(data_config, count: int, image_size: int, hint: str) ->
     side = image_size + 2 * data_config.padding
     size = count * 3 * side * side
     if size > MAX_IN_MEMORY_BYTES:
-        raise ConfigError(f"data.name={data_config.name}: {count} images of {side}x{side} pixels ({image_size} "
-                          f"padded by data.padding={data_config.padding}) would take "
-                          f"{size / 2**30:.1f} GiB of memory, more than the {MAX_IN_MEMORY_BYTES / 2**30:g} GiB an "
-                          f"in-memory dataset may; lower {hint}")
+        raise ConfigError(
+            f"data.name={data_config.name}: {count} images of {side}x{side} pixels ({image_size} "
+            f"padded by data.padding={data_config.padding}) would take "
+            f"{size / 2**30:.1f} GiB of memory, more than the {MAX_IN_MEMORY_BYTES / 2**30:g} GiB an "
+            f"in-memory dataset may; lower {hint}"
+        )
 
 
 def build_dataset(data_config) -> DatasetData:
@@ -72,8 +76,10 @@ def build_dataset(data_config) -> DatasetData:
         folders = isinstance(data, FolderData)
         where = f" under data.root={data_config.root}" if folders else ""
         fix = "add a folder of images for each other class" if folders else "choose data with two classes or more"
-        raise DataError(f"{data_config.name}: the data{where} has {data.num_classes} class, and classification "
-                        f"needs at least two: {fix}")
+        raise DataError(
+            f"{data_config.name}: the data{where} has {data.num_classes} class, and classification "
+            f"needs at least two: {fix}"
+        )
     return data
 
 
@@ -82,8 +88,9 @@ def normalisation(data_config, default_mean, default_std) -> tuple[tuple[float, 
     mean = tuple(data_config.mean) if data_config.mean is not None else tuple(default_mean)
     std = tuple(data_config.std) if data_config.std is not None else tuple(default_std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ConfigError(f"data.mean and data.std need 3 values each (std > 0), got {shown(list(mean))} and "
-                          f"{shown(list(std))}")
+        raise ConfigError(
+            f"data.mean and data.std need 3 values each (std > 0), got {shown(list(mean))} and {shown(list(std))}"
+        )
     return mean, std
 
 

@@ -13,6 +13,7 @@ partner, or the sample itself for a second view. ``epoch_indices`` draws them wi
 position of the global order and then sliced like it, so a W-process run pairs its anchors exactly as the
 1-process run does, whichever loader reads them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 
 class Stream:
     """The ``epoch_generator`` streams of a run, named in one place so that no two draws share one."""
+
     ORDER = 0  # the epoch's order of the training samples
     CROPS = 1  # device loader: the anchors' crops and flips
     EXTRA_CROPS = 2  # device loader: the extra samples' crops and flips, one draw per extra sample of an anchor
@@ -56,6 +58,7 @@ def train_indices(num_samples: int, seed: int, epoch: int, rank: int, world_size
 class EpochIndices:
     """One rank's training samples of an epoch, in order (its anchors), and the batch plan's extra
     samples of each (count x M; M = 0 where the plan adds none)."""
+
     anchors: torch.Tensor
     extra: torch.Tensor
 

@@ -5,6 +5,7 @@ with random contrast and pixel noise on top. Classes are separable by a CNN but 
 so accuracy well above chance shows that training works. The data depend only on the data options
 (never on the experiment seed): the same config always sees the same dataset.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,12 @@ def _make_split(prototypes: torch.Tensor, count: int, generator: torch.Generator
 
 @register_dataset("synthetic")
 def synthetic(data_config) -> InMemoryData:
-    check_in_memory_size(data_config, data_config.num_train + data_config.num_test, data_config.image_size,
-                         "data.image_size, data.padding, data.num_train or data.num_test")
+    check_in_memory_size(
+        data_config,
+        data_config.num_train + data_config.num_test,
+        data_config.image_size,
+        "data.image_size, data.padding, data.num_train or data.num_test",
+    )
     generator = torch.Generator().manual_seed(_DATA_SEED)
     size, num_classes = data_config.image_size, data_config.num_classes
     coarse = torch.randn(num_classes, 3, 4, 4, generator=generator)

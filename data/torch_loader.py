@@ -1,6 +1,7 @@
 """The standard data path: a torchvision ``Dataset`` + ``DataLoader`` workers. Used for datasets
 that do not fit in device memory (ImageNet, image folders) and, on request, for in-memory ones.
 Shares the sharding of ``data/sharding.py`` with the device-resident loader."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,7 @@ class TensorImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hflip: bool, train: bool,
-                           augment=()):
+def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hflip: bool, train: bool, augment=()):
     """CIFAR-style pipeline on uint8 tensors: pad + random crop, flip, the uint8 ``augment``ations
     (data/augmentations.py), scale to [0, 1], normalise, the normalised ones; only the last three for test."""
     steps = []
@@ -41,8 +41,12 @@ def small_image_transforms(size: int, mean, std, padding: int, pad_mode: str, hf
 
 def normalising_steps(mean, std, augment=()) -> list:
     """uint8 image -> normalised float image, with the ``augment``ations of each stage on either side."""
-    return [*stage_transforms(augment, "uint8"), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)), *stage_transforms(augment, "normalised")]
+    return [
+        *stage_transforms(augment, "uint8"),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+        *stage_transforms(augment, "normalised"),
+    ]
 
 
 class _BatchSampler(Sampler):
@@ -94,8 +98,10 @@ class _DeviceIterator:
         non_blocking = self.device.type == "cuda"
         for batch, bad in self.loader:
             if bad and not self.skip_bad_images:
-                raise DataError(f"unreadable image {bad[0].path} ({bad[0].reason}); remove or replace it, or set "
-                                f"data.skip_bad_images=true to skip such files")
+                raise DataError(
+                    f"unreadable image {bad[0].path} ({bad[0].reason}); remove or replace it, or set "
+                    f"data.skip_bad_images=true to skip such files"
+                )
             self.skipped += [image.path for image in bad]
             if batch is None:
                 continue
@@ -106,8 +112,19 @@ class TorchTrainLoader(_DeviceIterator):
     """Yields ``(images, labels, indices)``: each batch's anchors, then the extra samples the batch plan
     (data/plans/) draws for them; ``labels`` are the training set's, which the plan may draw from."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, device, seed: int, plan, labels: torch.Tensor,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 4, skip_bad_images: bool = False):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device,
+        seed: int,
+        plan,
+        labels: torch.Tensor,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 4,
+        skip_bad_images: bool = False,
+    ):
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
         self.labels, self.plan = labels, plan
         self.epoch = 1
@@ -115,8 +132,12 @@ class TorchTrainLoader(_DeviceIterator):
         self.batch_size = batch_size
         device = torch.device(device)
         loader = DataLoader(
-            IndexedDataset(dataset), batch_sampler=_BatchSampler(self._batches, self.__len__), num_workers=num_workers,
-            pin_memory=device.type == "cuda", generator=self.generator, persistent_workers=False,
+            IndexedDataset(dataset),
+            batch_sampler=_BatchSampler(self._batches, self.__len__),
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            generator=self.generator,
+            persistent_workers=False,
             collate_fn=collate_readable,
         )
         super().__init__(loader, device, skip_bad_images)
@@ -135,12 +156,24 @@ class TorchTrainLoader(_DeviceIterator):
 
 
 class TorchEvalLoader(_DeviceIterator):
-    def __init__(self, dataset: Dataset, batch_size: int, device, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4, skip_bad_images: bool = False):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 4,
+        skip_bad_images: bool = False,
+    ):
         indices = eval_indices(len(dataset), rank, world_size)
         device = torch.device(device)
         loader = DataLoader(
-            torch.utils.data.Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
-            num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_readable,
+            torch.utils.data.Subset(dataset, indices.tolist()),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_readable,
         )
         super().__init__(loader, device, skip_bad_images)

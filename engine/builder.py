@@ -1,5 +1,6 @@
 """Build every part of an experiment from its config, before anything is written to disk, so that
 bad input fails early and leaves no trace."""
+
 from __future__ import annotations
 
 import os
@@ -86,9 +87,11 @@ def profile_model(model: nn.Module, image_size: int, name: str = "the model") ->
     except RuntimeError as error:
         if not any(text in str(error) for text in _TOO_SMALL):
             raise
-        raise ConfigError(f"model.name={name} cannot take {image_size}x{image_size} images: its pooling shrinks them "
-                          f"to nothing ({str(error).splitlines()[0]}); use a larger data.image_size or another "
-                          f"model") from None
+        raise ConfigError(
+            f"model.name={name} cannot take {image_size}x{image_size} images: its pooling shrinks them "
+            f"to nothing ({str(error).splitlines()[0]}); use a larger data.image_size or another "
+            f"model"
+        ) from None
     model.train()
     return ModelProfile(
         parameters=sum(p.numel() for p in model.parameters()),
@@ -106,8 +109,9 @@ def smallest_train_batch(num_train: int, world_size: int, batch: int) -> int:
     return per_rank % batch or min(batch, per_rank)
 
 
-def check_trains_on_smallest_batch(model: nn.Module, image_size: int, smallest: int, num_train: int,
-                                   world_size: int, batch: int, name: str) -> None:
+def check_trains_on_smallest_batch(
+    model: nn.Module, image_size: int, smallest: int, num_train: int, world_size: int, batch: int, name: str
+) -> None:
     """Refuse a model that cannot train on the run's smallest batch: where that batch holds one image, a
     BatchNorm layer whose feature map has shrunk to 1x1 sees one value per channel in train mode and PyTorch
     stops. Checked by a forward pass in train mode of one image on the CPU, the model's state (its BatchNorm
@@ -129,12 +133,16 @@ def check_trains_on_smallest_batch(model: nn.Module, image_size: int, smallest: 
             what, fix = "batches of 1 image", "use train.batch_size >= 2"
         else:
             better = next(b for b in range(batch + 1, batch + per_rank + 2) if per_rank % b != 1)
-            what = (f"its last training batch of each epoch, 1 image ({per_rank} images per process, "
-                    f"train.batch_size={batch * world_size})")
+            what = (
+                f"its last training batch of each epoch, 1 image ({per_rank} images per process, "
+                f"train.batch_size={batch * world_size})"
+            )
             fix = f"choose a train.batch_size that leaves no single image over (e.g. {better * world_size})"
-        raise ConfigError(f"model.name={name} cannot train on {what} at data.image_size={image_size}: a BatchNorm "
-                          f"layer's 1x1 feature map then gives it one value per channel; {fix}, or use a larger "
-                          f"data.image_size") from None
+        raise ConfigError(
+            f"model.name={name} cannot train on {what} at data.image_size={image_size}: a BatchNorm "
+            f"layer's 1x1 feature map then gives it one value per channel; {fix}, or use a larger "
+            f"data.image_size"
+        ) from None
     finally:
         model.load_state_dict(state)
         torch.set_rng_state(rng)
@@ -149,8 +157,10 @@ def run_plan(config, terms: list[LossTerm]) -> BatchPlan:
     clash = [transform for transform in config.batch.transforms if transform in plan.refuses_batch_transforms]
     if clash:
         needed = next((f" (loss.{term} needs it)" for term, needed in needs.items() if needed == name), "")
-        raise ConfigError(f"batch plan {name}{needed} pairs the images of its batch, and batch.transforms {clash} would "
-                          f"mix across its pairs; remove {', '.join(clash)} from batch.transforms")
+        raise ConfigError(
+            f"batch plan {name}{needed} pairs the images of its batch, and batch.transforms {clash} would "
+            f"mix across its pairs; remove {', '.join(clash)} from batch.transforms"
+        )
     return plan
 
 
@@ -165,8 +175,9 @@ def check_terms_combine(config) -> None:
 
 def per_rank_batch(global_batch: int, world_size: int, key: str) -> int:
     if global_batch % world_size:
-        raise ConfigError(f"{key}={global_batch} is not divisible by the {world_size} processes; "
-                          f"use a multiple of {world_size}")
+        raise ConfigError(
+            f"{key}={global_batch} is not divisible by the {world_size} processes; use a multiple of {world_size}"
+        )
     return global_batch // world_size
 
 
@@ -175,24 +186,33 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     seed_everything(config.seed, train_cfg.deterministic)
     batch = per_rank_batch(train_cfg.batch_size, dist.world_size, "train.batch_size")
     if config.model.sync_bn and dist.distributed and dist.device.type != "cuda":
-        raise ConfigError("model.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation "
-                          "(set model.sync_bn=false for CPU runs)")
+        raise ConfigError(
+            "model.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation "
+            "(set model.sync_bn=false for CPU runs)"
+        )
     eval_batch = max(1, -(-train_cfg.eval_batch_size // dist.world_size))
     terms = build_loss_terms(config.loss.terms, config.loss)
     batch_transforms = build_batch_transforms(config.batch.transforms, config.batch)
     plan = run_plan(config, terms)
     data = build_dataset(config.data)
-    loaders = build_loaders(config.data, data, batch, eval_batch, dist.device, config.seed, plan, dist.rank,
-                            dist.world_size)
+    loaders = build_loaders(
+        config.data, data, batch, eval_batch, dist.device, config.seed, plan, dist.rank, dist.world_size
+    )
 
     model = build_configured_model(config.model, loaders.num_classes)
     check_model_serves_terms(model, config.loss.terms, config.model.name)
     if config.model.weights:
         load_model_weights(model, config.model.weights, what="model.weights", skip=config.model.weights_skip)
     profile = profile_model(model, loaders.image_size, config.model.name)
-    check_trains_on_smallest_batch(model, loaders.image_size,
-                                   smallest_train_batch(loaders.num_train, dist.world_size, batch),
-                                   loaders.num_train, dist.world_size, batch, config.model.name)
+    check_trains_on_smallest_batch(
+        model,
+        loaders.image_size,
+        smallest_train_batch(loaders.num_train, dist.world_size, batch),
+        loaders.num_train,
+        dist.world_size,
+        batch,
+        config.model.name,
+    )
     setup = TrainingSetup(loaders.num_train, loaders.num_classes, train_cfg.epochs, tuple(profile.feature_shapes))
     for term in terms:
         term.check_features(profile.feature_shapes)
@@ -212,8 +232,9 @@ def build_experiment(config, dist: DistContext) -> Experiment:
         # No buffer broadcast per step: in train mode BatchNorm normalises with each rank's batch, and the
         # trainer gives every rank rank 0's buffers before each evaluation (PS-KD's N x K table, also a
         # buffer, is kept equal on every rank by the term itself).
-        network = DistributedDataParallel(plain, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                                          broadcast_buffers=False)
+        network = DistributedDataParallel(
+            plain, device_ids=[dist.device.index] if dist.device.type == "cuda" else None, broadcast_buffers=False
+        )
     if train_cfg.compile:  # the whole step: the model and every loss term in one graph, and the teacher
         network = torch.compile(network)
         if teacher is not None:
@@ -223,12 +244,31 @@ def build_experiment(config, dist: DistContext) -> Experiment:
     if train_cfg.lr_scaling == "linear":
         lr = lr * train_cfg.batch_size / train_cfg.lr_base_batch_size
     # The model's parameters and those of the terms (e.g. BYOT's heads), with the same settings.
-    optimizer = build_optimizer(plain, train_cfg, lr,
-                                # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
-                                # check of a non-fused optimizer on the host, a device sync per fp16 step.
-                                fused=dist.device.type == "cuda" or train_cfg.amp == "fp16")
+    optimizer = build_optimizer(
+        plain,
+        train_cfg,
+        lr,
+        # Fused: one kernel for all parameters on GPUs; and GradScaler reads the inf
+        # check of a non-fused optimizer on the host, a device sync per fp16 step.
+        fused=dist.device.type == "cuda" or train_cfg.amp == "fp16",
+    )
     scheduler = build_lr_scheduler(optimizer, train_cfg, len(loaders.train))
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_cfg.amp]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=train_cfg.amp == "fp16")
-    return Experiment(network, plain.model, list(plain.terms), plain.plan, teacher, loaders, optimizer, scheduler,
-                      scaler, autocast_dtype, profile, lr, batch_transforms, memory_format, train_cfg.grad_clip)
+    return Experiment(
+        network,
+        plain.model,
+        list(plain.terms),
+        plain.plan,
+        teacher,
+        loaders,
+        optimizer,
+        scheduler,
+        scaler,
+        autocast_dtype,
+        profile,
+        lr,
+        batch_transforms,
+        memory_format,
+        train_cfg.grad_clip,
+    )

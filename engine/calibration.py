@@ -13,6 +13,7 @@ the label.
   ordered, so the curve is taken only where the confidence changes: every prediction of a tie group
   gets the risk of the whole group, the same whatever order the ties came in.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, safe reads (``weights_only=True``), clear errors on bad files."""
+
 from __future__ import annotations
 
 import io
@@ -83,11 +84,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
                 f"{what} {path} needs arbitrary unpickling (it would call {unsafe}, which can run any code) and is "
                 f"refused for safety. Re-save it as a plain state_dict of tensors"
             ) from None
-        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({_reason(error)})") from None
+        raise CheckpointError(
+            f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint ({_reason(error)})"
+        ) from None
     except Exception as error:  # damaged files surface as RuntimeError, EOFError, KeyError, struct.error, ...
-        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({_reason(error)})") from None
+        raise CheckpointError(
+            f"{what} {path} is corrupt, truncated or not a PyTorch checkpoint ({_reason(error)})"
+        ) from None
 
 
 def _load_safetensors(path: Path, what: str) -> dict:
@@ -99,8 +102,9 @@ def _load_safetensors(path: Path, what: str) -> dict:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise CheckpointError(f"{what} {path} is corrupt, truncated or not a safetensors file "
-                              f"({type(error).__name__}: {reason})") from None
+        raise CheckpointError(
+            f"{what} {path} is corrupt, truncated or not a safetensors file ({type(error).__name__}: {reason})"
+        ) from None
 
 
 # torch's own advice in its messages, which would run the code this module refuses to: never repeated.
@@ -112,8 +116,11 @@ def _reason(error: BaseException) -> str:
     """The first line of ``error`` that says what is wrong, without torch's advice to load unsafely."""
     text = str(error)
     found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    lines = [found.group(1)] if found else [line for line in text.strip().splitlines()
-                                            if line.strip() and not any(a in line for a in _TORCH_ADVICE)]
+    lines = (
+        [found.group(1)]
+        if found
+        else [line for line in text.strip().splitlines() if line.strip() and not any(a in line for a in _TORCH_ADVICE)]
+    )
     return f"{type(error).__name__}: {lines[0].strip()[:200]}" if lines else type(error).__name__
 
 
@@ -165,12 +172,19 @@ def _strip_prefixes(key: str) -> str:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
-def load_model_weights(model: nn.Module, path: str | Path, what: str, *, model_name: str | None = None,
-                       num_classes: int | None = None, skip: Sequence[str] = ()) -> dict:
+def load_model_weights(
+    model: nn.Module,
+    path: str | Path,
+    what: str,
+    *,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    skip: Sequence[str] = (),
+) -> dict:
     """Load weights into ``model`` strictly; a mismatch names the missing, unexpected or misshapen keys.
     ``model_name`` / ``num_classes``, when given, are checked first against a run checkpoint's metadata
     for a one-line diagnosis. Keys under the prefixes ``skip`` (``model.weights_skip``: a classifier of
@@ -198,13 +212,17 @@ def check_fits(model: nn.Module, weights: dict[str, torch.Tensor], path, what: s
     expected = unwrap(model).state_dict()
     unmatched = [prefix for prefix in skip if not any(_under(key, [prefix]) for key in expected)]
     if unmatched:
-        raise CheckpointError(f"model.weights_skip: {unmatched[0]!r} names no key of the model (its keys begin "
-                              f"{_few(list(expected))})")
+        raise CheckpointError(
+            f"model.weights_skip: {unmatched[0]!r} names no key of the model (its keys begin {_few(list(expected))})"
+        )
     expected = {key: value for key, value in expected.items() if not _under(key, skip)}
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
-    misshapen = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in weights and weights[k].shape != v.shape]
+    misshapen = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     if missing or unexpected or misshapen:
         problems = []
         if missing:
@@ -216,8 +234,10 @@ def check_fits(model: nn.Module, weights: dict[str, torch.Tensor], path, what: s
         raise CheckpointError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
     not_finite = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if not_finite:
-        raise CheckpointError(f"{what} {path} holds NaN or Inf values in {_few(not_finite)}: the weights of a run "
-                              f"that diverged; use a checkpoint from before it did")
+        raise CheckpointError(
+            f"{what} {path} holds NaN or Inf values in {_few(not_finite)}: the weights of a run "
+            f"that diverged; use a checkpoint from before it did"
+        )
 
 
 def check_trained_for(checkpoint: dict, model_name: str | None, num_classes: int | None, path, what: str) -> None:
@@ -225,11 +245,14 @@ def check_trained_for(checkpoint: dict, model_name: str | None, num_classes: int
     instead of listing every key of a wrong architecture or a classifier of the wrong width."""
     saved_name, saved_classes = checkpoint.get("model_name"), checkpoint.get("num_classes")
     if model_name is not None and saved_name is not None and saved_name != model_name:
-        raise CheckpointError(f"{what} {path} holds a {saved_name}, not a {model_name}; "
-                              f"use a {model_name} checkpoint or set the model name to {saved_name}")
+        raise CheckpointError(
+            f"{what} {path} holds a {saved_name}, not a {model_name}; "
+            f"use a {model_name} checkpoint or set the model name to {saved_name}"
+        )
     if num_classes is not None and saved_classes is not None and saved_classes != num_classes:
-        raise CheckpointError(f"{what} {path} was trained for {saved_classes} classes, "
-                              f"but the dataset has {num_classes}")
+        raise CheckpointError(
+            f"{what} {path} was trained for {saved_classes} classes, but the dataset has {num_classes}"
+        )
 
 
 def _few(items: list[str], limit: int = 3) -> str:

@@ -1,4 +1,5 @@
 """What every command-line entry point does with its main()."""
+
 from __future__ import annotations
 
 import functools
@@ -45,6 +46,7 @@ def record_bugs(main: Callable[..., int]) -> Callable[..., int]:
             return recorded(*args)
         except _Passing as passing:
             raise passing.error from None
+
     return wrapper
 
 

@@ -3,6 +3,7 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process and every
 helper here is a no-op, so the trainer has one code path.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,8 +38,10 @@ def choose_device(preference: str, local_rank: int) -> torch.device:
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         visible = torch.cuda.device_count()
         if local_rank >= visible:  # one process per GPU: NCCL refuses two ranks on one device
-            raise ConfigError(f"process {local_rank} of this node has no GPU of its own ({visible} visible); "
-                              f"start at most {visible} processes per node (torchrun --nproc_per_node)")
+            raise ConfigError(
+                f"process {local_rank} of this node has no GPU of its own ({visible} visible); "
+                f"start at most {visible} processes per node (torchrun --nproc_per_node)"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

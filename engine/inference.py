@@ -5,6 +5,7 @@ The config is ``--config`` or else the ``config.yaml`` saved beside the checkpoi
 overrides on top (``--data ROOT`` is short for ``data.root=ROOT``). The checkpoint is a run's
 best.pt/last.pt or a bare state_dict, read with ``weights_only=True``; every problem is a ``UserError``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,11 @@ def load_trained(checkpoint: Path, config_path: Path | None, overrides: list[str
     config = resolve_config(checkpoint, config_path, overrides)
     device = choose_device(config.train.device, local_rank=0)
     data = build_dataset(config.data)
-    loaders = build_loaders(config.data, data, config.train.batch_size, config.train.eval_batch_size, device,
-                            config.seed)
+    loaders = build_loaders(
+        config.data, data, config.train.batch_size, config.train.eval_batch_size, device, config.seed
+    )
     model = build_configured_model(config.model, loaders.num_classes)
-    load_model_weights(model, checkpoint, what="checkpoint", model_name=config.model.name,
-                       num_classes=loaders.num_classes)
+    load_model_weights(
+        model, checkpoint, what="checkpoint", model_name=config.model.name, num_classes=loaders.num_classes
+    )
     return Trained(config, device, loaders, model.to(device))

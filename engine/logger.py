@@ -1,5 +1,6 @@
 """Run output on the main rank: console lines, ``log.txt``, TensorBoard scalars and hparams.
 Other ranks get a logger that does nothing, so callers never test the rank themselves."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Metrics accumulated on the device and read once per logging interval: no host sync per step."""
+
 from __future__ import annotations
 
 import torch
@@ -57,8 +58,13 @@ class DeviceMeter:
         packed = torch.cat([sums, first_bad_step.view(1), bad_names]).tolist()
         n = len(self.names)
         out = dict(zip(self.names, packed[:n]))
-        out.update(hits1=packed[n], hits5=packed[n + 1], count=int(packed[n + 2]), first_bad_step=int(packed[n + 3]),
-                   bad_names=[name for name, bad in zip(self.names, packed[n + 4:]) if bad])
+        out.update(
+            hits1=packed[n],
+            hits5=packed[n + 1],
+            count=int(packed[n + 2]),
+            first_bad_step=int(packed[n + 3]),
+            bad_names=[name for name, bad in zip(self.names, packed[n + 4 :]) if bad],
+        )
         self._reset()
         return out
 

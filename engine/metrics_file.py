@@ -1,6 +1,7 @@
 """What a run's ``metrics.json`` may hold: the type of each key the trainer writes (engine/trainer.py
 ``_metrics``), checked whenever the file is read, so that a damaged or hand-edited file is one line naming
 it, never a traceback in whatever reads a number from it. Keys it does not know are left alone."""
+
 from __future__ import annotations
 
 from core.errors import shown

@@ -8,6 +8,7 @@ graph (the model's forward and every term's loss together) cover everything that
 ``"terms"``, for resuming. The batch plan (data/plans/) holds no parameters; it is inside so that what it
 adds once the model has run (``complete``: e.g. CS-KD's partners' logits) is part of the compiled graph.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -27,9 +28,16 @@ class TrainingNetwork(nn.Module):
         self.terms = nn.ModuleList(terms)
         self.plan = plan if plan is not None else PlainPlan()
 
-    def forward(self, parts: tuple[torch.Tensor, ...], targets: torch.Tensor, epoch: torch.Tensor,
-                indices: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None,
-                target_probs: Optional[torch.Tensor] = None, batch: Any = None):
+    def forward(
+        self,
+        parts: tuple[torch.Tensor, ...],
+        targets: torch.Tensor,
+        epoch: torch.Tensor,
+        indices: Optional[torch.Tensor] = None,
+        teacher_logits: Optional[torch.Tensor] = None,
+        target_probs: Optional[torch.Tensor] = None,
+        batch: Any = None,
+    ):
         """The model's logits and every term's named, weighted losses for one training batch.
 
         The batch comes in ``parts`` as the batch plan composed them, each forwarded in a pass of its own (in
@@ -43,8 +51,9 @@ class TrainingNetwork(nn.Module):
         # Classified per part too: a head with batch statistics of its own sees each pass's batch alone.
         logits = joined([self.model.classify_map(part_head) for _, part_head in maps])
         batch = self.plan.complete(batch if batch is not None else Plain(), logits, self.model)
-        step = StepOutput(logits, feats, targets, epoch, teacher_logits, target_probs, batch, self.model, indices,
-                          head_map)
+        step = StepOutput(
+            logits, feats, targets, epoch, teacher_logits, target_probs, batch, self.model, indices, head_map
+        )
         losses: dict[str, torch.Tensor] = {}
         for term in self.terms:
             losses.update(term(step))

@@ -10,6 +10,7 @@ torch's own classes (no lr or update arithmetic here).
   (per step: a linear warm-up over ``lr_warmup_epochs``, then torch's cosine annealing to ``lr_min``
   over the remaining steps).
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,29 +46,40 @@ def parameter_groups(network: nn.Module, weight_decay: float, decay_norms: bool)
 def build_optimizer(network: nn.Module, train_cfg, lr: float, fused: bool) -> torch.optim.Optimizer:
     params = parameter_groups(network, train_cfg.weight_decay, train_cfg.weight_decay_norms)
     if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay,
-                                 fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum,
-                           nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
-                           weight_decay=train_cfg.weight_decay, fused=fused)
+        return torch.optim.AdamW(
+            params, lr=lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay, fused=fused
+        )
+    return torch.optim.SGD(
+        params,
+        lr=lr,
+        momentum=train_cfg.momentum,
+        nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
+        weight_decay=train_cfg.weight_decay,
+        fused=fused,
+    )
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg,
-                       steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, train_cfg, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped after every batch; its ``state_dict`` (the step count) restores it on resume."""
     if train_cfg.schedule == "step":
         return build_scheduler(optimizer, train_cfg, steps_per_epoch)
     if train_cfg.lr_warmup_epochs >= train_cfg.epochs:
-        raise ConfigError(f"train.schedule=cosine: train.lr_warmup_epochs={train_cfg.lr_warmup_epochs} leaves no "
-                          f"epoch of the {train_cfg.epochs} to anneal; use fewer warm-up epochs")
+        raise ConfigError(
+            f"train.schedule=cosine: train.lr_warmup_epochs={train_cfg.lr_warmup_epochs} leaves no "
+            f"epoch of the {train_cfg.epochs} to anneal; use fewer warm-up epochs"
+        )
     warmup = train_cfg.lr_warmup_epochs * steps_per_epoch
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs * steps_per_epoch - warmup,
-                                                        eta_min=train_cfg.lr_min)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=train_cfg.epochs * steps_per_epoch - warmup, eta_min=train_cfg.lr_min
+    )
     if not warmup:
         return cosine
     # The step schedule's warm-up: lr * (step + 1) / warmup at step 0 .. warmup - 1, full at the last one.
-    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0,
-                                             total_iters=max(warmup - 1, 1))
+    ramp = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=max(warmup - 1, 1)
+    )
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 

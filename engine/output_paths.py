@@ -7,6 +7,7 @@ event files and ``.lock`` (and the temporary files they are written through) in 
 directory holding ``config.yaml``, ``last.pt``, ``best.pt`` or a ``.lock``. A path counts by where it
 leads: a symlink to a run's ``best.pt`` is one.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,12 @@ EVENTS_PREFIX = "events.out.tfevents."
 
 
 def is_run_file_name(name: str) -> bool:
-    return (name in RUN_FILES or name == LOCK or name.startswith(EVENTS_PREFIX)
-            or (name.startswith(".") and name.endswith(".tmp")))  # engine/checkpoint.py's atomic writes
+    return (
+        name in RUN_FILES
+        or name == LOCK
+        or name.startswith(EVENTS_PREFIX)
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )  # engine/checkpoint.py's atomic writes
 
 
 def run_file(path: Path) -> Path | None:
@@ -43,8 +48,10 @@ def kind_of(path: Path, what: str) -> str | None:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if os.path.islink(path):
-            raise RunDirError(f"{what} is a symlink to {os.readlink(path)}, which does not exist; remove the link "
-                              f"or name another path") from None
+            raise RunDirError(
+                f"{what} is a symlink to {os.readlink(path)}, which does not exist; remove the link "
+                f"or name another path"
+            ) from None
         return None
     except OSError as error:
         if error.errno == errno.ELOOP:
@@ -91,8 +98,9 @@ def check_not_run_file(path: Path, what: str) -> None:
     real = run_file(path)
     if real is not None:
         via = "" if Path(os.path.abspath(path)) == real else f" (a link to {real})"
-        raise RunDirError(f"{what}{via} is the run's {real.name} in {real.parent}, which only that run writes; "
-                          f"name another path")
+        raise RunDirError(
+            f"{what}{via} is the run's {real.name} in {real.parent}, which only that run writes; name another path"
+        )
 
 
 def check_output_dir(path: Path, flag: str, names: tuple[str, ...] = ()) -> None:

@@ -14,6 +14,7 @@ moment leaves a directory that the next run (holding the lock) puts right the sa
 Inside the folders each file carries a ``.previous`` suffix, so nothing that looks for a run's
 ``config.yaml`` or ``metrics.json`` (collect_results.py) takes them for a run of their own.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,10 @@ def settle(run_dir: Path) -> str | None:
     for name in (ASIDE, PARTIAL, RESTORING):
         path = run_dir / name
         if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
-            raise RunDirError(f"{path} is not a directory (it holds the files a run set aside for --overwrite); "
-                              f"move it away and run the command again")
+            raise RunDirError(
+                f"{path} is not a directory (it holds the files a run set aside for --overwrite); "
+                f"move it away and run the command again"
+            )
     if (run_dir / PARTIAL).is_dir():
         _move_back(run_dir / PARTIAL, run_dir)
         return "restored"

@@ -4,6 +4,7 @@ runs never write into the same directory at once.
 A directory holding a finished run is never overwritten without ``--overwrite``; one holding an
 unfinished run with the same config is resumed; one holding a run of another config is refused.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,18 +26,30 @@ from .config import config_from_dict
 from .metrics_file import metrics_problem
 
 CONFIG_FILE, METRICS_FILE, LOG_FILE, LAST, BEST, LOCK = (
-    "config.yaml", "metrics.json", "log.txt", "last.pt", "best.pt", ".lock",
+    "config.yaml",
+    "metrics.json",
+    "log.txt",
+    "last.pt",
+    "best.pt",
+    ".lock",
 )
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOG_FILE, LAST, BEST)
 # Keys that say where or how fast a run reads and writes, not what it computes: a resume may change them.
-RESUME_MAY_CHANGE = {"data.root", "data.download", "data.num_workers", "train.log_interval", "train.device",
-                     "train.eval_batch_size", "teacher.checkpoint"}
+RESUME_MAY_CHANGE = {
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "train.log_interval",
+    "train.device",
+    "train.eval_batch_size",
+    "teacher.checkpoint",
+}
 
 
 def default_run_dir(config_path: str, overrides: list[str]) -> Path:
     """runs/<config path under configs/, without .yaml>[/<overrides>]: the same command, the same dir."""
     path = Path(config_path).with_suffix("")
-    parts = path.parts[path.parts.index("configs") + 1:] if "configs" in path.parts else (path.name,)
+    parts = path.parts[path.parts.index("configs") + 1 :] if "configs" in path.parts else (path.name,)
     run_dir = Path("runs", *parts)
     if overrides:
         run_dir = run_dir / overrides_name(overrides)
@@ -49,8 +62,10 @@ def overrides_name(overrides: list[str]) -> str:
 
 
 def damaged(path: Path, problem: str) -> RunDirError:
-    return RunDirError(f"{path} is damaged ({problem}); pass --overwrite to start the run over, or move the "
-                       f"file away if the run's other files are worth keeping")
+    return RunDirError(
+        f"{path} is damaged ({problem}); pass --overwrite to start the run over, or move the "
+        f"file away if the run's other files are worth keeping"
+    )
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -104,10 +119,13 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
     old_flat, new_flat = flatten(old), flatten(new)
     defaults = flatten(to_dict(ExperimentConfig()))
-    return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
-            for key in sorted(set(old_flat) | set(new_flat))
-            if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)
-            and not (key not in old_flat and key in defaults and new_flat.get(key) == defaults[key])]
+    return [
+        f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
+        for key in sorted(set(old_flat) | set(new_flat))
+        if key not in RESUME_MAY_CHANGE
+        and old_flat.get(key) != new_flat.get(key)
+        and not (key not in old_flat and key in defaults and new_flat.get(key) == defaults[key])
+    ]
 
 
 def check_same_config(run_dir: Path, saved: dict, new: dict) -> None:
@@ -144,8 +162,10 @@ def check_run_dir(run_dir: Path, overwrite: bool, new_config: dict) -> str:
     if not (run_dir / LAST).is_file():
         results = held_results(run_dir, metrics)
         if results:
-            raise RunDirError(f"{run_dir} has no last.pt to resume from but holds {' and '.join(results)}; "
-                              f"pass --overwrite to start over (losing them), or choose another --run-dir")
+            raise RunDirError(
+                f"{run_dir} has no last.pt to resume from but holds {' and '.join(results)}; "
+                f"pass --overwrite to start over (losing them), or choose another --run-dir"
+            )
         if saved_config is None:
             raise RunDirError(f"{run_dir} holds files of a run that saved no last.pt; pass --overwrite to start over")
         return "restart"  # stopped or killed in its first epoch: nothing to resume, nothing worth keeping
@@ -173,14 +193,18 @@ def check_writable(run_dir: Path) -> None:
     name_max = os.pathconf(ancestor, "PC_NAME_MAX")
     too_long = next((part for part in run_dir.parts if len(os.fsencode(part)) > name_max), None)
     if too_long is not None:
-        raise RunDirError(f"--run-dir {run_dir}: the name {too_long[:40]}... is longer than the {name_max} bytes "
-                          f"this filesystem allows; choose a shorter one")
+        raise RunDirError(
+            f"--run-dir {run_dir}: the name {too_long[:40]}... is longer than the {name_max} bytes "
+            f"this filesystem allows; choose a shorter one"
+        )
     filesystem = os.statvfs(ancestor)
     if filesystem.f_flag & os.ST_RDONLY:
         raise RunDirError(f"--run-dir {run_dir}: {ancestor} is on a read-only filesystem; choose another place")
     if filesystem.f_blocks == 0:
-        raise RunDirError(f"--run-dir {run_dir}: {ancestor} is on a pseudo-filesystem (like /proc) that holds no "
-                          f"files; choose another place")
+        raise RunDirError(
+            f"--run-dir {run_dir}: {ancestor} is on a pseudo-filesystem (like /proc) that holds no "
+            f"files; choose another place"
+        )
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirError(f"--run-dir {run_dir}: no permission to write in {ancestor}; choose another place")
 
@@ -192,14 +216,17 @@ def check_run_paths(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     for path in (run_dir, *run_dir.parents):
         if os.path.islink(path) and not os.path.exists(path):
-            raise RunDirError(f"--run-dir {run_dir}: {path} is {_broken_link(path)}; fix or remove the link, "
-                              f"or choose another --run-dir")
+            raise RunDirError(
+                f"--run-dir {run_dir}: {path} is {_broken_link(path)}; fix or remove the link, "
+                f"or choose another --run-dir"
+            )
     for name in (*RUN_FILES, LOCK):
         path = run_dir / name
         if os.path.lexists(path) and not path.is_file():
             kind = _broken_link(path) if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
-            raise RunDirError(f"{path} is {kind}, where the run keeps its {name}; move it away "
-                              f"or choose another --run-dir")
+            raise RunDirError(
+                f"{path} is {kind}, where the run keeps its {name}; move it away or choose another --run-dir"
+            )
 
 
 def _broken_link(path: Path) -> str:
@@ -253,8 +280,9 @@ class RunLock:
             if not _lock_within(fd, PROBE_SECONDS):
                 holder = _holder_text(fd)
                 os.close(fd)
-                raise RunDirError(f"another run ({holder}) is writing to {self.path.parent}; wait for it or "
-                                  f"choose another --run-dir") from None
+                raise RunDirError(
+                    f"another run ({holder}) is writing to {self.path.parent}; wait for it or choose another --run-dir"
+                ) from None
             if self._still_the_file(fd):
                 break
             os.close(fd)  # its holder released and removed it between our open and our lock: again
@@ -309,8 +337,9 @@ class RunLock:
 def run_outputs(run_dir: Path) -> list[Path]:
     """A run's own files in ``run_dir`` (not the lock): config, log, metrics, checkpoints, TensorBoard events."""
     run_dir = Path(run_dir)
-    return [run_dir / name for name in RUN_FILES if os.path.lexists(run_dir / name)] + \
-        sorted(run_dir.glob("events.out.tfevents.*"))
+    return [run_dir / name for name in RUN_FILES if os.path.lexists(run_dir / name)] + sorted(
+        run_dir.glob("events.out.tfevents.*")
+    )
 
 
 def clear_run_files(run_dir: Path) -> None:

@@ -3,6 +3,7 @@
 ``lr_factor`` is the whole schedule as a pure function of the training step; the trainer steps a
 ``LambdaLR`` of it after every batch, so a checkpoint's scheduler state (the step count) restores it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,8 @@ def lr_factor(step: int, steps_per_epoch: int, milestones: list[int], gamma: flo
 
 def build_scheduler(optimizer, train_config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
-        return lr_factor(step, steps_per_epoch, train_config.milestones, train_config.gamma,
-                         train_config.lr_warmup_epochs)
+        return lr_factor(
+            step, steps_per_epoch, train_config.milestones, train_config.gamma, train_config.lr_warmup_epochs
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -3,6 +3,7 @@
 Everything that can fail on bad input (config, data, checkpoints, run directory) is checked before
 the first byte is written, so a failed start leaves no half-made run directory behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,16 @@ from .config import load_config
 from .distributed import barrier, broadcast_from_main, environment_ranks, init_distributed, shutdown
 from .logger import NullLogger, RunLogger
 from .previous_run import pending, set_aside, settle
-from .run_dir import (CONFIG_FILE, LAST, RunLock, check_run_dir, check_run_paths, check_writable, clear_run_files,
-                      default_run_dir)
+from .run_dir import (
+    CONFIG_FILE,
+    LAST,
+    RunLock,
+    check_run_dir,
+    check_run_paths,
+    check_writable,
+    clear_run_files,
+    default_run_dir,
+)
 from .trainer import HPARAM_METRICS, NonFiniteLoss, Trainer, load_resume_state, tensorboard_hparams
 
 
@@ -65,12 +74,16 @@ def run_dir_faults(run_dir: Path):
     except OSError as error:
         writing = os.fsdecode(error.filename) if error.filename else "its log or TensorBoard events"
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on the disk holding {run_dir} (writing {writing}); "
-                                f"{kept_checkpoint(run_dir)}. Free some space and run the same command again") from None
+            raise DiskFullError(
+                f"no space left on the disk holding {run_dir} (writing {writing}); "
+                f"{kept_checkpoint(run_dir)}. Free some space and run the same command again"
+            ) from None
         if lost_while_training(run_dir, error):
-            raise RunDirError(f"{run_dir} was deleted, or made read-only, while the run trained (writing {writing}: "
-                              f"{error.strerror}); {kept_checkpoint(run_dir)}. Restore the directory (or its "
-                              f"permissions) and run the same command again") from None
+            raise RunDirError(
+                f"{run_dir} was deleted, or made read-only, while the run trained (writing {writing}: "
+                f"{error.strerror}); {kept_checkpoint(run_dir)}. Restore the directory (or its "
+                f"permissions) and run the same command again"
+            ) from None
         raise
 
 
@@ -92,12 +105,14 @@ def kept_checkpoint(run_dir: Path) -> str:
     last = run_dir / LAST
     if last.is_file():
         return f"{last} is intact and holds the last finished epoch"
-    return ("the directory is gone, and its last.pt with it" if not run_dir.is_dir()
-            else "no epoch had finished, so there is no checkpoint")
+    return (
+        "the directory is gone, and its last.pt with it"
+        if not run_dir.is_dir()
+        else "no epoch had finished, so there is no checkpoint"
+    )
 
 
-def _run_in(config, resolved: dict, dist, experiment, run_dir: Path, overwrite: bool,
-            override_keys: list[str]) -> int:
+def _run_in(config, resolved: dict, dist, experiment, run_dir: Path, overwrite: bool, override_keys: list[str]) -> int:
     lock = RunLock(run_dir)
     mode = None
     if dist.is_main:
@@ -111,9 +126,17 @@ def _run_in(config, resolved: dict, dist, experiment, run_dir: Path, overwrite: 
     mode = broadcast_from_main(mode)
     try:
         # Every rank reads the checkpoint it resumes from before rank 0 writes anything.
-        resume_state = (load_resume_state(run_dir / LAST, dist.world_size, experiment, resolved,
-                                          config_file_checked=(run_dir / CONFIG_FILE).is_file())
-                        if mode == "resume" else None)
+        resume_state = (
+            load_resume_state(
+                run_dir / LAST,
+                dist.world_size,
+                experiment,
+                resolved,
+                config_file_checked=(run_dir / CONFIG_FILE).is_file(),
+            )
+            if mode == "resume"
+            else None
+        )
         if dist.is_main:
             remove_unfinished_writes(run_dir)
             if mode == "overwrite":
@@ -174,17 +197,19 @@ def header(config, resolved: dict, experiment, dist, run_dir: Path, mode: str) -
     if dist.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(dist.device)})"
     shapes = ", ".join(f"{c}@{h}x{w}" for c, h, w in profile.feature_shapes)
-    return "\n".join([
-        f"run directory: {run_dir} ({mode})",
-        "resolved config:",
-        yaml.safe_dump(resolved, sort_keys=False).rstrip(),
-        f"model: {config.model.name}, {profile.parameters / 1e6:.3f}M parameters{term_parameters(experiment)}, "
-        f"{profile.forward_flops / 1e6:.1f}M FLOPs per image forward ({profile.forward_flops / 2e6:.1f}M MACs), "
-        f"stage features {shapes}",
-        f"loss terms: {', '.join(config.loss.terms)}"
-        + (f"; teacher {config.teacher.model}" if experiment.teacher is not None else ""),
-        f"data: {config.data.name}, {loaders.num_train} train / {loaders.num_test} test images, "
-        f"{loaders.num_classes} classes, {type(loaders.train).__name__}",
-        f"device: {device}, {dist.world_size} process(es), torch {torch.__version__}, "
-        f"python {platform.python_version()}, lr {experiment.lr:g}, global batch {config.train.batch_size}",
-    ])
+    return "\n".join(
+        [
+            f"run directory: {run_dir} ({mode})",
+            "resolved config:",
+            yaml.safe_dump(resolved, sort_keys=False).rstrip(),
+            f"model: {config.model.name}, {profile.parameters / 1e6:.3f}M parameters{term_parameters(experiment)}, "
+            f"{profile.forward_flops / 1e6:.1f}M FLOPs per image forward ({profile.forward_flops / 2e6:.1f}M MACs), "
+            f"stage features {shapes}",
+            f"loss terms: {', '.join(config.loss.terms)}"
+            + (f"; teacher {config.teacher.model}" if experiment.teacher is not None else ""),
+            f"data: {config.data.name}, {loaders.num_train} train / {loaders.num_test} test images, "
+            f"{loaders.num_classes} classes, {type(loaders.train).__name__}",
+            f"device: {device}, {dist.world_size} process(es), torch {torch.__version__}, "
+            f"python {platform.python_version()}, lr {experiment.lr:g}, global batch {config.train.batch_size}",
+        ]
+    )

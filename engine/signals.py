@@ -2,13 +2,16 @@
 and exits cleanly; a second Ctrl-C, during the step or the shutdown after it, stops at once with one
 line (no KeyboardInterrupt traceback): every file is written atomically and the lock is the kernel's,
 so what is on disk stays whole, and the next run cleans up after it."""
+
 from __future__ import annotations
 
 import os
 import signal
 
-SECOND_INTERRUPT = (b"error: a second Ctrl-C: stopped at once; the files written so far (last.pt) are whole. "
-                    b"Run the same command again to resume\n")
+SECOND_INTERRUPT = (
+    b"error: a second Ctrl-C: stopped at once; the files written so far (last.pt) are whole. "
+    b"Run the same command again to resume\n"
+)
 
 
 class StopRequest:

@@ -3,6 +3,7 @@
 The trainer and ``scripts/benchmark.py`` both call these, so the benchmark times the very step that
 trains. Nothing here reads a value back to the host: on a GPU the step is queued, not waited for.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -25,16 +26,22 @@ class Losses(NamedTuple):
     targets: torch.Tensor  # the labels of the images trained on, as the batch plan composed them
 
 
-def compute_losses(exp: Experiment, images: torch.Tensor, targets: torch.Tensor, epoch: torch.Tensor | int,
-                   indices: torch.Tensor | None = None) -> Losses:
+def compute_losses(
+    exp: Experiment,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    epoch: torch.Tensor | int,
+    indices: torch.Tensor | None = None,
+) -> Losses:
     """The batch plan's composition, the batch transforms, the forward pass of the model (and of the
     teacher, if a term needs one) and every loss term. ``epoch`` (from 1) is best a 0-d tensor on the
     device, made once per epoch (``epoch_tensor``); an int is made one here."""
     parts, targets, indices, batch = exp.plan.compose(images, targets, indices)
     target_probs = None
     if exp.batch_transforms:
-        mixed, target_probs = apply_batch_transforms(exp.batch_transforms, joined(parts), targets,
-                                                     exp.loaders.num_classes)
+        mixed, target_probs = apply_batch_transforms(
+            exp.batch_transforms, joined(parts), targets, exp.loaders.num_classes
+        )
         parts = mixed.split([part.shape[0] for part in parts])
     parts = tuple(part.contiguous(memory_format=exp.memory_format) for part in parts)
     if not isinstance(epoch, torch.Tensor):

@@ -1,5 +1,6 @@
 """The frozen teacher of teacher-based terms (KD). Built only when an active term needs one, so a
 method without such a term never loads, stores or runs a teacher."""
+
 from __future__ import annotations
 
 import torch
@@ -39,6 +40,11 @@ def build_teacher(teacher_config, num_classes: int, device: torch.device) -> Fro
             "(e.g. teacher.model=resnet110 teacher.checkpoint=runs/cifar100/resnet110_ce/best.pt)"
         )
     model = build_model(teacher_config.model, num_classes)
-    load_model_weights(model, teacher_config.checkpoint, what="teacher.checkpoint",
-                       model_name=teacher_config.model, num_classes=num_classes)
+    load_model_weights(
+        model,
+        teacher_config.checkpoint,
+        what="teacher.checkpoint",
+        model_name=teacher_config.model,
+        num_classes=num_classes,
+    )
     return FrozenTeacher(model).to(device)

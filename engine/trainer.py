@@ -2,6 +2,7 @@
 
 Loss terms are opaque here: each returns named, weighted scalars that are summed and logged by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ from losses.base import epoch_tensor
 
 from .builder import Experiment
 from .calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
-from .checkpoint import (atomic_write, check_fits, check_trained_for, load_checkpoint, save_checkpoint, state_dict_from,
-                         unwrap)
+from .checkpoint import (
+    atomic_write,
+    check_fits,
+    check_trained_for,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_from,
+    unwrap,
+)
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .previous_run import drop_previous
@@ -34,8 +42,9 @@ class NonFiniteLoss(Exception):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device,
-             memory_format: torch.memory_format = torch.contiguous_format) -> dict:
+def evaluate(
+    model: torch.nn.Module, loader, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> dict:
     """Top-1/top-5, NLL (mean cross-entropy), ECE and AURC (engine/calibration.py) over the whole test
     split, exact over ranks: the sums and ECE's bin sums are all-reduced, AURC's confidences gathered.
 
@@ -62,8 +71,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
     gathered = gather_objects((confidence.cpu(), hit.cpu()))  # ~1e4 floats, once per evaluation
     area = aurc(torch.cat([c for c, _ in gathered]), torch.cat([h for _, h in gathered]))
     count = max(count, 1)
-    return {"loss": loss / count, "nll": loss / count, "acc1": 100 * hits1 / count, "acc5": 100 * hits5 / count,
-            "ece": ece, "aurc": area, "count": int(count)}
+    return {
+        "loss": loss / count,
+        "nll": loss / count,
+        "acc1": 100 * hits1 / count,
+        "acc5": 100 * hits5 / count,
+        "ece": ece,
+        "aurc": area,
+        "count": int(count),
+    }
 
 
 def with_plan_state(state: dict) -> dict:
@@ -71,16 +87,26 @@ def with_plan_state(state: dict) -> dict:
     per-rank state (``"rank_terms"``): that state is the ``last_batch`` plan's now (``"rank_plan"``)."""
     if not state.get("rank_terms"):
         return state
+
     def extra_state(term_states):
         return next(term["_extra_state"] for term in term_states if term is not None and "_extra_state" in term)
+
     terms = [{key: value for key, value in term.items() if key != "_extra_state"} for term in state["terms"]]
     rank_plan = [{"_extra_state": extra_state(term_states)} for term_states in state["rank_terms"]]
-    return {**{key: value for key, value in state.items() if key != "rank_terms"}, "terms": terms,
-            "rank_plan": rank_plan}
+    return {
+        **{key: value for key, value in state.items() if key != "rank_terms"},
+        "terms": terms,
+        "rank_plan": rank_plan,
+    }
 
 
-def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | None = None,
-                      config: dict | None = None, config_file_checked: bool = True) -> dict:
+def load_resume_state(
+    path: Path,
+    world_size: int = 1,
+    experiment: Experiment | None = None,
+    config: dict | None = None,
+    config_file_checked: bool = True,
+) -> dict:
     """The run checkpoint a resume starts from, checked before the run writes anything: its format, its
     number of processes and, when given, the ``config`` (resolved) it was trained under and that its model
     weights fit ``experiment``'s model. ``config_file_checked``: the run directory's config.yaml was
@@ -90,21 +116,27 @@ def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | 
     except CheckpointError as error:
         raise CheckpointError(f"{error}; pass --overwrite to start the run over") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
-                              f"(resume needs one); pass --overwrite to start over")
+        raise CheckpointError(
+            f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
+            f"(resume needs one); pass --overwrite to start over"
+        )
     state = with_plan_state(state)
     saved_ranks = len(state.get("rank_plan") or []) or world_size
     if saved_ranks != world_size:
-        raise CheckpointError(f"{path} holds the per-process state of the batch plan (batch.plan) from {saved_ranks} "
-                              f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
-                              f"or pass --overwrite to start over")
+        raise CheckpointError(
+            f"{path} holds the per-process state of the batch plan (batch.plan) from {saved_ranks} "
+            f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
+            f"or pass --overwrite to start over"
+        )
     if config is not None:
         if isinstance(state.get("config"), dict):
             check_same_config(Path(path).parent, state["config"], config)
         elif not config_file_checked:
-            raise CheckpointError(f"{path} does not record the config it was trained under (an older checkpoint) and "
-                                  f"{Path(path).parent / CONFIG_FILE} is gone; put that file back, "
-                                  f"or pass --overwrite to start over")
+            raise CheckpointError(
+                f"{path} does not record the config it was trained under (an older checkpoint) and "
+                f"{Path(path).parent / CONFIG_FILE} is gone; put that file back, "
+                f"or pass --overwrite to start over"
+            )
     if experiment is not None:
         try:
             model_name = (config or {}).get("model", {}).get("name")
@@ -116,8 +148,9 @@ def load_resume_state(path: Path, world_size: int = 1, experiment: Experiment | 
 
 
 class Trainer:
-    def __init__(self, config, experiment: Experiment, dist: DistContext, run_dir: Path, logger,
-                 resume_state: dict | None):
+    def __init__(
+        self, config, experiment: Experiment, dist: DistContext, run_dir: Path, logger, resume_state: dict | None
+    ):
         self.config, self.exp, self.dist = config, experiment, dist
         self.run_dir, self.log, self.resume_state = Path(run_dir), logger, resume_state
         self.train_cfg = config.train
@@ -138,8 +171,10 @@ class Trainer:
         epochs = self.train_cfg.epochs
         if self.exp.teacher is not None:
             teacher = evaluate(self.exp.teacher, self.exp.loaders.test, self.device, self.exp.memory_format)
-            self.log.info(f"teacher {self.config.teacher.model}: test top-1 {teacher['acc1']:.2f}%, "
-                          f"top-5 {teacher['acc5']:.2f}% ({self.config.teacher.checkpoint})")
+            self.log.info(
+                f"teacher {self.config.teacher.model}: test top-1 {teacher['acc1']:.2f}%, "
+                f"top-5 {teacher['acc5']:.2f}% ({self.config.teacher.checkpoint})"
+            )
             self.teacher_acc1 = teacher["acc1"]
         if start_epoch > 1:
             self.log.info(f"resuming after epoch {start_epoch - 1} from {self.run_dir / LAST}")
@@ -171,8 +206,14 @@ class Trainer:
         meter, totals = DeviceMeter(device), {}
         lr = exp.optimizer.param_groups[0]["lr"]
         last_time, last_count = time.perf_counter(), 0
-        bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   dynamic_ncols=True, disable=None if self.dist.is_main else True)
+        bar = tqdm(
+            loader,
+            total=len(loader),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.dist.is_main else True,
+        )
         epoch_value = epoch_tensor(epoch, device)  # once per epoch: the compiled step takes it as an input
         for step, (images, targets, indices) in enumerate(bar, 1):
             logits, losses, total, targets = compute_losses(exp, images, targets, epoch_value, indices)
@@ -196,8 +237,11 @@ class Trainer:
                 rate = (totals["count"] - last_count) / max(now - last_time, 1e-9)
                 last_time, last_count = now, totals["count"]
                 point = means(sums, meter.names)
-                self.log.scalars({**point, "lr": exp.optimizer.param_groups[0]["lr"], "images_per_s": rate},
-                                 self.global_step, prefix="train/")
+                self.log.scalars(
+                    {**point, "lr": exp.optimizer.param_groups[0]["lr"], "images_per_s": rate},
+                    self.global_step,
+                    prefix="train/",
+                )
                 bar.set_postfix(loss=f"{point['loss']:.3f}", acc1=f"{point['acc1']:.1f}", refresh=False)
             if self._stop_now(stop, at_interval):
                 bar.close()
@@ -218,8 +262,11 @@ class Trainer:
 
     def _check_finite(self, sums: dict, epoch: int) -> dict:
         if sums["first_bad_step"] >= 0:
-            kept = (f"the last good checkpoint is kept in {self.run_dir / LAST}" if (self.run_dir / LAST).is_file()
-                    else "no epoch had finished, so there is no checkpoint")
+            kept = (
+                f"the last good checkpoint is kept in {self.run_dir / LAST}"
+                if (self.run_dir / LAST).is_file()
+                else "no epoch had finished, so there is no checkpoint"
+            )
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {epoch}, step {sums['first_bad_step']} "
                 f"(bad: {', '.join(_bad_terms(sums['bad_names']))}); {kept}. "
@@ -232,16 +279,22 @@ class Trainer:
         """The files a loader skipped this epoch (``data.skip_bad_images``; file-reading loaders only)."""
         loaders = self.exp.loaders
         skipped = [*getattr(loaders.train, "skipped", []), *getattr(loaders.test, "skipped", [])]
-        new, self.skipped_reported = skipped[self.skipped_reported:], len(skipped)
+        new, self.skipped_reported = skipped[self.skipped_reported :], len(skipped)
         if new:
-            self.log.info(f"epoch {epoch}: skipped {len(new)} unreadable image files (data.skip_bad_images), "
-                          f"e.g. {new[0]}")
+            self.log.info(
+                f"epoch {epoch}: skipped {len(new)} unreadable image files (data.skip_bad_images), e.g. {new[0]}"
+            )
 
     def _record(self, epoch: int, train: dict, test: dict, train_seconds: float, seconds: float) -> None:
         images_per_s = train["count"] / max(train_seconds, 1e-9)
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items() if k != "count"},
-                  **{f"test_{k}": v for k, v in test.items() if k != "count"},
-                  "test_samples": test["count"], "epoch_time_s": seconds, "images_per_s": images_per_s}
+        record = {
+            "epoch": epoch,
+            **{f"train_{k}": v for k, v in train.items() if k != "count"},
+            **{f"test_{k}": v for k, v in test.items() if k != "count"},
+            "test_samples": test["count"],
+            "epoch_time_s": seconds,
+            "images_per_s": images_per_s,
+        }
         self.history.append(record)
         is_best = test["acc1"] > self.best_acc1
         if is_best:
@@ -254,8 +307,9 @@ class Trainer:
         )
         self.log.scalars({k: v for k, v in train.items() if k != "count"}, epoch, prefix="epoch/train_")
         self.log.scalars({"images_per_s": images_per_s}, epoch, prefix="epoch/")
-        self.log.scalars({key: test[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}, epoch,
-                         prefix="test/")
+        self.log.scalars(
+            {key: test[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}, epoch, prefix="test/"
+        )
         self.log.scalars({tag: value for tag, value in zip(HPARAM_METRICS, (self.best_acc1, test["acc1"]))}, epoch)
         rank_plan = self._rank_plan_states()  # a collective: on every rank
         if self.dist.is_main:
@@ -276,14 +330,22 @@ class Trainer:
     def _state(self, epoch: int, rank_plan: list | None = None) -> dict:
         exp = self.exp
         state = {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": self.global_step,
-            "model": exp.model.state_dict(), "optimizer": exp.optimizer.state_dict(),
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "model": exp.model.state_dict(),
+            "optimizer": exp.optimizer.state_dict(),
             "terms": [term.state_dict() for term in exp.terms],  # their parameters and per-sample state
             "rank_plan": rank_plan,
-            "scheduler": exp.scheduler.state_dict(), "scaler": exp.scaler.state_dict(),
-            "best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "wall_time_s": self.wall_time,
-            "history": self.history, "torch_rng": torch.get_rng_state(),
-            "model_name": self.config.model.name, "num_classes": self.exp.loaders.num_classes,
+            "scheduler": exp.scheduler.state_dict(),
+            "scaler": exp.scaler.state_dict(),
+            "best_acc1": self.best_acc1,
+            "best_epoch": self.best_epoch,
+            "wall_time_s": self.wall_time,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "model_name": self.config.model.name,
+            "num_classes": self.exp.loaders.num_classes,
             "config": to_dict(self.config),  # what it was trained under: a resume is checked against it
         }
         if torch.cuda.is_available():
@@ -317,14 +379,24 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         best = next((record for record in self.history if record["epoch"] == self.best_epoch), {})
         return {
-            "best_acc1": self.best_acc1 if self.history else None, "best_epoch": self.best_epoch,
-            "last_acc1": last.get("test_acc1"), "last_acc5": last.get("test_acc5"),
-            **{f"{which}_{key}": record.get(f"test_{key}") for which, record in (("best", best), ("last", last))
-               for key in CALIBRATION_KEYS},
-            "epochs_done": len(self.history), "epochs_total": self.train_cfg.epochs, "finished": finished,
-            "test_samples": last.get("test_samples"), "train_samples": self.exp.loaders.num_train,
-            "world_size": self.dist.world_size, "wall_time_s": self.wall_time,
-            "teacher_acc1": self.teacher_acc1, "history": self.history,
+            "best_acc1": self.best_acc1 if self.history else None,
+            "best_epoch": self.best_epoch,
+            "last_acc1": last.get("test_acc1"),
+            "last_acc5": last.get("test_acc5"),
+            **{
+                f"{which}_{key}": record.get(f"test_{key}")
+                for which, record in (("best", best), ("last", last))
+                for key in CALIBRATION_KEYS
+            },
+            "epochs_done": len(self.history),
+            "epochs_total": self.train_cfg.epochs,
+            "finished": finished,
+            "test_samples": last.get("test_samples"),
+            "train_samples": self.exp.loaders.num_train,
+            "world_size": self.dist.world_size,
+            "wall_time_s": self.wall_time,
+            "teacher_acc1": self.teacher_acc1,
+            "history": self.history,
         }
 
     def _write_metrics(self, finished: bool, **extra) -> None:
@@ -346,8 +418,10 @@ class Trainer:
             )
             return 0
         signal_name = stopped.signal_name if stopped and stopped.signal_name else "a signal on another rank"
-        self.log.info(f"stopped by {signal_name} after {done} finished epochs; {self.run_dir / LAST} holds "
-                      f"epoch {done}. Run the same command again to resume.")
+        self.log.info(
+            f"stopped by {signal_name} after {done} finished epochs; {self.run_dir / LAST} holds "
+            f"epoch {done}. Run the same command again to resume."
+        )
         return stopped.exit_code if stopped else 1
 
 
@@ -366,12 +440,17 @@ def tensorboard_hparams(config, override_keys=()) -> dict:
     the identity keys, the keys set on the command line (a sweep's axes) and those set away from the
     defaults, but no paths."""
     defaults = hparams_of(type(config)())
-    return {key: value for key, value in hparams_of(config).items()
-            if key in IDENTITY_KEYS
-            or (key not in RESUME_MAY_CHANGE and (key in override_keys or value != defaults.get(key)))}
+    return {
+        key: value
+        for key, value in hparams_of(config).items()
+        if key in IDENTITY_KEYS
+        or (key not in RESUME_MAY_CHANGE and (key in override_keys or value != defaults.get(key)))
+    }
 
 
 def hparams_of(config) -> dict:
     """Flat scalar hyper-parameters for TensorBoard's HParams tab (lists and nulls as strings)."""
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for key, value in flatten(to_dict(config)).items()}
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in flatten(to_dict(config)).items()
+    }

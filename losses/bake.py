@@ -1,10 +1,10 @@
 """BAKE, self-distillation with batch knowledge ensembling (Ge et al., 2021).
 
-Each training sample (anchor) comes with M other samples of its own class (the ``same_class`` batch
-plan, data/plans/same_class.py, with ``batch.same_class.partners`` M), and the whole batch, anchors and partners, trains with gradient, in
-one forward pass, as the authors' ``train.py`` forwards it (BatchNorm's statistics span anchors and
-partners). The soft target of every image is an ensemble of the whole batch's softened predictions,
-weighted by how alike the images' embeddings are, and propagated through the batch:
+Each training sample (anchor) comes with M other samples of its own class (the ``same_class`` batch plan,
+data/plans/same_class.py, with ``batch.same_class.partners`` M), and the whole batch, anchors and partners,
+trains with gradient, in one forward pass, as the authors' ``train.py`` forwards it (BatchNorm's statistics
+span anchors and partners). The soft target of every image is an ensemble of the whole batch's softened
+predictions, weighted by how alike the images' embeddings are, and propagated through the batch:
 
     e^ = e / ||e||                                  (e: the N x D embedding, ``StepOutput.embedding``)
     A  = row-softmax(e^ e^T - 1e9 I)                (affinity to the other images; no temperature)
@@ -32,6 +32,7 @@ its batch of 128 as anchors (512 images a step) and weight decay 5e-4; the autho
 their partners, who travel with them), as the authors' small-scale code ensembles one GPU's batch; their
 ImageNet code gathers the ensemble across GPUs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ adding a file with a registered term, never a branch in the training loop. What 
 (partners, second views, mixed pairs, the last batch) is the run's batch plan's (data/plans/): a term
 names the plan it needs and reads its typed batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from data.plans import Plain
 @dataclass(frozen=True)
 class TrainingSetup:
     """What a term may need to know of the run before it trains (``LossTerm.attach``)."""
+
     num_samples: int  # training-set size (for per-sample state)
     num_classes: int
     epochs: int

@@ -10,6 +10,7 @@ any backbone whose stages shrink by integer factors, equal in height and width, 
 ``check_branches`` refuses the others. (BYOT's heads, ``losses/byot.py``, are another design: a
 bottleneck.)
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -30,20 +31,26 @@ def check_branches(feature_shapes: Sequence[Shape], stages: Sequence[int], key: 
     down-scaling of the one before it, by the same factor in height and width."""
     num_stages = len(feature_shapes)
     if not stages:
-        raise ConfigError(f"{key}.stages is empty, or the model has a single stage: a branch needs a stage below "
-                          f"the deepest (use null for the default)")
+        raise ConfigError(
+            f"{key}.stages is empty, or the model has a single stage: a branch needs a stage below "
+            f"the deepest (use null for the default)"
+        )
     if len(set(stages)) != len(stages):
         raise ConfigError(f"{key}.stages lists a stage twice: {shown(list(stages))}")
     for stage in stages:
         if not 1 <= stage < num_stages:
-            raise ConfigError(f"{key}.stages names stage {stage}; branches start from stages 1..{num_stages - 1} "
-                              f"(the deepest, {num_stages}, is the backbone's own exit)")
+            raise ConfigError(
+                f"{key}.stages names stage {stage}; branches start from stages 1..{num_stages - 1} "
+                f"(the deepest, {num_stages}, is the backbone's own exit)"
+            )
     for j in range(min(stages), num_stages):  # 0-based: stage j + 1 from stage j
         (_, h0, w0), (_, h1, w1) = feature_shapes[j - 1], feature_shapes[j]
         if h0 % h1 or w0 % w1 or h0 // h1 != w0 // w1:
-            raise ConfigError(f"{key}: stage {j + 1}'s {h1}x{w1} feature is not stage {j}'s {h0}x{w0} shrunk by one "
-                              f"integer factor in height and width, so no branch can rebuild it; keep {key}.stages "
-                              f"at or above stage {j + 1}")
+            raise ConfigError(
+                f"{key}: stage {j + 1}'s {h1}x{w1} feature is not stage {j}'s {h0}x{w0} shrunk by one "
+                f"integer factor in height and width, so no branch can rebuild it; keep {key}.stages "
+                f"at or above stage {j + 1}"
+            )
 
 
 def rebuilt_stages(feature_shapes: Sequence[Shape], stage: int, width: float = 1.0) -> list[tuple[int, int, int]]:
@@ -62,16 +69,24 @@ class Branch(nn.Module):
     ``forward`` returns ``(logits, final map)``; the map has the deepest stage's shape (channels times
     ``width``). ``blocks`` gives the number of basic blocks for each rebuilt stage, shallow to deep."""
 
-    def __init__(self, feature_shapes: Sequence[Shape], stage: int, blocks: Sequence[int], num_classes: int,
-                 width: float = 1.0):
+    def __init__(
+        self, feature_shapes: Sequence[Shape], stage: int, blocks: Sequence[int], num_classes: int, width: float = 1.0
+    ):
         super().__init__()
         plan = rebuilt_stages(feature_shapes, stage, width)
         if len(blocks) != len(plan) or min(blocks, default=1) < 1:
-            raise ValueError(f"a branch from stage {stage} rebuilds {len(plan)} stages: give that many block "
-                             f"counts >= 1, not {list(blocks)}")
-        self.stages = nn.Sequential(*(
-            nn.Sequential(*(BasicBlock(cin if b == 0 else cout, cout, stride if b == 0 else 1) for b in range(count)))
-            for (cin, cout, stride), count in zip(plan, blocks)))
+            raise ValueError(
+                f"a branch from stage {stage} rebuilds {len(plan)} stages: give that many block "
+                f"counts >= 1, not {list(blocks)}"
+            )
+        self.stages = nn.Sequential(
+            *(
+                nn.Sequential(
+                    *(BasicBlock(cin if b == 0 else cout, cout, stride if b == 0 else 1) for b in range(count))
+                )
+                for (cin, cout, stride), count in zip(plan, blocks)
+            )
+        )
         self.out_channels = plan[-1][1]
         self.fc = nn.Linear(self.out_channels, num_classes)
 

@@ -26,6 +26,7 @@ gradients, the checkpoint's ``"terms"`` keeps them for resuming; the exported an
 the backbone alone. The term is the whole loss (its CE includes the model's own): list it without
 ``ce`` (``configs/_base_/methods/byot.yaml``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,10 +59,17 @@ def feature_hint(feature: torch.Tensor, deepest: torch.Tensor) -> torch.Tensor:
 def bottleneck_head(in_channels: int, out_channels: int, stride: int, width: int) -> nn.Sequential:
     """1x1 conv to ``width``, ``stride`` x ``stride`` conv with that stride, 1x1 conv to ``out_channels``
     (each followed by BN and ReLU), then a global average pool: N x C x H x W -> N x out_channels."""
+
     def conv_bn_relu(cin, cout, kernel):
         return [nn.Conv2d(cin, cout, kernel, stride=kernel, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*conv_bn_relu(in_channels, width, 1), *conv_bn_relu(width, width, stride),
-                         *conv_bn_relu(width, out_channels, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    return nn.Sequential(
+        *conv_bn_relu(in_channels, width, 1),
+        *conv_bn_relu(width, width, stride),
+        *conv_bn_relu(width, out_channels, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 @dataclass
@@ -70,8 +78,9 @@ class BYOTConfig(Options):
     temperature: float = option(3.0, "softmax temperature T of the heads' distillation", **TEMPERATURE)
     beta: float = option(1e-6, "weight of the feature hint (a sum over the batch)", **LOSS_WEIGHT)
     width: int = option(128, "channels inside each head's bottleneck", min=1, max=4096)
-    stages: Optional[list[int]] = option(None, "stages that get a head, counted from 1; null = all but the deepest",
-                                         **STAGE)
+    stages: Optional[list[int]] = option(
+        None, "stages that get a head, counted from 1; null = all but the deepest", **STAGE
+    )
 
 
 @register_loss("byot", BYOTConfig)
@@ -89,19 +98,25 @@ class BeYourOwnTeacher(LossTerm):
     def check_features(self, feature_shapes) -> None:
         num_stages, stages = len(feature_shapes), self._stages(len(feature_shapes))
         if not stages:
-            raise ConfigError("loss.byot needs at least one head: the model has one stage, or loss.byot.stages is "
-                              "empty (use null for every stage but the deepest)")
+            raise ConfigError(
+                "loss.byot needs at least one head: the model has one stage, or loss.byot.stages is "
+                "empty (use null for every stage but the deepest)"
+            )
         if len(set(stages)) != len(stages):
             raise ConfigError(f"loss.byot.stages lists a stage twice: {shown(stages)}")
         _, deep_h, deep_w = feature_shapes[-1]
         for stage in stages:
             if not 1 <= stage < num_stages:
-                raise ConfigError(f"loss.byot.stages names stage {stage}; heads go on stages 1..{num_stages - 1} "
-                                  f"(the deepest, {num_stages}, is the teacher)")
+                raise ConfigError(
+                    f"loss.byot.stages names stage {stage}; heads go on stages 1..{num_stages - 1} "
+                    f"(the deepest, {num_stages}, is the teacher)"
+                )
             _, h, w = feature_shapes[stage - 1]
             if h % deep_h or w % deep_w or h // deep_h != w // deep_w:
-                raise ConfigError(f"loss.byot: stage {stage}'s {h}x{w} feature is not a square multiple of the deepest "
-                                  f"stage's {deep_h}x{deep_w}; leave it out of loss.byot.stages")
+                raise ConfigError(
+                    f"loss.byot: stage {stage}'s {h}x{w} feature is not a square multiple of the deepest "
+                    f"stage's {deep_h}x{deep_w}; leave it out of loss.byot.stages"
+                )
 
     def attach(self, setup: TrainingSetup) -> None:
         deep_channels, deep_h, _ = setup.feature_shapes[-1]

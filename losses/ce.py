@@ -1,4 +1,5 @@
 """Cross-entropy with the ground-truth labels."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ class CEConfig(Options):
     weight: float = option(1.0, "weight of the cross-entropy term (0.1 in the CIFAR KD protocol)", **LOSS_WEIGHT)
     label_smoothing: float = option(0.0, "label smoothing epsilon", min=0, max=1)
     label_smoothing_to: str = option(
-        "all", "where the smoothing mass goes: all (torch's: eps/K to every class, the target included) or others "
-               "(eps/(K-1) to each other class, 1 - eps to the target: Self-KD-Lib's and the released Tf-FD code's)",
-        choices=("all", "others"))
+        "all",
+        "where the smoothing mass goes: all (torch's: eps/K to every class, the target included) or others "
+        "(eps/(K-1) to each other class, 1 - eps to the target: Self-KD-Lib's and the released Tf-FD code's)",
+        choices=("all", "others"),
+    )
 
 
 @register_loss("ce", CEConfig)
@@ -31,8 +34,10 @@ class CrossEntropy(LossTerm):
     def attach(self, setup: TrainingSetup) -> None:
         classes, eps = setup.num_classes, self.config.label_smoothing
         if self.config.label_smoothing_to == "others" and eps > (classes - 1) / classes:
-            raise ConfigError(f"loss.ce.label_smoothing={eps:g} with label_smoothing_to=others would give the target "
-                              f"less than each other class of the {classes}; use at most {(classes - 1) / classes:g}")
+            raise ConfigError(
+                f"loss.ce.label_smoothing={eps:g} with label_smoothing_to=others would give the target "
+                f"less than each other class of the {classes}; use at most {(classes - 1) / classes:g}"
+            )
 
     def forward(self, step: StepOutput):
         # Against mixed labels where a batch transform made them: lam * CE(y_a) + (1 - lam) * CE(y_b).

@@ -15,6 +15,7 @@ anchors, as their ``batch_size`` does: each step forwards twice that many images
 The authors' protocol differs from Self-KD-Lib's (weight decay 1e-4, no Nesterov, /10 at 50% and
 75%); ``configs/cifar100/selfkd/`` runs it under Self-KD-Lib's, whose ``cs_kd.py`` is the same loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from .registry import register_loss
 
 @dataclass
 class CSKDConfig(Options):
-    weight: float = option(1.0, "lambda, the weight of the class-wise KD term (1; 3 on fine-grained datasets)",
-                           **LOSS_WEIGHT)
+    weight: float = option(
+        1.0, "lambda, the weight of the class-wise KD term (1; 3 on fine-grained datasets)", **LOSS_WEIGHT
+    )
     temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
 
 

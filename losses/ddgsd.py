@@ -1,10 +1,10 @@
 """DDGSD, data-distortion guided self-distillation (Xu & Liu, AAAI 2019).
 
 Every training image comes in two independently augmented views (the ``two_views`` batch plan,
-data/plans/two_views.py: the loaders append a second crop and flip of each image, so a batch of B samples is [view 1; view 2],
-2B images, all trained on with gradient, in one forward pass, as Self-KD-Lib concatenates the views into
-one forward). Each view's prediction teaches the
-other's, and the batch means of the two views' embeddings are pulled together:
+data/plans/two_views.py: the loaders append a second crop and flip of each image, so a batch of B samples is
+[view 1; view 2], 2B images, all trained on with gradient, in one forward pass, as Self-KD-Lib concatenates
+the views into one forward). Each view's prediction teaches the other's, and the batch means of the two views'
+embeddings are pulled together:
 
     L_ddgsd = T^2 * KL(p_2^T || p_1^T) + T^2 * KL(p_1^T || p_2^T)     (batch means; the teacher side,
                                                                         the other view, detached)
@@ -31,6 +31,7 @@ their training accuracy scores the mean of the two views' logits, ours scores ea
 evaluate one (unaugmented) view at test time. ``train.batch_size`` counts samples, as their
 ``batch_size`` does: a step forwards twice that many images. Defaults: T 4, KD weight 1, mu 5e-4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,8 +62,9 @@ def ddgsd_loss(logits: torch.Tensor, embedding: torch.Tensor, temperature: float
 class DDGSDConfig(Options):
     weight: float = option(1.0, "weight of the two-way distillation between the views", **LOSS_WEIGHT)
     temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
-    mean_weight: float = option(5.0e-4, "mu, the weight of the squared gap of the views' embedding means",
-                                **LOSS_WEIGHT)
+    mean_weight: float = option(
+        5.0e-4, "mu, the weight of the squared gap of the views' embedding means", **LOSS_WEIGHT
+    )
 
 
 @register_loss("ddgsd", DDGSDConfig)

@@ -31,6 +31,7 @@ The branches are the term's parameters: trained by the optimizer with the model,
 checkpoint's ``"terms"``, never exported; the evaluated model is the backbone alone, which is what
 both originals report (the backbone's exit). The term is the whole loss: list it without ``ce``.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,17 +75,28 @@ def knowledge_synergy(logits_list: Sequence[torch.Tensor], temperature: float, s
 @dataclass
 class DKSConfig(Options):
     weight: float = option(1.0, "weight of the pairwise synergy term (the CE terms have weight 1)", **LOSS_WEIGHT)
-    temperature: float = option(1.0, "softmax temperature T of the synergy (1: the authors; 4: Self-KD-Lib)",
-                                **TEMPERATURE)
-    smoothing: float = option(1e-8, "eps of the probabilities' smoothing (p + eps) / (1 + K eps) (1e-8: the authors; "
-                                    "0: Self-KD-Lib)", min=0, max=1e-3)
-    stages: Optional[list[int]] = option(None, "stages that get a branch, counted from 1; null = the two stages "
-                                               "just below the deepest", **STAGE)
-    blocks: list[list[int]] = option([[1, 2], [2]], "per branch (shallow to deep), the basic blocks of each stage "
-                                                    "it rebuilds (Self-KD-Lib's ResNet-18: [[1, 2], [2]])",
-                                                    min=1, max=16)
-    widths: Optional[list[float]] = option(None, "per branch, a channel multiplier of its rebuilt stages; "
-                                                 "null = 1 for every branch", above=0, max=16)
+    temperature: float = option(
+        1.0, "softmax temperature T of the synergy (1: the authors; 4: Self-KD-Lib)", **TEMPERATURE
+    )
+    smoothing: float = option(
+        1e-8,
+        "eps of the probabilities' smoothing (p + eps) / (1 + K eps) (1e-8: the authors; 0: Self-KD-Lib)",
+        min=0,
+        max=1e-3,
+    )
+    stages: Optional[list[int]] = option(
+        None, "stages that get a branch, counted from 1; null = the two stages just below the deepest", **STAGE
+    )
+    blocks: list[list[int]] = option(
+        [[1, 2], [2]],
+        "per branch (shallow to deep), the basic blocks of each stage "
+        "it rebuilds (Self-KD-Lib's ResNet-18: [[1, 2], [2]])",
+        min=1,
+        max=16,
+    )
+    widths: Optional[list[float]] = option(
+        None, "per branch, a channel multiplier of its rebuilt stages; null = 1 for every branch", above=0, max=16
+    )
 
 
 @register_loss("dks", DKSConfig)
@@ -106,13 +118,17 @@ class DeeplySupervisedKnowledgeSynergy(LossTerm):
         check_branches(feature_shapes, stages, "loss.dks")
         widths = self._widths(len(stages))
         if len(cfg.blocks) != len(stages) or len(widths) != len(stages):
-            raise ConfigError(f"loss.dks has {len(stages)} branches (stages {shown(stages)}) but {len(cfg.blocks)} "
-                              f"lists in loss.dks.blocks and {len(widths)} loss.dks.widths; give one per branch")
+            raise ConfigError(
+                f"loss.dks has {len(stages)} branches (stages {shown(stages)}) but {len(cfg.blocks)} "
+                f"lists in loss.dks.blocks and {len(widths)} loss.dks.widths; give one per branch"
+            )
         for stage, blocks in zip(stages, cfg.blocks):
             rebuilt = len(rebuilt_stages(feature_shapes, stage))
             if len(blocks) != rebuilt:
-                raise ConfigError(f"loss.dks.blocks gives {blocks} for the branch from stage {stage}, which rebuilds "
-                                  f"{rebuilt} stages ({stage + 1}..{len(feature_shapes)}); give {rebuilt} block counts")
+                raise ConfigError(
+                    f"loss.dks.blocks gives {blocks} for the branch from stage {stage}, which rebuilds "
+                    f"{rebuilt} stages ({stage + 1}..{len(feature_shapes)}); give {rebuilt} block counts"
+                )
 
     def attach(self, setup: TrainingSetup) -> None:
         self.stages = self._stages(len(setup.feature_shapes))

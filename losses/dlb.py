@@ -12,6 +12,7 @@ of both passes' outputs, as in Meta-knowledge-Lab/DLB ``dlb.py``: a smaller last
 less, as here). The run's very first step has no previous batch: it trains on B_t's view 0 alone, with
 CE only. Their code gives T and alpha no defaults; the paper's T = 3, alpha = 1 are used here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,5 +44,5 @@ class LastMiniBatchKD(LossTerm):
         teacher = batch.teacher_logits
         if teacher is None:  # the run's first step: nothing to distil from yet (a zero in the graph, so that
             return {"dlb": step.logits[:0].sum()}  # a step of dlb alone still has a gradient, of zeros)
-        last = step.logits[step.logits.shape[0] - teacher.shape[0]:]  # B_{t-1}'s view 1: the batch's last rows
+        last = step.logits[step.logits.shape[0] - teacher.shape[0] :]  # B_{t-1}'s view 1: the batch's last rows
         return {"dlb": self.config.weight * kd_loss(last, teacher, self.config.temperature)}

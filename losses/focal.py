@@ -24,6 +24,7 @@ which is FL for a one-hot q and, for q = lam * onehot(a) + (1 - lam) * onehot(b)
 lam) * FL(b): what Mixup's and CutMix's original code do with any criterion, and what the ``ce`` term
 does with its cross-entropy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

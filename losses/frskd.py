@@ -58,6 +58,7 @@ optimizer trains it with the model, the checkpoint's ``"terms"`` keeps it, the e
 model is the backbone alone. The authors' protocol (weight decay 1e-4, no Nesterov, /10 at 100 and 150,
 200 epochs) differs from Self-KD-Lib's, which ``configs/cifar100/selfkd/`` runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -103,9 +104,16 @@ def fuse(raw: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum(weights[j] * x for j, x in enumerate(inputs))
 
 
-def frskd_losses(logits: torch.Tensor, feats: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
-                 teacher_feats: Sequence[torch.Tensor], targets: torch.Tensor, alpha: float, beta: float,
-                 temperature: float) -> dict[str, torch.Tensor]:
+def frskd_losses(
+    logits: torch.Tensor,
+    feats: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    teacher_feats: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+) -> dict[str, torch.Tensor]:
     """The four weighted parts of L: CE(z), CE(z_bi), alpha * KD_T(z <- sg z_bi), beta * attention_loss.
     ``targets`` are class indices or N x K label distributions (Mixup, CutMix)."""
     return {
@@ -119,8 +127,7 @@ def frskd_losses(logits: torch.Tensor, feats: Sequence[torch.Tensor], teacher_lo
 # ---------------------------------------------------------------- the self-teacher (BiFPNc)
 def pointwise(in_channels: int, out_channels: int) -> nn.Sequential:
     """1x1 conv - BN - ReLU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU())
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
 
 
 def separable_stack(channels: int, depth: int) -> nn.Sequential:
@@ -129,8 +136,11 @@ def separable_stack(channels: int, depth: int) -> nn.Sequential:
     for repeat in range(depth):
         if repeat:
             layers.append(nn.ReLU())
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                   nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels)]
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -141,6 +151,7 @@ class Upsample2x(nn.Module):
 
 class SamePadMaxPool(nn.Module):
     """3x3 stride-2 max-pool with "same" padding on an even-sized map: one zero row/column bottom and right."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.pad(x, (0, 1, 0, 1)), kernel_size=3, stride=2)
 
@@ -205,17 +216,21 @@ class FeatureRefinementSelfKD(LossTerm):
 
     def check_features(self, feature_shapes) -> None:
         if len(feature_shapes) < 2:
-            raise ConfigError(f"loss.frskd needs a model with at least 2 stage features to fuse; this one has "
-                              f"{len(feature_shapes)}")
+            raise ConfigError(
+                f"loss.frskd needs a model with at least 2 stage features to fuse; this one has {len(feature_shapes)}"
+            )
         for stage, ((_, h, w), (_, h2, w2)) in enumerate(zip(feature_shapes, feature_shapes[1:]), start=1):
             if (h, w) != (2 * h2, 2 * w2):
-                raise ConfigError(f"loss.frskd: stage {stage + 1}'s {h2}x{w2} feature is not half of stage {stage}'s "
-                                  f"{h}x{w}, which the self-teacher's x2 resizing needs; use a model (or data.image_size) "
-                                  f"whose stages halve")
+                raise ConfigError(
+                    f"loss.frskd: stage {stage + 1}'s {h2}x{w2} feature is not half of stage {stage}'s "
+                    f"{h}x{w}, which the self-teacher's x2 resizing needs; use a model (or data.image_size) "
+                    f"whose stages halve"
+                )
 
     def attach(self, setup: TrainingSetup) -> None:
-        self.teacher = BiFPNSelfTeacher([c for c, _, _ in setup.feature_shapes], setup.num_classes,
-                                        self.config.width, self.config.depth)
+        self.teacher = BiFPNSelfTeacher(
+            [c for c, _, _ in setup.feature_shapes], setup.num_classes, self.config.width, self.config.depth
+        )
 
     def forward(self, step: StepOutput):
         if self.teacher is None:
@@ -223,5 +238,6 @@ class FeatureRefinementSelfKD(LossTerm):
         cfg = self.config
         targets = step.labels
         refined, teacher_logits = self.teacher(step.feats)
-        return frskd_losses(step.logits, step.feats, teacher_logits, refined, targets,
-                            cfg.alpha, cfg.beta, cfg.temperature)
+        return frskd_losses(
+            step.logits, step.feats, teacher_logits, refined, targets, cfg.alpha, cfg.beta, cfg.temperature
+        )

@@ -3,6 +3,7 @@
 The T^2 factor keeps the soft-target gradients at the scale of the cross-entropy's as T changes.
 The CIFAR-100 KD protocol (configs/_base_/methods/kd.yaml) weights CE 0.1 and KD 0.9 with T = 4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 @dataclass
 class KDConfig(Options):
-    weight: float = option(0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)",
-                           **LOSS_WEIGHT)
+    weight: float = option(
+        0.9, "weight of the KD term (0.9 in the CIFAR KD protocol, with loss.ce.weight 0.1)", **LOSS_WEIGHT
+    )
     temperature: float = option(4.0, "softmax temperature T", **TEMPERATURE)
 
 

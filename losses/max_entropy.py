@@ -16,6 +16,7 @@ setting of ``configs/_base_/methods/max_entropy.yaml`` (for another K, Self-KD-L
 0.5 / K). The paper's own beta values were not checked. Labels are not used, so mixed labels (Mixup,
 CutMix) change nothing here; the ``ce`` term beside it uses them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MaxEntropyConfig(Options):
-    beta: float = option(0.005, "weight beta of the (subtracted) batch-mean entropy; Self-KD-Lib's CIFAR-100 "
-                                "setting is 0.5 per element over K classes = 0.5 / K = 0.005", **LOSS_WEIGHT)
+    beta: float = option(
+        0.005,
+        "weight beta of the (subtracted) batch-mean entropy; Self-KD-Lib's CIFAR-100 "
+        "setting is 0.5 per element over K classes = 0.5 / K = 0.005",
+        **LOSS_WEIGHT,
+    )
 
 
 @register_loss("max_entropy", MaxEntropyConfig)

@@ -49,6 +49,7 @@ Mixed labels from a batch transform: the plan composes the batch before the tran
 tensors, outside the trainer), the clean CE is taken against the label distributions of the clean
 half, and the mixup CE against those distributions interpolated with lam and perm.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,16 +68,25 @@ from .kd import kd_loss
 from .registry import register_loss
 
 
-def mixup_distillation(interpolated: Sequence[torch.Tensor], mixed: Sequence[torch.Tensor],
-                       teacher_of_interpolated: torch.Tensor, teacher_of_mixed: torch.Tensor,
-                       temperature: float) -> torch.Tensor:
+def mixup_distillation(
+    interpolated: Sequence[torch.Tensor],
+    mixed: Sequence[torch.Tensor],
+    teacher_of_interpolated: torch.Tensor,
+    teacher_of_mixed: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """sum over the auxiliary exits (all but the last) of KD_T(z_int <- sg z~) + KD_T(z~ <- sg z_int),
     plus, for the last exit, KD_T(z_int <- sg h(F~)) + KD_T(z~ <- sg h(F_int)), where
     ``teacher_of_interpolated`` = h(F_int) and ``teacher_of_mixed`` = h(F~); KD_T as ``kd_loss``."""
-    total = sum(kd_loss(z_int, z_mix, temperature) + kd_loss(z_mix, z_int, temperature)
-                for z_int, z_mix in zip(interpolated[:-1], mixed[:-1]))
-    return (total + kd_loss(interpolated[-1], teacher_of_mixed, temperature)
-            + kd_loss(mixed[-1], teacher_of_interpolated, temperature))
+    total = sum(
+        kd_loss(z_int, z_mix, temperature) + kd_loss(z_mix, z_int, temperature)
+        for z_int, z_mix in zip(interpolated[:-1], mixed[:-1])
+    )
+    return (
+        total
+        + kd_loss(interpolated[-1], teacher_of_mixed, temperature)
+        + kd_loss(mixed[-1], teacher_of_interpolated, temperature)
+    )
 
 
 def feature_mse(interpolated: Sequence[torch.Tensor], mixed: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -84,8 +94,9 @@ def feature_mse(interpolated: Sequence[torch.Tensor], mixed: Sequence[torch.Tens
     return sum(F.mse_loss(f_int.float(), f_mix.float()) for f_int, f_mix in zip(interpolated, mixed))
 
 
-def discriminator_bce(discriminators: Sequence[nn.Module], interpolated: Sequence[torch.Tensor],
-                      mixed: Sequence[torch.Tensor]) -> torch.Tensor:
+def discriminator_bce(
+    discriminators: Sequence[nn.Module], interpolated: Sequence[torch.Tensor], mixed: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """sum over the exits of BCE-with-logits(D_e(GAP([F_int; F~])), one-hot of [0] * N + [1] * N): the
     discriminator's first output says "interpolated", its second "from the mixup image"."""
     total = 0
@@ -102,15 +113,27 @@ class MixSKDConfig(Options):
     kd_weight: float = option(1.0, "weight of the distillation terms", **LOSS_WEIGHT)
     feature_weight: float = option(1.0, "weight of the feature MSE", **LOSS_WEIGHT)
     adversarial_weight: float = option(1.0, "weight of the discriminators' BCE", **LOSS_WEIGHT)
-    mixup_ce: bool = option(True, "add the mixup images' CE (every exit and the self-teacher), as the ImageNet script "
-                                  "and the paper; false: the CIFAR script, where the self-teacher never trains")
-    discriminator: str = option("frozen", "frozen: the discriminators keep their random initialisation (both scripts); "
-                                          "trained: they descend the same BCE", choices=("frozen", "trained"))
+    mixup_ce: bool = option(
+        True,
+        "add the mixup images' CE (every exit and the self-teacher), as the ImageNet script "
+        "and the paper; false: the CIFAR script, where the self-teacher never trains",
+    )
+    discriminator: str = option(
+        "frozen",
+        "frozen: the discriminators keep their random initialisation (both scripts); "
+        "trained: they descend the same BCE",
+        choices=("frozen", "trained"),
+    )
     discriminator_width: int = option(128, "hidden width of each discriminator", min=1, max=4096)
-    stages: Optional[list[int]] = option(None, "stages that get a branch, counted from 1; null = every stage but the "
-                                               "deepest", **STAGE)
-    blocks: int = option(2, "basic blocks per rebuilt stage in every branch (the original: the backbone's, 2 on "
-                            "ResNet-18)", min=1, max=16)
+    stages: Optional[list[int]] = option(
+        None, "stages that get a branch, counted from 1; null = every stage but the deepest", **STAGE
+    )
+    blocks: int = option(
+        2,
+        "basic blocks per rebuilt stage in every branch (the original: the backbone's, 2 on ResNet-18)",
+        min=1,
+        max=16,
+    )
 
 
 @register_loss("mixskd", MixSKDConfig)
@@ -140,11 +163,18 @@ class MixupSelfKD(LossTerm):
             self.branches.append(Branch(shapes, stage, blocks, setup.num_classes))
         deep = shapes[-1][0]
         widths = [branch.out_channels for branch in self.branches] + [deep]
-        self.self_teacher = nn.Sequential(nn.Conv2d(sum(widths), deep, 1, bias=False), nn.AdaptiveAvgPool2d(1),
-                                          nn.Flatten(), nn.Linear(deep, setup.num_classes))
+        self.self_teacher = nn.Sequential(
+            nn.Conv2d(sum(widths), deep, 1, bias=False),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(deep, setup.num_classes),
+        )
         self.discriminators = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, cfg.discriminator_width), nn.ReLU(inplace=True),
-                          nn.Linear(cfg.discriminator_width, 2)) for width in widths)
+            nn.Sequential(
+                nn.Linear(width, cfg.discriminator_width), nn.ReLU(inplace=True), nn.Linear(cfg.discriminator_width, 2)
+            )
+            for width in widths
+        )
         if cfg.discriminator == "frozen":
             self.discriminators.requires_grad_(False)
         if not cfg.mixup_ce:
@@ -173,11 +203,14 @@ class MixupSelfKD(LossTerm):
 
         losses = {"mixskd_ce": sum(F.cross_entropy(z[:n], labels) for z in logits)}
         if cfg.mixup_ce:
-            losses["mixskd_mix_ce"] = sum(F.cross_entropy(z, mixed_labels)
-                                          for z in [*mixed_logits, teacher_of_interpolated, teacher_of_mixed])
+            losses["mixskd_mix_ce"] = sum(
+                F.cross_entropy(z, mixed_labels) for z in [*mixed_logits, teacher_of_interpolated, teacher_of_mixed]
+            )
         losses["mixskd_kd"] = cfg.kd_weight * mixup_distillation(
-            interpolated_logits, mixed_logits, teacher_of_interpolated, teacher_of_mixed, cfg.temperature)
+            interpolated_logits, mixed_logits, teacher_of_interpolated, teacher_of_mixed, cfg.temperature
+        )
         losses["mixskd_feature"] = cfg.feature_weight * feature_mse(interpolated_maps, mixed_maps)
         losses["mixskd_adversarial"] = cfg.adversarial_weight * discriminator_bce(
-            self.discriminators, interpolated_maps, mixed_maps)
+            self.discriminators, interpolated_maps, mixed_maps
+        )
         return losses

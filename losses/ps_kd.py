@@ -34,6 +34,7 @@ the ImageNet table (``configs/imagenet/resnet18_ps_kd.yaml`` sets cpu + float16)
 
 A checkpoint's ``past`` loads into either storage and any dtype (converted on load).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,8 +49,9 @@ from .base import LossTerm, StepOutput, TrainingSetup
 from .registry import register_loss
 
 
-def ps_kd_loss(logits: torch.Tensor, one_hot: torch.Tensor, past: torch.Tensor,
-               alpha: float | torch.Tensor) -> torch.Tensor:
+def ps_kd_loss(
+    logits: torch.Tensor, one_hot: torch.Tensor, past: torch.Tensor, alpha: float | torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy against (1 - alpha) * onehot + alpha * the past predictions, batch mean."""
     return F.cross_entropy(logits.float(), (1 - alpha) * one_hot + alpha * past)
 
@@ -68,13 +70,25 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class PSKDConfig(Options):
-    alpha_T: float = option(0.8, "the weight of the past predictions in the last epoch (it grows linearly "
-                                 "from alpha_T / epochs)", min=0, max=1)
-    storage: str = option("device", "where the N x K table of past predictions lives: device (a buffer with the "
-                                    "model) or cpu (host memory; each step copies its rows to the device and "
-                                    "back: for ImageNet-sized tables)", choices=("device", "cpu"))
-    dtype: str = option("float32", "the table's element type (float16: within 2^-11 of each probability, half "
-                                   "the memory); the target is computed in float32", choices=tuple(DTYPES))
+    alpha_T: float = option(
+        0.8,
+        "the weight of the past predictions in the last epoch (it grows linearly from alpha_T / epochs)",
+        min=0,
+        max=1,
+    )
+    storage: str = option(
+        "device",
+        "where the N x K table of past predictions lives: device (a buffer with the "
+        "model) or cpu (host memory; each step copies its rows to the device and "
+        "back: for ImageNet-sized tables)",
+        choices=("device", "cpu"),
+    )
+    dtype: str = option(
+        "float32",
+        "the table's element type (float16: within 2^-11 of each probability, half "
+        "the memory); the target is computed in float32",
+        choices=tuple(DTYPES),
+    )
 
 
 @register_loss("ps_kd", PSKDConfig)
@@ -136,17 +150,21 @@ class ProgressiveSelfKD(LossTerm):
         if self.on_host:
             destination[prefix + "past"] = self.past
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + "past"
         if self.on_host:
             if key not in state_dict:
                 missing_keys.append(key)
             elif state_dict[key].shape != self.past.shape:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} "
-                                  f"from checkpoint, the shape in current model is {tuple(self.past.shape)}.")
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} "
+                    f"from checkpoint, the shape in current model is {tuple(self.past.shape)}."
+                )
             else:
                 self.past.copy_(state_dict[key])
             state_dict = {name: value for name, value in state_dict.items() if name != key}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

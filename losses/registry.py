@@ -1,4 +1,5 @@
 """Loss-term registry: name -> (term class, config dataclass), filled by ``register_loss``."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

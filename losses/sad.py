@@ -23,6 +23,7 @@ Self-KD-Lib's version is followed because the table row's published number (76.4
 ResNet-18) is its. Labels are not used, so mixed labels (Mixup, CutMix) change nothing here; the
 ``ce`` term beside it uses them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,10 @@ class SelfAttentionDistillation(LossTerm):
 
     def check_features(self, feature_shapes) -> None:
         if len(feature_shapes) < 2:
-            raise ConfigError(f"loss.sad distils each stage's attention map from the next stage's, but the model "
-                              f"has {len(feature_shapes)} stage feature(s); use a model with at least 2 stages")
+            raise ConfigError(
+                f"loss.sad distils each stage's attention map from the next stage's, but the model "
+                f"has {len(feature_shapes)} stage feature(s); use a model with at least 2 stages"
+            )
 
     def forward(self, step: StepOutput):
         return {"sad": self.config.weight * sad_loss(step.feats)}

@@ -14,6 +14,7 @@ T = 20, divided by T, no T^2), not followed here.
 With mixed labels (Mixup, CutMix) the virtual teacher is mixed in the same proportions: q = P @ Q,
 P the label distributions, Q the virtual teacher of each class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,12 +42,16 @@ def tf_kd_reg_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.T
 
 @dataclass
 class TfKDRegConfig(Options):
-    weight: float = option(0.1, "weight of KL_batchmean(q || p) (the authors' alpha * m / K: 0.1 for "
-                                "CIFAR-100 ResNet-18, with loss.ce.weight 1 - alpha = 0.9)", **LOSS_WEIGHT)
-    temperature: float = option(20.0, "temperature T of the virtual teacher (20 for CIFAR-100 ResNet-18)",
-                                **TEMPERATURE)
-    correct_prob: float = option(0.99, "the virtual teacher's score for the true class, before softening",
-                                 min=0, max=1)
+    weight: float = option(
+        0.1,
+        "weight of KL_batchmean(q || p) (the authors' alpha * m / K: 0.1 for "
+        "CIFAR-100 ResNet-18, with loss.ce.weight 1 - alpha = 0.9)",
+        **LOSS_WEIGHT,
+    )
+    temperature: float = option(
+        20.0, "temperature T of the virtual teacher (20 for CIFAR-100 ResNet-18)", **TEMPERATURE
+    )
+    correct_prob: float = option(0.99, "the virtual teacher's score for the true class, before softening", min=0, max=1)
 
 
 @register_loss("tf_kd_reg", TfKDRegConfig)

@@ -7,6 +7,7 @@ feature is detached, so the deep layer teaches and never learns from the shallow
 so the functions below are exactly what trains (edit or monkeypatch one and training changes), and
 autograd makes every gradient. Nothing here knows a model: shapes come from the tensors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,11 +84,13 @@ def warmup_weight(epoch: torch.Tensor | int, warmup_epochs: int) -> torch.Tensor
 class TfFDConfig(Options):
     lambda_intra: float = option(4e-4, "weight of the intra-layer term (released-code default)", **LOSS_WEIGHT)
     lambda_inter: float = option(5e-3, "weight of the inter-layer term (released-code default)", **LOSS_WEIGHT)
-    warmup_epochs: int = option(20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none",
-                                min=0, max=100_000)
+    warmup_epochs: int = option(
+        20, "the Tf-FD weight ramps linearly to 1 over this many epochs; 0 = none", min=0, max=100_000
+    )
     stages: Optional[list[int]] = option(None, "stages used, counted from 1 (shallow) to K (deep); null = all", **STAGE)
     pairs: Optional[list[list[int]]] = option(
-        None, "inter-layer [shallow, deep] stage pairs, counted from 1; null = all i < j among `stages`", **STAGE)
+        None, "inter-layer [shallow, deep] stage pairs, counted from 1; null = all i < j among `stages`", **STAGE
+    )
     detach_salient: bool = option(False, "stop gradient into the salient half (the released code lets both learn)")
 
     def __post_init__(self):
@@ -98,8 +101,9 @@ class TfFDConfig(Options):
             raise ConfigError("loss.tffd.pairs is empty; use null for all pairs, or lambda_inter=0 for none")
         for pair in self.pairs or []:
             if len(pair) != 2 or pair[0] >= pair[1]:
-                raise ConfigError(f"loss.tffd.pairs entries must be [shallow, deep] with shallow < deep, "
-                                  f"got {shown(pair)}")
+                raise ConfigError(
+                    f"loss.tffd.pairs entries must be [shallow, deep] with shallow < deep, got {shown(pair)}"
+                )
         for key, items in (("stages", self.stages or []), ("pairs", self.pairs or [])):
             twice = next((item for index, item in enumerate(items) if item in items[:index]), None)
             if twice is not None:  # it would silently count twice in the mean
@@ -131,8 +135,10 @@ class TeacherFreeFD(LossTerm):
             raise ConfigError(f"loss.tffd stages/pairs name stage {bad[0]}, but the model has stages 1..{num_stages}")
         narrow = [s for s in self._stages(num_stages) if feature_shapes[s - 1][0] < 2]
         if narrow and self.config.lambda_intra > 0:
-            raise ConfigError(f"loss.tffd: stage {narrow[0]} has {feature_shapes[narrow[0] - 1][0]} channel; intra_fd "
-                              f"needs at least 2 (leave it out of loss.tffd.stages or set lambda_intra=0)")
+            raise ConfigError(
+                f"loss.tffd: stage {narrow[0]} has {feature_shapes[narrow[0] - 1][0]} channel; intra_fd "
+                f"needs at least 2 (leave it out of loss.tffd.stages or set lambda_intra=0)"
+            )
 
     def forward(self, step: StepOutput):
         feats, cfg = step.feats, self.config

@@ -48,6 +48,7 @@ beta 0.1, mu 0.1. ImageNet (``configs/distillers/imagenet/res18_sd_img.py``): al
 The weak head is the term's parameter: trained with the model, saved in the checkpoint's ``"terms"``,
 left out of the exported model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -124,36 +125,54 @@ def non_target_loss(logits: torch.Tensor, classes: torch.Tensor, weights: torch.
 
 
 class USKDParts(NamedTuple):
-    target: torch.Tensor      # alpha * L_t
+    target: torch.Tensor  # alpha * L_t
     non_target: torch.Tensor  # beta * L_n
-    weak: torch.Tensor        # mu * the weak head's soft CE
+    weak: torch.Tensor  # mu * the weak head's soft CE
 
 
-def uskd_loss(logits: torch.Tensor, weak_logits: torch.Tensor, targets: torch.Tensor,
-              target_probs: Optional[torch.Tensor], alpha: float, beta: float, mu: float,
-              rank_from: str = "code") -> USKDParts:
+def uskd_loss(
+    logits: torch.Tensor,
+    weak_logits: torch.Tensor,
+    targets: torch.Tensor,
+    target_probs: Optional[torch.Tensor],
+    alpha: float,
+    beta: float,
+    mu: float,
+    rank_from: str = "code",
+) -> USKDParts:
     """The three weighted parts of L_uskd = alpha * L_t + beta * L_n + mu * softCE(weak); their sum is
     the loss. ``target_probs``: the N x K mixed labels, or None for the hard ``targets``."""
     classes, values = label_classes(targets, target_probs)
     label_probs = target_probs if target_probs is not None else F.one_hot(targets, logits.shape[1])
     weights = zipf_weights(rank_scores(logits, weak_logits, classes, rank_from))
-    return USKDParts(alpha * target_loss(logits, classes, values),
-                     beta * non_target_loss(logits, classes, weights),
-                     mu * weak_loss(weak_logits, label_probs))
+    return USKDParts(
+        alpha * target_loss(logits, classes, values),
+        beta * non_target_loss(logits, classes, weights),
+        mu * weak_loss(weak_logits, label_probs),
+    )
 
 
 @dataclass
 class USKDConfig(Options):
     alpha: float = option(0.1, "weight of the target part L_t (CIFAR-100 0.1, ImageNet 1)", **LOSS_WEIGHT)
     beta: float = option(0.1, "weight of the non-target part L_n (0.1 on both)", **LOSS_WEIGHT)
-    mu: float = option(0.1, "weight of the weak head's label-smoothed CE (CIFAR-100 0.1, ImageNet 0.005)",
-                       **LOSS_WEIGHT)
-    stage: int = option(-2, "the stage whose average-pooled output feeds the weak head, counted from the deepest "
-                            "(-1): -2, the one before it, as in the authors' code; -1 where a head block follows "
-                            "the deepest stage, as mobilenetv2_imagenet's 1280-channel conv", min=-16, max=-1)
-    rank_from: str = option("code", "what ranks the non-target classes: code (the released code's weak-head "
-                                    "probabilities + final log-probabilities) or paper (the weak head alone)",
-                            choices=("code", "paper"))
+    mu: float = option(
+        0.1, "weight of the weak head's label-smoothed CE (CIFAR-100 0.1, ImageNet 0.005)", **LOSS_WEIGHT
+    )
+    stage: int = option(
+        -2,
+        "the stage whose average-pooled output feeds the weak head, counted from the deepest "
+        "(-1): -2, the one before it, as in the authors' code; -1 where a head block follows "
+        "the deepest stage, as mobilenetv2_imagenet's 1280-channel conv",
+        min=-16,
+        max=-1,
+    )
+    rank_from: str = option(
+        "code",
+        "what ranks the non-target classes: code (the released code's weak-head "
+        "probabilities + final log-probabilities) or paper (the weak head alone)",
+        choices=("code", "paper"),
+    )
 
 
 @register_loss("uskd", USKDConfig)
@@ -167,11 +186,15 @@ class UniversalSelfKD(LossTerm):
     def _stage_index(self, num_stages: int) -> int:
         stage = self.config.stage
         if num_stages < 2:
-            raise ConfigError("loss.uskd needs a stage before the deepest for its weak head, and the model has one "
-                              "stage; use another model or drop uskd from loss.terms")
+            raise ConfigError(
+                "loss.uskd needs a stage before the deepest for its weak head, and the model has one "
+                "stage; use another model or drop uskd from loss.terms"
+            )
         if stage < -num_stages:
-            raise ConfigError(f"loss.uskd.stage={stage} is beyond the shallowest of this model's {num_stages} stages; "
-                              f"use -{num_stages}..-1 (default -2)")
+            raise ConfigError(
+                f"loss.uskd.stage={stage} is beyond the shallowest of this model's {num_stages} stages; "
+                f"use -{num_stages}..-1 (default -2)"
+            )
         return num_stages + stage
 
     def check_features(self, feature_shapes) -> None:
@@ -185,6 +208,7 @@ class UniversalSelfKD(LossTerm):
     def forward(self, step: StepOutput):
         cfg = self.config
         weak_logits = self.weak_head(step.feats[self.stage_index].mean(dim=(2, 3)))
-        parts = uskd_loss(step.logits, weak_logits, step.targets, step.target_probs, cfg.alpha, cfg.beta, cfg.mu,
-                          cfg.rank_from)
+        parts = uskd_loss(
+            step.logits, weak_logits, step.targets, step.target_probs, cfg.alpha, cfg.beta, cfg.mu, cfg.rank_from
+        )
         return {"uskd_target": parts.target, "uskd_non_target": parts.non_target, "uskd_weak": parts.weak}

@@ -39,6 +39,7 @@ Mixed labels (Mixup, CutMix): the class left out of the target and of the softma
 largest (y_a when lambda >= 0.5, else y_b); the other mixed class is treated as a wrong class, ranked
 by its votes like any other. The ``ce`` term takes the mixed labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ def rank_min(scores: torch.Tensor) -> torch.Tensor:
     return scores.shape[1] - not_larger + 1
 
 
-def pixel_votes(head_map: torch.Tensor, classify: Callable[[torch.Tensor], torch.Tensor], upsample: int = 1,
-                mode: str = "bilinear") -> torch.Tensor:
+def pixel_votes(
+    head_map: torch.Tensor, classify: Callable[[torch.Tensor], torch.Tensor], upsample: int = 1, mode: str = "bilinear"
+) -> torch.Tensor:
     """N x D x H x W map -> N x K votes: the map upsampled ``upsample`` times (``mode``, corners not
     aligned), each pixel's D-vector classified by ``classify`` (P x D -> P x K), one vote for its argmax."""
     if upsample > 1:
@@ -100,22 +102,35 @@ def zipf_kl(logits: torch.Tensor, target_dist: torch.Tensor, targets: torch.Tens
 
 def final_linear(model: nn.Module, in_features: int, out_features: int) -> nn.Linear:
     """The model's classifier layer: its last ``nn.Linear`` from ``in_features`` to ``out_features``."""
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (in_features, out_features)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (in_features, out_features)
+    ]
     if not layers:
-        raise RuntimeError(f"zipf_ls: the model has no nn.Linear({in_features} -> {out_features}) classifier to "
-                           f"classify the pixels of its {in_features}-channel head map with")
+        raise RuntimeError(
+            f"zipf_ls: the model has no nn.Linear({in_features} -> {out_features}) classifier to "
+            f"classify the pixels of its {in_features}-channel head map with"
+        )
     return layers[-1]
 
 
 @dataclass
 class ZipfLSConfig(Options):
-    weight: float = option(0.1, "lambda, the weight of the Zipf KL term (0.1 on CIFAR-100 and ImageNet, 1.0 on "
-                                "TinyImageNet and iNat)", **LOSS_WEIGHT)
-    power: float = option(1.0, "the Zipf exponent: the non-target class of rank r gets weight r^-power (0: uniform)",
-                          **EXPONENT)
-    upsample: int = option(2, "the factor the head map is upsampled by before its pixels vote (2 on CIFAR, "
-                              "1 = none on ImageNet)", min=1, max=16)
+    weight: float = option(
+        0.1,
+        "lambda, the weight of the Zipf KL term (0.1 on CIFAR-100 and ImageNet, 1.0 on TinyImageNet and iNat)",
+        **LOSS_WEIGHT,
+    )
+    power: float = option(
+        1.0, "the Zipf exponent: the non-target class of rank r gets weight r^-power (0: uniform)", **EXPONENT
+    )
+    upsample: int = option(
+        2,
+        "the factor the head map is upsampled by before its pixels vote (2 on CIFAR, 1 = none on ImageNet)",
+        min=1,
+        max=16,
+    )
     upsample_mode: str = option("bilinear", "interpolation of the upsampling", choices=("bilinear", "bicubic"))
 
 

@@ -5,6 +5,7 @@ self-distillation literature on CIFAR (a 3x3 stride-1 stem, no max-pool, four st
 classes). A 1x1 conv + BN projection where the shape changes; stage features are the post-ReLU
 outputs of the stages.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -41,9 +40,7 @@ class CifarResNet(StagedNet):
     def __init__(self, blocks_per_stage: int, widths: tuple[int, ...], num_classes: int):
         super().__init__()
         stem, *stage_widths = widths
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
         stages, in_planes = [], stem
         for index, planes in enumerate(stage_widths):
             stride = 1 if index == 0 else 2
@@ -60,7 +57,6 @@ class CifarResNet(StagedNet):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-
 
 
 def six_n_plus_2(depth: int) -> int:

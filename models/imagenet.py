@@ -6,6 +6,7 @@ torchvision's and a torchvision weight file loads through ``model.weights`` unch
 downloaded: torchvision builds the networks with ``weights=None``. Their forward is torchvision's,
 split at the stage boundaries to return the stage outputs (checked against torchvision in the tests).
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,9 @@ def mobilenetv2_imagenet(num_classes: int) -> nn.Module:
 
 def separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """3x3 depthwise conv + BN + ReLU, then 1x1 pointwise conv + BN + ReLU."""
-    return nn.Sequential(conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
-                         conv_bn(in_channels, out_channels, 1, 1))
+    return nn.Sequential(
+        conv_bn(in_channels, in_channels, 3, stride, groups=in_channels), conv_bn(in_channels, out_channels, 1, 1)
+    )
 
 
 class MobileNetV1(StagedNet):
@@ -84,14 +86,15 @@ class MobileNetV1(StagedNet):
         self.stem = nn.Sequential(
             conv_bn(3, 32, 3, 2), separable(32, 64, 1), separable(64, 128, 2), separable(128, 128, 1)
         )
-        self.stages = nn.ModuleList([
-            nn.Sequential(separable(128, 256, 2), separable(256, 256, 1)),
-            nn.Sequential(separable(256, 512, 2), *(separable(512, 512, 1) for _ in range(5))),
-            nn.Sequential(separable(512, 1024, 2), separable(1024, 1024, 1)),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(separable(128, 256, 2), separable(256, 256, 1)),
+                nn.Sequential(separable(256, 512, 2), *(separable(512, 512, 1) for _ in range(5))),
+                nn.Sequential(separable(512, 1024, 2), separable(1024, 1024, 1)),
+            ]
+        )
         self.fc = nn.Linear(1024, num_classes)
         init_weights(self)
-
 
 
 @register_model("mobilenetv1")

@@ -1,4 +1,5 @@
 """Building blocks shared by several backbone families."""
+
 from __future__ import annotations
 
 import torch
@@ -6,11 +7,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
-            relu: bool = True) -> nn.Sequential:
+def conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True
+) -> nn.Sequential:
     """Bias-free conv ("same" padding) + BatchNorm, optionally + ReLU."""
-    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(out_channels)]
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)

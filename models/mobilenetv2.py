@@ -7,6 +7,7 @@ outputs of the block groups that end each resolution, i.e. linear bottlenecks (n
 48@4, 160@2 at width 0.5. The stem (16 channels) is wider than the first stage, one reason Tf-FD
 excludes it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,15 @@ from .layers import Backbone, conv_bn, init_weights
 from .registry import register_model
 
 # (expansion, output channels at width 1, blocks, stride of the first block); None = the model's expansion
-_GROUPS = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
-           (None, 160, 3, 2), (None, 320, 1, 1))
+_GROUPS = (
+    (1, 16, 1, 1),
+    (None, 24, 2, 1),
+    (None, 32, 3, 2),
+    (None, 64, 4, 2),
+    (None, 96, 3, 1),
+    (None, 160, 3, 2),
+    (None, 320, 1, 1),
+)
 # Block groups after which a stage feature is taken (the last group at each resolution).
 _STAGE_ENDS = (1, 2, 4, 6)
 _HEAD_CHANNELS = 1280
@@ -52,8 +60,11 @@ class CifarMobileNetV2(Backbone):
             out_channels = int(channels * width)
             layers = []
             for index in range(blocks):
-                layers.append(InvertedResidual(in_channels, out_channels, stride if index == 0 else 1,
-                                               group_expansion or expansion))
+                layers.append(
+                    InvertedResidual(
+                        in_channels, out_channels, stride if index == 0 else 1, group_expansion or expansion
+                    )
+                )
                 in_channels = out_channels
             groups.append(nn.Sequential(*layers))
         self.groups = nn.ModuleList(groups)

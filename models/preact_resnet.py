@@ -7,6 +7,7 @@ identity shortcut adds its pre-activated input relu(bn1(x)), not x itself (the p
 a 1x1 conv without BN, reads the same pre-activated input): kept, since their published numbers come
 from this network. Stage features are the stage outputs, residual sums that can be negative.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -23,8 +24,12 @@ class PreActResNet18(StagedNet):
         stages, in_planes = [], 64
         for index, planes in enumerate((64, 128, 256, 512)):
             stride = 1 if index == 0 else 2
-            stages.append(nn.Sequential(PreActBlock(in_planes, planes, stride, identity_on_activated=True),
-                                        PreActBlock(planes, planes, 1, identity_on_activated=True)))
+            stages.append(
+                nn.Sequential(
+                    PreActBlock(in_planes, planes, stride, identity_on_activated=True),
+                    PreActBlock(planes, planes, 1, identity_on_activated=True),
+                )
+            )
             in_planes = planes
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(512, num_classes)

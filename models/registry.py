@@ -1,5 +1,6 @@
 """Model registry: ``register_model`` fills it, ``build_model`` reads it; ``timm/<architecture>`` names
 build timm's models (models/timm_backbone.py)."""
+
 from __future__ import annotations
 
 import torch.nn as nn

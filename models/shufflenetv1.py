@@ -4,6 +4,7 @@ A 1x1 conv stem at full resolution, then three stages of 4, 8 and 4 bottleneck u
 first unit halves the resolution and concatenates an average-pooled shortcut. Stage features are the
 post-ReLU stage outputs: 240@16, 480@8, 960@4 for a 32x32 input.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,7 +56,6 @@ class CifarShuffleNetV1(StagedNet):
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(in_channels, num_classes)
         init_weights(self)
-
 
 
 @register_model("shufflenetv1")

@@ -4,6 +4,7 @@ A 3x3 stem at full resolution (no max-pooling), then three stages, each a down-s
 by 3, 7 and 3 basic units, and a 1x1 conv head. Stage features are the stage outputs (after the
 channel shuffle): 116@16, 232@8, 464@4 for a 32x32 input.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,9 +47,9 @@ class DownUnit(nn.Module):
             conv_bn(in_channels, in_channels, 3, 2, groups=in_channels, relu=False),
             conv_bn(in_channels, half, 1),
         )
-        self.right = nn.Sequential(conv_bn(in_channels, half, 1),
-                                   conv_bn(half, half, 3, 2, groups=half, relu=False),
-                                   conv_bn(half, half, 1))
+        self.right = nn.Sequential(
+            conv_bn(in_channels, half, 1), conv_bn(half, half, 3, 2, groups=half, relu=False), conv_bn(half, half, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)

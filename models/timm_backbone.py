@@ -19,6 +19,7 @@ Nothing reaches the network: timm is imported with ``HF_HUB_OFFLINE=1`` and alwa
 ``pretrained=False``; weights come from a local file only. timm is imported only when a timm model is
 built (or named), never by commands that build none.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -60,9 +61,11 @@ def check_options(name: str, weights: str | None, kwargs: dict, stages: list[int
     """What the config alone says is wrong (no timm import): reserved keyword arguments, hub references
     as weights, timm options on a model that is not timm's, stage indices out of order."""
     if weights and _HUB_REFERENCE.match(weights):
-        raise ConfigError(f"model.weights={shown(weights)} names weights on a hub, and nothing here downloads "
-                          "(HF_HUB_OFFLINE=1): fetch the file on a machine with a network and give its local path "
-                          "(a timm .safetensors or .pth)")
+        raise ConfigError(
+            f"model.weights={shown(weights)} names weights on a hub, and nothing here downloads "
+            "(HF_HUB_OFFLINE=1): fetch the file on a machine with a network and give its local path "
+            "(a timm .safetensors or .pth)"
+        )
     for key in kwargs:
         if key in _RESERVED:
             raise ConfigError(f"model.timm_kwargs.{key} is not allowed: {_RESERVED[key]}")
@@ -84,13 +87,14 @@ def import_timm():
 def check_architecture(name: str) -> str:
     """The architecture of ``timm/<architecture>``; an unknown one is a ``ConfigError`` with the nearest names."""
     timm = import_timm()
-    architecture = name[len(PREFIX):]
+    architecture = name[len(PREFIX) :]
     known = timm.list_models()
     if architecture.split(".")[0] not in known:  # a ".tag" only selects pretrained weights, which come from a file
         nearest = difflib.get_close_matches(architecture, known, n=3, cutoff=0.5)
         hint = f"; nearest: {', '.join(PREFIX + n for n in nearest)}" if nearest else ""
-        raise ConfigError(f"model.name={shown(name)}: timm {timm.__version__} has no architecture "
-                          f"{shown(architecture)}{hint}")
+        raise ConfigError(
+            f"model.name={shown(name)}: timm {timm.__version__} has no architecture {shown(architecture)}{hint}"
+        )
     return architecture
 
 
@@ -106,13 +110,13 @@ def default_stages(feature_info: Sequence[dict]) -> list[int]:
 def _drop_prefix(module, state_dict, prefix, local_metadata) -> None:
     inner = prefix + "net."
     for key in [key for key in state_dict if key.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
 def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     inner = prefix + "net."
     for key in [key for key in state_dict if key.startswith(prefix) and not key.startswith(inner)]:
-        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
 
 
 class TimmBackbone(Backbone):
@@ -121,8 +125,8 @@ class TimmBackbone(Backbone):
     # Terms this model cannot serve, and why (engine/builder.py refuses a config that lists them).
     refuses_terms = {
         "zipf_ls": "zipf_ls classifies every pixel of the map a classifier pools, and a timm model's classifier "
-                   "reads timm's pooled pre-logits (its head's pooling, norms and dropout taken whole): there is "
-                   "no per-pixel map to vote with",
+        "reads timm's pooled pre-logits (its head's pooling, norms and dropout taken whole): there is "
+        "no per-pixel map to vote with",
     }
 
     def __init__(self, net: nn.Module, stage_indices: Sequence[int]):
@@ -141,8 +145,9 @@ class TimmBackbone(Backbone):
         return self.net.get_classifier()(head_map.flatten(1))
 
 
-def build_timm_model(name: str, num_classes: int, timm_kwargs: dict | None = None,
-                     timm_stages: Sequence[int] = ()) -> TimmBackbone:
+def build_timm_model(
+    name: str, num_classes: int, timm_kwargs: dict | None = None, timm_stages: Sequence[int] = ()
+) -> TimmBackbone:
     """``timm.create_model(architecture, pretrained=False, num_classes=num_classes, **timm_kwargs)`` in our
     model contract; what timm refuses about the keyword arguments is one ``ConfigError``."""
     kwargs = dict(timm_kwargs or {})
@@ -153,20 +158,27 @@ def build_timm_model(name: str, num_classes: int, timm_kwargs: dict | None = Non
         net = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"timm cannot build {architecture} with model.timm_kwargs={shown(kwargs)}: "
-                          f"{reason}") from None
+        raise ConfigError(
+            f"timm cannot build {architecture} with model.timm_kwargs={shown(kwargs)}: {reason}"
+        ) from None
     if not hasattr(net, "forward_intermediates") or not hasattr(net, "feature_info"):
-        raise ConfigError(f"model.name={name}: timm's {architecture} has no forward_intermediates, so its stage "
-                          "features cannot be read; choose another architecture")
+        raise ConfigError(
+            f"model.name={name}: timm's {architecture} has no forward_intermediates, so its stage "
+            "features cannot be read; choose another architecture"
+        )
     if not isinstance(net.get_classifier(), nn.Module):
-        raise ConfigError(f"model.name={name}: timm's {architecture} has more than one classifier (a distilled "
-                          "model's two heads); choose its plain variant")
+        raise ConfigError(
+            f"model.name={name}: timm's {architecture} has more than one classifier (a distilled "
+            "model's two heads); choose its plain variant"
+        )
     count = len(net.feature_info)
     stages = list(timm_stages) or default_stages(net.feature_info)
     if not stages or stages[-1] >= count:
-        raise ConfigError(f"model.timm_stages={shown(list(timm_stages))}: timm's {architecture} has {count} "
-                          f"intermediates (indices 0..{count - 1}: "
-                          f"{', '.join(info['module'] for info in net.feature_info)})")
+        raise ConfigError(
+            f"model.timm_stages={shown(list(timm_stages))}: timm's {architecture} has {count} "
+            f"intermediates (indices 0..{count - 1}: "
+            f"{', '.join(info['module'] for info in net.feature_info)})"
+        )
     return TimmBackbone(net, stages)
 
 

@@ -5,6 +5,7 @@ input reaches 4x4 at the fourth block and the fifth block keeps that size; globa
 a single linear layer. The fourth and fifth blocks, both at the deepest size, form the last stage:
 stage features are 64@32, 128@16, 256@8, 512@4, each post-ReLU.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ WRN-d-k: a 3x3 stem with 16 channels, then three stages of (d - 4) / 6 pre-activ
 branch to an un-normalised identity, so the stage features (the stage outputs, before the final BN)
 are residual sums and can be negative.
 """
+
 from __future__ import annotations
 
 import torch

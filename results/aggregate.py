@@ -2,6 +2,7 @@
 settings) form one row, the mean ± sample std over its finished seeds; the options of unused loss terms,
 augmentations, batch transforms and teachers do not tell rows apart. The published cells of the Tf-FD paper's
 table without runs are added as rows without runs, and the rows are put in the paper's order."""
+
 from __future__ import annotations
 
 import statistics
@@ -29,6 +30,7 @@ SCHEMA_ORDER = {key: index for index, key in enumerate(all_keys(ExperimentConfig
 @dataclass
 class Row:
     """The runs of one config, over seeds (or a paper cell without runs: ``runs`` empty)."""
+
     dataset: str
     model: str
     method: str
@@ -71,15 +73,20 @@ class Row:
         return paper_source(self.model) if self.paper is not None else ""
 
     def teacher_acc1(self) -> float | None:
-        values = [run.metrics["teacher_acc1"] for run in self.runs
-                  if run.metrics and run.metrics.get("teacher_acc1") is not None]
+        values = [
+            run.metrics["teacher_acc1"]
+            for run in self.runs
+            if run.metrics and run.metrics.get("teacher_acc1") is not None
+        ]
         return statistics.fmean(values) if values else None
 
     def protocol(self) -> str:
         if not self.settings:
             return ""
-        return (f"batch {self.settings['train.batch_size']}, lr {self.settings['train.lr']:g}, "
-                f"{self.settings['train.epochs']} ep")
+        return (
+            f"batch {self.settings['train.batch_size']}, lr {self.settings['train.lr']:g}, "
+            f"{self.settings['train.epochs']} ep"
+        )
 
     def trained_under(self) -> str:
         """The protocol the runs follow: for the Tf-FD paper's table, one of protocols.TFFD_PROTOCOLS or
@@ -112,8 +119,11 @@ def identity(config) -> tuple[dict, bool]:
     unused += tuple(f"batch.{name}." for name in BATCH_TRANSFORMS if name not in config.batch.transforms)
     unused += tuple(f"data.{name}." for name in AUGMENTATIONS if name not in config.data.augment)
     unused += () if uses_teacher else ("teacher.",)
-    settings = {key: value for key, value in hparams_of(config).items()
-                if key not in NOT_IDENTITY and not key.startswith(unused)}
+    settings = {
+        key: value
+        for key, value in hparams_of(config).items()
+        if key not in NOT_IDENTITY and not key.startswith(unused)
+    }
     return settings, uses_teacher
 
 
@@ -125,8 +135,14 @@ def group_rows(found) -> list[Row]:
         if key not in rows:
             selfkd = None if uses_teacher else selfkd_of(config, settings)
             method = selfkd.label if selfkd else method_of(config.loss.terms)
-            rows[key] = Row(config.data.name, config.model.name, method,
-                            config.teacher.model if uses_teacher else None, settings, selfkd=selfkd)
+            rows[key] = Row(
+                config.data.name,
+                config.model.name,
+                method,
+                config.teacher.model if uses_teacher else None,
+                settings,
+                selfkd=selfkd,
+            )
         rows[key].runs.append(Run(run_dir, config.seed, metrics))
     for row in rows.values():
         row.runs.sort(key=lambda run: (run.seed, str(run.run_dir)))
@@ -145,8 +161,11 @@ def add_missing_paper_cells(rows: list[Row]) -> list[Row]:
     datasets = {row.dataset for row in rows if row.selfkd is None}
     cells = [("cifar100", model, method, teacher) for model, method, teacher, _ in paper_cells()]
     covered = {row.family for row in rows}
-    missing = [Row(*cell, {}) for cell in dict.fromkeys(cells + list(IJCNN_TABLE))
-               if cell[0] in datasets and cell not in covered]
+    missing = [
+        Row(*cell, {})
+        for cell in dict.fromkeys(cells + list(IJCNN_TABLE))
+        if cell[0] in datasets and cell not in covered
+    ]
     return rows + missing
 
 
@@ -157,9 +176,15 @@ def table_order(rows: list[Row]) -> list[Row]:
     method_index = {method: index for index, method in enumerate(METHODS)}
 
     def key(row: Row):
-        return (row.dataset, models.index(row.model) if row.model in models else len(models), row.model,
-                method_index.get(row.method, len(METHODS)), row.method, row.teacher or "",
-                describe(varying_settings(rows, row)))
+        return (
+            row.dataset,
+            models.index(row.model) if row.model in models else len(models),
+            row.model,
+            method_index.get(row.method, len(METHODS)),
+            row.method,
+            row.teacher or "",
+            describe(varying_settings(rows, row)),
+        )
 
     return sorted(rows, key=key)
 
@@ -171,8 +196,9 @@ def varying_keys(rows: list[Row]) -> list[str]:
 
 def varying_among(settings: list[dict]) -> list[str]:
     """The keys whose values differ among these flat settings, in schema order."""
-    keys = sorted({key for one in settings for key in one},
-                  key=lambda key: (SCHEMA_ORDER.get(key, len(SCHEMA_ORDER)), key))
+    keys = sorted(
+        {key for one in settings for key in one}, key=lambda key: (SCHEMA_ORDER.get(key, len(SCHEMA_ORDER)), key)
+    )
     return [key for key in keys if len({one.get(key) for one in settings}) > 1]
 
 

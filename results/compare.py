@@ -1,6 +1,7 @@
 """Which published numbers a row is compared with: a self-KD table's numbers of a method (alone or + Tf-FD) on
 its dataset and backbone, whether runs are like-for-like with a number (same backbone, dataset and protocol),
 and the numbers shown beside a row other than its paper column's."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,16 +35,26 @@ def follows(number: Published, dataset: str, model: str, settings: dict) -> bool
     """Runs of ``model`` on ``dataset`` with these settings are like-for-like with ``number``: same backbone,
     dataset and protocol."""
     schedule = number_schedule(number)
-    return (number.model == model and number.dataset == dataset and schedule is not None
-            and not schedule_deviations(schedule, settings))
+    return (
+        number.model == model
+        and number.dataset == dataset
+        and schedule is not None
+        and not schedule_deviations(schedule, settings)
+    )
 
 
 def like_for_like(row: Row) -> Published | None:
     """The published number of the same method (alone or + Tf-FD), dataset, backbone and protocol as ``row``."""
     if row.selfkd is None:
         return None
-    return next((published for published in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd)
-                 if follows(published, row.dataset, row.model, row.settings)), None)
+    return next(
+        (
+            published
+            for published in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd)
+            if follows(published, row.dataset, row.model, row.settings)
+        ),
+        None,
+    )
 
 
 def other_published(row: Row) -> tuple[Published, ...]:
@@ -51,5 +62,8 @@ def other_published(row: Row) -> tuple[Published, ...]:
     if row.selfkd is None:
         return ijcnn_published(row.dataset, row.model, row.method, row.teacher)
     like = like_for_like(row)
-    return tuple(number for number in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd, row.model)
-                 if number is not like)
+    return tuple(
+        number
+        for number in published_for(row.selfkd.name, row.dataset, row.selfkd.with_tffd, row.model)
+        if number is not like
+    )

@@ -16,6 +16,7 @@ results/figure_data.py gathers the numbers (the tables' rows); this module only 
 data is not written. Every figure has a fixed size in inches (below) at DPI; scripts/visualize.py draws and
 saves its figures with the same new_figure() and save().
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,12 @@ def save(figure: Figure, out: Path, name: str) -> dict:
         # No creation date in the PDF: the same inputs give the same file.
         figure.savefig(out / f"{name}.{suffix}", dpi=DPI, metadata={"CreationDate": None} if suffix == "pdf" else None)
     width, height = figure.get_size_inches()
-    return {**{suffix: f"{name}.{suffix}" for suffix in FORMATS}, "figsize_inches": [float(width), float(height)],
-            "dpi": DPI, "pixels": [round(width * DPI), round(height * DPI)]}
+    return {
+        **{suffix: f"{name}.{suffix}" for suffix in FORMATS},
+        "figsize_inches": [float(width), float(height)],
+        "dpi": DPI,
+        "pixels": [round(width * DPI), round(height * DPI)],
+    }
 
 
 def bars_size(groups: int) -> tuple[float, float]:
@@ -92,8 +97,14 @@ def seed_band(label: str, histories: list[list[dict]]) -> Curve | None:
     if not by_epoch:
         return None
     epochs = sorted(by_epoch)
-    return Curve(label, epochs, [statistics.fmean(by_epoch[e]) for e in epochs], [min(by_epoch[e]) for e in epochs],
-                 [max(by_epoch[e]) for e in epochs], len(histories))
+    return Curve(
+        label,
+        epochs,
+        [statistics.fmean(by_epoch[e]) for e in epochs],
+        [min(by_epoch[e]) for e in epochs],
+        [max(by_epoch[e]) for e in epochs],
+        len(histories),
+    )
 
 
 @dataclass
@@ -107,6 +118,7 @@ class Curves:
 class Heatmap:
     """``cells["last"|"best"][down][across]``: numbers with ``mean``, ``std`` and ``note`` (mean None: no
     finished run)."""
+
     name: str
     title: str
     xlabel: str
@@ -118,8 +130,8 @@ class Heatmap:
 
 @dataclass
 class Bar:
-    stat: object                   # our number: ``mean`` (None: no finished run) and ``std``
-    paper: float | None = None     # the published number it is compared with, marked in black
+    stat: object  # our number: ``mean`` (None: no finished run) and ``std``
+    paper: float | None = None  # the published number it is compared with, marked in black
     others: list[float] = field(default_factory=list)  # published numbers that are not like-for-like
 
 
@@ -129,7 +141,7 @@ class Bars:
     title: str
     xlabel: str
     groups: list[str]
-    series: list[str]               # the bars of a group, in order (each its colour)
+    series: list[str]  # the bars of a group, in order (each its colour)
     bars: dict[tuple[str, str], Bar]  # (group, series) -> bar; absent: no bar there
     paper_label: str
 
@@ -141,13 +153,18 @@ def draw_curves(spec: Curves) -> Figure:
     for index, curve in enumerate(spec.curves):
         color = f"C{index % 10}"
         seeds = f"{curve.seeds} seed{'s' if curve.seeds > 1 else ''}"
-        axis.plot(curve.epochs, curve.mean, color=color, marker="o" if len(curve.epochs) <= 20 else None,
-                  markersize=3, label=f"{curve.label} ({seeds})")
+        axis.plot(
+            curve.epochs,
+            curve.mean,
+            color=color,
+            marker="o" if len(curve.epochs) <= 20 else None,
+            markersize=3,
+            label=f"{curve.label} ({seeds})",
+        )
         axis.fill_between(curve.epochs, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
     handles, _ = axis.get_legend_handles_labels()
     handles.append(Patch(color="0.5", alpha=0.3, label="min–max over seeds"))
-    figure.legend(handles=handles, fontsize="x-small", loc="outside lower center",
-                  ncols=1 if len(handles) < 4 else 2)
+    figure.legend(handles=handles, fontsize="x-small", loc="outside lower center", ncols=1 if len(handles) < 4 else 2)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("test top-1 (%)")
@@ -168,11 +185,24 @@ def draw_heatmap(spec: Heatmap) -> Figure:
         axis.imshow(means, cmap=cmap, norm=norm, aspect="auto")
         for row, line in enumerate(grid):
             for column, stat in enumerate(line):
-                text = "–" if stat.mean is None else "\n".join(filter(None, [
-                    f"{stat.mean:.2f}", f"± {stat.std:.2f}" if stat.std is not None else "", stat.note.strip()]))
+                text = (
+                    "–"
+                    if stat.mean is None
+                    else "\n".join(
+                        filter(
+                            None,
+                            [
+                                f"{stat.mean:.2f}",
+                                f"± {stat.std:.2f}" if stat.std is not None else "",
+                                stat.note.strip(),
+                            ],
+                        )
+                    )
+                )
                 dark = stat.mean is not None and norm(stat.mean) < 0.5
-                axis.text(column, row, text, ha="center", va="center", fontsize="small",
-                          color="white" if dark else "black")
+                axis.text(
+                    column, row, text, ha="center", va="center", fontsize="small", color="white" if dark else "black"
+                )
         axis.set_xticks(range(len(spec.xticks)), spec.xticks)
         axis.set_yticks(range(len(spec.yticks)), spec.yticks)
         axis.set_xlabel(spec.xlabel)
@@ -181,8 +211,9 @@ def draw_heatmap(spec: Heatmap) -> Figure:
     colorbar = figure.colorbar(ScalarMappable(norm, cmap), ax=list(axes), shrink=0.9)
     colorbar.set_label("test top-1 (%), mean over the finished seeds")
     if any(stat.mean is None for grid in spec.cells.values() for line in grid for stat in line):
-        figure.legend(handles=[Patch(color=MISSING_COLOR, label="no finished run")], fontsize="x-small",
-                      loc="outside lower right")
+        figure.legend(
+            handles=[Patch(color=MISSING_COLOR, label="no finished run")], fontsize="x-small", loc="outside lower right"
+        )
     figure.suptitle(title(figure, spec.title))
     return figure
 
@@ -198,23 +229,39 @@ def draw_bars(spec: Bars) -> Figure:
             x = index + (place - (len(present) - 1) / 2) * width
             bar = spec.bars[(group, series)]
             if bar.stat.mean is not None:
-                axis.bar(x, bar.stat.mean, width * 0.9, color=f"C{spec.series.index(series)}", label=series,
-                         yerr=bar.stat.std, capsize=3 if bar.stat.std is not None else 0)
+                axis.bar(
+                    x,
+                    bar.stat.mean,
+                    width * 0.9,
+                    color=f"C{spec.series.index(series)}",
+                    label=series,
+                    yerr=bar.stat.std,
+                    capsize=3 if bar.stat.std is not None else 0,
+                )
                 shown += [bar.stat.mean, bar.stat.mean + (bar.stat.std or 0)]
             for other in bar.others:
-                axis.hlines(other, x - width / 2, x + width / 2, colors="0.45", linestyles="--", linewidth=1.5,
-                            label="published, not like-for-like (†)")
+                axis.hlines(
+                    other,
+                    x - width / 2,
+                    x + width / 2,
+                    colors="0.45",
+                    linestyles="--",
+                    linewidth=1.5,
+                    label="published, not like-for-like (†)",
+                )
             if bar.paper is not None:
-                axis.hlines(bar.paper, x - width / 2, x + width / 2, colors="black", linewidth=2.5,
-                            label=spec.paper_label)
+                axis.hlines(
+                    bar.paper, x - width / 2, x + width / 2, colors="black", linewidth=2.5, label=spec.paper_label
+                )
             shown += [bar.paper] if bar.paper is not None else []
             shown += bar.others
     handles, names = axis.get_legend_handles_labels()
     labels = dict(zip(names, handles))  # one entry per label
     order = [label for label in spec.series if label in labels]
     order += [label for label in labels if label not in spec.series]
-    figure.legend([labels[label] for label in order], order, fontsize="x-small", loc="outside lower center",
-                  ncols=len(order))
+    figure.legend(
+        [labels[label] for label in order], order, fontsize="x-small", loc="outside lower center", ncols=len(order)
+    )
     axis.set_xticks(range(len(spec.groups)), spec.groups, fontsize="small")
     if shown:
         axis.set_ylim(max(0.0, min(shown) - 4), min(100.0, max(shown) + 1.5))
@@ -233,8 +280,9 @@ def write_figures(out: Path, curves: list[Curves], heatmaps: list[Heatmap], bars
     """Draw every figure that has data into ``out`` (made if need be); {file name: what save() records}."""
     figures = [(spec.name, draw_curves(spec)) for spec in curves if spec.curves]
     figures += [(spec.name, draw_heatmap(spec)) for spec in heatmaps]
-    figures += [(spec.name, draw_bars(spec)) for spec in bars
-                if any(bar.stat.mean is not None for bar in spec.bars.values())]
+    figures += [
+        (spec.name, draw_bars(spec)) for spec in bars if any(bar.stat.mean is not None for bar in spec.bars.values())
+    ]
     if not figures:
         return {}
     check_output_dir(out, "--plots", tuple(f"{file_name(name)}.{suffix}" for name, _ in figures for suffix in FORMATS))

@@ -1,5 +1,6 @@
 """The numbers a table shows: the metrics read from metrics.json (top-1, ECE, NLL, AURC), a cell's mean ± std
 over seeds (Stat), and how a setting's value, a set of settings and a difference are written."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ MAX, MIN = "max", "min"  # which entry of a column is the best one
 @dataclass(frozen=True)
 class Metric:
     """A number metrics.json holds as best_<key> and last_<key> (of the best-top-1 and the last epoch)."""
+
     key: str
     name: str
     unit: str
@@ -29,13 +31,17 @@ class Metric:
 
 
 ACC1 = Metric("acc1", "top-1", "%", 2, MAX)
-METRICS = {metric.key: metric for metric in (
-    ACC1,
-    Metric("ece", "ECE", "%", 2, MIN, "expected calibration error, 15 equal-width confidence bins, in %"),
-    Metric("nll", "NLL", "nats", 3, MIN, "mean negative log-likelihood of the true class, in nats"),
-    Metric("aurc", "AURC", "×10³", 2, MIN,
-           "area under the risk-coverage curve of the max-softmax confidence, ×10³"),
-)}
+METRICS = {
+    metric.key: metric
+    for metric in (
+        ACC1,
+        Metric("ece", "ECE", "%", 2, MIN, "expected calibration error, 15 equal-width confidence bins, in %"),
+        Metric("nll", "NLL", "nats", 3, MIN, "mean negative log-likelihood of the true class, in nats"),
+        Metric(
+            "aurc", "AURC", "×10³", 2, MIN, "area under the risk-coverage curve of the max-softmax confidence, ×10³"
+        ),
+    )
+}
 
 
 def parse_metrics(text: str) -> tuple[Metric, ...]:
@@ -50,6 +56,7 @@ def parse_metrics(text: str) -> tuple[Metric, ...]:
 @dataclass(frozen=True)
 class Stat:
     """A number of a table: a mean over seeds and its sample std (None for one seed), or one value; None is –."""
+
     mean: float | None
     std: float | None = None
     digits: int = 2
@@ -77,4 +84,3 @@ def describe(settings: dict) -> str:
 
 def difference(mean: float | None, paper: float | None) -> float | None:
     return None if mean is None or paper is None else mean - paper
-

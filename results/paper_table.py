@@ -2,6 +2,7 @@
 top-1 beside the paper's number (WRN-40-1's: the KD benchmark's) and our difference from it, the IJCNN
 version's numbers of the same cell (each with a note naming its source, † where the row does not follow its
 protocol), the protocol the runs were trained under and how many seeds finished."""
+
 from __future__ import annotations
 
 from results.aggregate import Row, varying_settings
@@ -26,19 +27,32 @@ def ijcnn_cell(row: Row, notes: dict) -> str:
 
 def paper_references(dataset: str, model: str, notes: dict) -> str:
     """A note line on the published numbers of ``model`` that no config here runs, or ""."""
-    items = [f"{reference.label} {reference.number.top1:.2f}"
-             + (f" (CE {reference.number.baseline:.2f})" if reference.number.baseline is not None else "")
-             + f" [{notes.setdefault(reference.number.source, len(notes) + 1)}]"
-             for reference in references(dataset, model)]
+    items = [
+        f"{reference.label} {reference.number.top1:.2f}"
+        + (f" (CE {reference.number.baseline:.2f})" if reference.number.baseline is not None else "")
+        + f" [{notes.setdefault(reference.number.source, len(notes) + 1)}]"
+        for reference in references(dataset, model)
+    ]
     return f"Published for {model} on {dataset} with no config here (references): {'; '.join(items)}." if items else ""
 
 
 def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
-    columns = [("dataset", None), ("model", None), ("method", None), ("teacher (top-1)", None), ("protocol", None),
-               ("settings", None), ("last-epoch top-1", MAX), ("best-epoch top-1", MAX), ("paper", None),
-               ("Δ last", None), ("Δ best", None), (IJCNN_COLUMN, None),
-               *((f"{which}-epoch {metric.header}", metric.better) for metric in metrics for which in ("last", "best")),
-               ("runs", None)]
+    columns = [
+        ("dataset", None),
+        ("model", None),
+        ("method", None),
+        ("teacher (top-1)", None),
+        ("protocol", None),
+        ("settings", None),
+        ("last-epoch top-1", MAX),
+        ("best-epoch top-1", MAX),
+        ("paper", None),
+        ("Δ last", None),
+        ("Δ best", None),
+        (IJCNN_COLUMN, None),
+        *((f"{which}-epoch {metric.header}", metric.better) for metric in metrics for which in ("last", "best")),
+        ("runs", None),
+    ]
     lines, notes = [], {}
     for row in rows:
         last, best = row.stat("last", ACC1), row.stat("best", ACC1)
@@ -46,16 +60,33 @@ def results_table(rows: list[Row], metrics: tuple[Metric, ...]) -> Table:
         if row.teacher and row.teacher_acc1() is not None:
             teacher += f" ({row.teacher_acc1():.2f})"
         protocol = f"{row.trained_under()}: {row.protocol()}" if row.settings else ""
-        lines.append([row.dataset, row.model, row.method, teacher, protocol,
-                      describe(varying_settings(rows, row)), last, best, Stat(row.paper),
-                      Stat(difference(last.mean, row.paper), signed=True),
-                      Stat(difference(best.mean, row.paper), signed=True), ijcnn_cell(row, notes),
-                      *(row.stat(which, metric) for metric in metrics for which in ("last", "best")), row.status()])
+        lines.append(
+            [
+                row.dataset,
+                row.model,
+                row.method,
+                teacher,
+                protocol,
+                describe(varying_settings(rows, row)),
+                last,
+                best,
+                Stat(row.paper),
+                Stat(difference(last.mean, row.paper), signed=True),
+                Stat(difference(best.mean, row.paper), signed=True),
+                ijcnn_cell(row, notes),
+                *(row.stat(which, metric) for metric in metrics for which in ("last", "best")),
+                row.status(),
+            ]
+        )
     table = Table([header for header, _ in columns], lines, [better for _, better in columns])
-    reference_lines = [paper_references(dataset, model, notes)
-                       for dataset, model in dict.fromkeys((row.dataset, row.model) for row in rows)]
-    table.after += [f"paper: {source}." for source in dict.fromkeys(paper_source(row.model) for row in rows
-                                                                      if row.paper is not None)]
+    reference_lines = [
+        paper_references(dataset, model, notes)
+        for dataset, model in dict.fromkeys((row.dataset, row.model) for row in rows)
+    ]
+    table.after += [
+        f"paper: {source}."
+        for source in dict.fromkeys(paper_source(row.model) for row in rows if row.paper is not None)
+    ]
     table.after += [*filter(None, reference_lines), *(f"[{index}] {source}." for source, index in notes.items())]
     column = table.header.index(IJCNN_COLUMN)
     if any("†" in line[column] for line in lines):

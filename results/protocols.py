@@ -13,6 +13,7 @@ The self-distillation tables: each dataset's protocol (SELFKD_PROTOCOLS: the sch
 follow there, Self-KD-Lib's on CIFAR-100, the 100-epoch recipe on ImageNet), and how runs depart from a
 schedule file.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,9 @@ PAPER, RELEASED = "paper (CRD)", "released code"
 
 @dataclass(frozen=True)
 class Protocol:
-    name: str                     # as the tables show it
-    file: str                     # its file in PROTOCOL_DIR
-    low_lr: bool | None = None    # True: for LOW_LR_MODELS only; False: for the other models only; None: any
+    name: str  # as the tables show it
+    file: str  # its file in PROTOCOL_DIR
+    low_lr: bool | None = None  # True: for LOW_LR_MODELS only; False: for the other models only; None: any
 
     def applies_to(self, model: str) -> bool:
         return self.low_lr is None or (model in LOW_LR_MODELS) == self.low_lr
@@ -66,8 +67,11 @@ def departures(protocol: Protocol, settings: dict) -> tuple[list[str], bool]:
     it is a shortened pass of it."""
     wanted = file_settings(PROTOCOL_DIR / protocol.file)
     shortened = settings.get("train.epochs") != wanted["train.epochs"]
-    keys = [key for key, value in wanted.items()
-            if key in settings and settings[key] != value and not (shortened and key in LENGTH_KEYS)]
+    keys = [
+        key
+        for key, value in wanted.items()
+        if key in settings and settings[key] != value and not (shortened and key in LENGTH_KEYS)
+    ]
     return keys, shortened
 
 
@@ -86,8 +90,10 @@ def tffd_protocol(model: str, settings: dict) -> str:
 # ---------------------------------------------------------------- the self-distillation tables
 SCHEDULES = REPO / "configs" / "_base_" / "schedules"
 # dataset -> (the schedule our self-KD configs follow there, its name): what "like-for-like" means
-SELFKD_PROTOCOLS = {"cifar100": (SCHEDULES / "selfkd_200e.yaml", "Self-KD-Lib's CIFAR-100 protocol"),
-                    "imagenet": (SCHEDULES / "imagenet_100e.yaml", "the standard ImageNet 100-epoch recipe")}
+SELFKD_PROTOCOLS = {
+    "cifar100": (SCHEDULES / "selfkd_200e.yaml", "Self-KD-Lib's CIFAR-100 protocol"),
+    "imagenet": (SCHEDULES / "imagenet_100e.yaml", "the standard ImageNet 100-epoch recipe"),
+}
 
 
 @lru_cache(maxsize=1)
@@ -99,16 +105,19 @@ def protocol_of(dataset: str) -> tuple[Path, str]:
 def schedule_deviations(schedule: Path, settings: dict) -> list[str]:
     """How runs of these settings depart from a schedule file (empty: they follow it); a long list (a
     per-epoch decay's milestones, a string in the flat settings) by its ends."""
+
     def short(value) -> str:
         items = str(value).split(", ")
         return ", ".join([*items[:2], "...", items[-1]]) if len(items) > 6 else fmt_value(value)
 
-    return [f"{key}={short(settings.get(key))}, not {short(value)}"
-            for key, value in file_settings(schedule).items() if key in settings and settings[key] != value]
+    return [
+        f"{key}={short(settings.get(key))}, not {short(value)}"
+        for key, value in file_settings(schedule).items()
+        if key in settings and settings[key] != value
+    ]
 
 
 def protocol_deviations(dataset: str, settings: dict) -> list[str]:
     """How runs of these settings depart from the dataset's protocol (empty: they follow it)."""
     out = [] if dataset in SELFKD_PROTOCOLS else [f"dataset {dataset}, not cifar100"]
     return out + schedule_deviations(protocol_of(dataset)[0], settings)
-

@@ -1,5 +1,6 @@
 """The tables as text (compact Markdown pipe tables, unpadded: the default) or Markdown (aligned columns), with
 their ### and #### headings, paragraphs and notes."""
+
 from __future__ import annotations
 
 from tabulate import tabulate
@@ -31,9 +32,16 @@ def render_text(sections: list[Section], fmt: str) -> str:
     """The sections as text or Markdown (``fmt``): ### and #### headings, paragraphs, pipe tables."""
     blocks = []
     for section in sections:
-        tables = ["\n\n".join([*([f"#### {table.title}"] if table.title else []), *table.before,
-                               table_text(table, fmt), *(["\n".join(table.after)] if table.after else [])])
-                  for table in section.tables]
-        blocks.append("\n\n".join([*([f"### {section.heading}"] if section.heading else []), *section.intro,
-                                   *tables]))
+        tables = [
+            "\n\n".join(
+                [
+                    *([f"#### {table.title}"] if table.title else []),
+                    *table.before,
+                    table_text(table, fmt),
+                    *(["\n".join(table.after)] if table.after else []),
+                ]
+            )
+            for table in section.tables
+        ]
+        blocks.append("\n\n".join([*([f"### {section.heading}"] if section.heading else []), *section.intro, *tables]))
     return "\n\n".join(blocks)

@@ -1,6 +1,7 @@
 """Finding and reading runs: every directory under the roots that holds a config.yaml is a run; its typed
 resolved config (read through the bounded loader) and its metrics.json, if it has finished an epoch. A run
 whose config.yaml or metrics.json cannot be read is skipped with a one-line warning."""
+
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ from core.errors import UserError
 from core.yaml_files import read_yaml
 from engine.config import config_from_dict
 from engine.run_dir import CONFIG_FILE, read_metrics
+
 
 @dataclass
 class Run:
@@ -26,7 +28,6 @@ class Run:
         if not self.metrics:
             return f"seed {self.seed}: no epoch yet"
         return f"seed {self.seed}: epoch {self.metrics.get('epochs_done')}/{self.metrics.get('epochs_total')}"
-
 
 
 def find_runs(roots: list[Path]) -> list[tuple[Path, object, dict | None]]:

@@ -1,6 +1,7 @@
 """Sweeps: the rows of one family (dataset, model, method, teacher) that differ in other keys, shown as a grid
 over those keys (e.g. lambda_intra x lambda_inter): one varying key down with last- and best-epoch across, or a
 grid per number shown with the last varying key across and the others down."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,11 +15,12 @@ from results.tables import Table
 @dataclass
 class Sweep:
     """The rows of one family (dataset, model, method, teacher) that differ in other keys: a grid over those."""
+
     family: tuple
-    title: str                 # "resnet32 Tf-FD on cifar100"
-    axes: list[str]            # the keys that differ, in schema order; the last one goes across
-    values: dict[str, list]    # each axis' values, sorted
-    cells: dict[tuple, Row]    # axis values (in the order of axes) -> row
+    title: str  # "resnet32 Tf-FD on cifar100"
+    axes: list[str]  # the keys that differ, in schema order; the last one goes across
+    values: dict[str, list]  # each axis' values, sorted
+    cells: dict[tuple, Row]  # axis values (in the order of axes) -> row
 
     def down(self) -> list[tuple]:
         """The combinations of all axes but the last that some row has, in order (one empty tuple for a single
@@ -52,11 +54,21 @@ def sweep_grids(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
     for sweep in sweeps(rows):
         shown = (ACC1, *metrics)
         if len(sweep.axes) == 1:
-            columns = [(sweep.axes[0], None), *((f"{which}-epoch {metric.header}", metric.better)
-                                                 for metric in shown for which in ("last", "best"))]
-            lines = [[fmt_value(value), *(grid_cell(sweep.cells.get((value,)), which, metric)
-                                          for metric in shown for which in ("last", "best"))]
-                     for value in sweep.values[sweep.axes[0]]]
+            columns = [
+                (sweep.axes[0], None),
+                *((f"{which}-epoch {metric.header}", metric.better) for metric in shown for which in ("last", "best")),
+            ]
+            lines = [
+                [
+                    fmt_value(value),
+                    *(
+                        grid_cell(sweep.cells.get((value,)), which, metric)
+                        for metric in shown
+                        for which in ("last", "best")
+                    ),
+                ]
+                for value in sweep.values[sweep.axes[0]]
+            ]
             title = f"{sweep.title}: " + ", ".join(metric.title for metric in shown)
             grids.append(Table([header for header, _ in columns], lines, [better for _, better in columns], title))
             continue
@@ -64,11 +76,21 @@ def sweep_grids(rows: list[Row], metrics: tuple[Metric, ...]) -> list[Table]:
         for metric in shown:
             for which in ("last", "best"):
                 header = [" / ".join(down), *(f"{across}={fmt_value(v)}" for v in sweep.values[across])]
-                lines = [[", ".join(fmt_value(v) for v in combo),
-                          *(grid_cell(sweep.cells.get((*combo, value)), which, metric)
-                            for value in sweep.values[across])] for combo in sweep.down()]
-                grids.append(Table(header, lines, [None] + [metric.better] * (len(header) - 1),
-                                   f"{sweep.title}: {which}-epoch {metric.title}"))
+                lines = [
+                    [
+                        ", ".join(fmt_value(v) for v in combo),
+                        *(grid_cell(sweep.cells.get((*combo, value)), which, metric) for value in sweep.values[across]),
+                    ]
+                    for combo in sweep.down()
+                ]
+                grids.append(
+                    Table(
+                        header,
+                        lines,
+                        [None] + [metric.better] * (len(header) - 1),
+                        f"{sweep.title}: {which}-epoch {metric.title}",
+                    )
+                )
     return grids
 
 

@@ -24,6 +24,7 @@ and AURC (x 10^3). --plots DIR also draws the figures (PNG and PDF).
 The work is done by the results package (results/: runs, methods, protocols, published numbers, tables,
 renderers, figures); this is its command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def check_roots(roots: list[Path]) -> None:
     for root in roots:  # a dangling symlink or a loop is named by kind_of
         kind = kind_of(root, f"ROOT {root}")
         if kind != "dir":
-            raise RunDirError(f"no such directory: {root}" if kind is None else
-                              f"ROOT {root} is a file, not a directory; name a directory of run directories")
+            raise RunDirError(
+                f"no such directory: {root}"
+                if kind is None
+                else f"ROOT {root} is a file, not a directory; name a directory of run directories"
+            )
 
 
 def write_plots(out: Path, rows: list) -> None:
@@ -71,16 +75,27 @@ def write_plots(out: Path, rows: list) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="*", default=["runs/cifar100"], help="directories to search for runs")
-    parser.add_argument("--format", choices=FORMATS, default="text",
-                        help="text (default: Markdown-style pipe tables), markdown (aligned), csv (every row, "
-                             "unrounded) or latex (booktabs; the best entry of each column in bold)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (default: Markdown-style pipe tables), markdown (aligned), csv (every row, "
+        "unrounded) or latex (booktabs; the best entry of each column in bold)",
+    )
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the table to FILE instead of stdout")
-    parser.add_argument("--metrics", default=ACC1.key, metavar="LIST",
-                        help=f"numbers shown besides top-1, last- and best-epoch each: a list of {', '.join(METRICS)} "
-                             "(default acc1: top-1 only)")
-    parser.add_argument("--plots", type=Path, metavar="DIR",
-                        help="also draw the figures (PNG and PDF) into DIR: curves, sweep heatmaps, bars beside "
-                             "the published numbers")
+    parser.add_argument(
+        "--metrics",
+        default=ACC1.key,
+        metavar="LIST",
+        help=f"numbers shown besides top-1, last- and best-epoch each: a list of {', '.join(METRICS)} "
+        "(default acc1: top-1 only)",
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="also draw the figures (PNG and PDF) into DIR: curves, sweep heatmaps, bars beside the published numbers",
+    )
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write --format csv to FILE (older spelling)")
     args = parser.parse_args(argv)
     metrics = parse_metrics(args.metrics)

@@ -8,6 +8,7 @@ KEY=VALUE overrides apply on top (e.g. data.root=/data train.device=cpu; --data 
 data.root=ROOT). The checkpoint is a run's best.pt/last.pt or a bare state_dict, loaded with
 weights_only=True (engine/inference.py). Bad input: one line, exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ def evaluate_checkpoint(checkpoint: Path, config_path: Path | None, overrides: l
     trained = load_trained(checkpoint, config_path, overrides)
     result = evaluate(trained.model, trained.loaders.test, trained.device)
     config = trained.config
-    return {"checkpoint": str(checkpoint), "model": config.model.name, "dataset": config.data.name,
-            "images": result["count"], **{key: result[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")}}
+    return {
+        "checkpoint": str(checkpoint),
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "images": result["count"],
+        **{key: result[key] for key in ("acc1", "acc5", "loss", "nll", "ece", "aurc")},
+    }
 
 
 def main(argv=None) -> int:
@@ -36,9 +42,11 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} {result['checkpoint']} on {result['dataset']} test ({result['images']} images): "
-              f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  NLL {result['nll']:.4f}  "
-              f"ECE {result['ece']:.2f}%  AURC {result['aurc']:.1f} (x1e3)")
+        print(
+            f"{result['model']} {result['checkpoint']} on {result['dataset']} test ({result['images']} images): "
+            f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  NLL {result['nll']:.4f}  "
+            f"ECE {result['ece']:.2f}%  AURC {result['aurc']:.1f} (x1e3)"
+        )
     return 0
 
 

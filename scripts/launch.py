@@ -2,7 +2,8 @@
 runs skipped, so the same launch can be repeated after a crash or a preemption until all are done.
 
     python scripts/launch.py JOB_FILE|- [--gpus 0,1,2,3] [--jobs N] [--dry-run]
-    python scripts/launch.py JOB_FILE|- --executor slurm [--partition P] [--gpus-per-job N] [--timeout-min M] [--dry-run]
+    python scripts/launch.py JOB_FILE|- --executor slurm [--partition P] [--gpus-per-job N] [--timeout-min M]
+                             [--dry-run]
 
 A job line is shell words: ``[--needs RUN_DIR ...] RUN_DIR CONFIG [KEY=VALUE ...]``; blank lines and
 ``#`` comments are skipped. A job runs ``python train.py --config CONFIG KEY=VALUE... --run-dir RUN_DIR``
@@ -10,8 +11,8 @@ with its console output in ``RUN_DIR.log``; it starts once every ``--needs`` run
 has finished. A run whose metrics.json says it finished is skipped; an unfinished one is resumed by
 train.py; one whose lock another live process holds (a run of an earlier launch that was killed) is
 watched as running until that process ends, and resumed here if it is left unfinished. Every job's config,
-run directory and log path are checked before any job starts (``--dry-run`` too). scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through
-this file.
+run directory and log path are checked before any job starts (``--dry-run`` too).
+scripts/reproduce_cifar100.sh, scripts/reproduce_selfkd.sh and scripts/sweep.py launch through this file.
 
 Executors (``--executor``), one job list and one skip rule for both:
   local  (default) this machine: a pool of one job per visible GPU (``--gpus``, ``--jobs``), one at a time
@@ -26,6 +27,7 @@ Executors (``--executor``), one job list and one skip rule for both:
          last.pt. At a time limit or a preemption the job saves (train.py gets SIGTERM) and is requeued.
 ``--dry-run`` prints the plan (for slurm: the sbatch parameters and dependencies) and submits nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import RunDirError, UserError
-from engine.cli import exit_with
 from engine.builder import check_terms_combine
+from engine.cli import exit_with
 from engine.config import load_config
 from engine.output_paths import check_output_dir, check_output_file
 from engine.run_dir import RunLock, read_metrics
@@ -150,8 +152,9 @@ def check_jobs(jobs: list[Job]) -> None:
         seen.add(job.run_dir)
 
 
-def run_jobs(jobs: list[Job], gpus: list[str] | None = None, parallel: int | None = None,
-             dry_run: bool = False, out=None) -> int:
+def run_jobs(
+    jobs: list[Job], gpus: list[str] | None = None, parallel: int | None = None, dry_run: bool = False, out=None
+) -> int:
     """Run ``jobs`` in order as slots free up, each once its ``needs`` have finished. Returns 0 if every
     job finished, 1 if some failed or were blocked, 128 + the signal number if stopped by a signal."""
     check_jobs(jobs)
@@ -181,8 +184,10 @@ class _Pool:
         self.failed: list[Job] = []
         self.blocked: list[Job] = []
         where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
-        self.say(f"{len(jobs)} runs: {len(jobs) - len(self.waiting)} already finished, {len(self.waiting)} to run, "
-                 f"{parallel} at a time on {where}")
+        self.say(
+            f"{len(jobs)} runs: {len(jobs) - len(self.waiting)} already finished, {len(self.waiting)} to run, "
+            f"{parallel} at a time on {where}"
+        )
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -225,8 +230,10 @@ class _Pool:
                 pass
             else:
                 self.failed.append(job)
-                self.say(f"{self.tag[job]} FAILED (exit {process.returncode}) {job.run_dir}: "
-                         f"{_last_line(job.log_path)} (log: {job.log_path})")
+                self.say(
+                    f"{self.tag[job]} FAILED (exit {process.returncode}) {job.run_dir}: "
+                    f"{_last_line(job.log_path)} (log: {job.log_path})"
+                )
 
     def _held_elsewhere(self, job: Job) -> bool:
         """If another live process holds ``job``'s run (a launch killed and relaunched while its runs go
@@ -260,16 +267,21 @@ class _Pool:
                 return
             self.waiting.remove(job)
             self.running[slot] = (job, _start(job, gpu), time.time())
-            self.say(f"{self.tag[job]} started {job.run_dir} on {'GPU ' + gpu if gpu is not None else 'the CPU'} "
-                     f"(log: {job.log_path})")
+            self.say(
+                f"{self.tag[job]} started {job.run_dir} on {'GPU ' + gpu if gpu is not None else 'the CPU'} "
+                f"(log: {job.log_path})"
+            )
 
     def _block_unreachable(self) -> None:
         """Drop the waiting jobs whose needs can no longer finish: not finished, and neither running nor
         waiting (failed, or not part of this launch). With nothing running and no job ready, the rest wait
         on each other (a cycle): drop them too."""
         while True:
-            active = ({j.run_dir for j in self.waiting} | {j.run_dir for j, _, _ in self.running.values()}
-                      | {j.run_dir for j in self.elsewhere})
+            active = (
+                {j.run_dir for j in self.waiting}
+                | {j.run_dir for j, _, _ in self.running.values()}
+                | {j.run_dir for j in self.elsewhere}
+            )
             stuck = [j for j in self.waiting if any(not is_finished(n) and n not in active for n in j.needs)]
             ready = any(all(is_finished(n) for n in j.needs) for j in self.waiting)
             if not stuck and not self.running and not self.elsewhere and not ready:
@@ -294,22 +306,37 @@ def _start(job: Job, gpu: str | None) -> subprocess.Popen:
 
 
 def add_launch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpus", help="comma-separated GPU ids for CUDA_VISIBLE_DEVICES (default: all visible; "
-                                       "none on a CPU machine)")
+    parser.add_argument(
+        "--gpus", help="comma-separated GPU ids for CUDA_VISIBLE_DEVICES (default: all visible; none on a CPU machine)"
+    )
     parser.add_argument("--jobs", type=int, help="runs at a time, spread over the GPUs (default: one per GPU)")
     parser.add_argument("--dry-run", action="store_true", help="print every command; run nothing")
-    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
-                        help="local: a GPU pool on this machine (default); slurm: submit SLURM jobs via submitit")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: a GPU pool on this machine (default); slurm: submit SLURM jobs via submitit",
+    )
     parser.add_argument("--partition", help="slurm: the partition to submit to")
-    parser.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per node for each run (default 1; more "
-                                                         "run train.py through torchrun; 0: CPU only)")
-    parser.add_argument("--timeout-min", type=int, help="slurm: time limit of each job in minutes (default "
-                                                        f"{DEFAULT_TIMEOUT_MIN}); a run that needs longer is "
-                                                        "requeued and resumes")
-    parser.add_argument("--nodes", type=int, help="slurm: nodes per run (default 1; more: multi-node DDP "
-                                                  "through torchrun's rendezvous)")
-    parser.add_argument("--slurm-log-dir", help="slurm: where submitit writes its job files and logs "
-                                                "(default: <the runs' common directory>/slurm)")
+    parser.add_argument(
+        "--gpus-per-job",
+        type=int,
+        help="slurm: GPUs per node for each run (default 1; more run train.py through torchrun; 0: CPU only)",
+    )
+    parser.add_argument(
+        "--timeout-min",
+        type=int,
+        help="slurm: time limit of each job in minutes (default "
+        f"{DEFAULT_TIMEOUT_MIN}); a run that needs longer is "
+        "requeued and resumes",
+    )
+    parser.add_argument(
+        "--nodes", type=int, help="slurm: nodes per run (default 1; more: multi-node DDP through torchrun's rendezvous)"
+    )
+    parser.add_argument(
+        "--slurm-log-dir",
+        help="slurm: where submitit writes its job files and logs (default: <the runs' common directory>/slurm)",
+    )
 
 
 def launch_from_args(jobs: list[Job], args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ each one's docstring, and the option declarations (type, default, range, help) o
 
 tests/test_reference.py fails when the file is stale: regenerate it after changing a docstring or an option.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,15 @@ from losses import LOSSES
 from models import MODELS
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "REFERENCE.md"
-SECTIONS = {"model": "Model", "data": "Data", "train": "Training", "loss": "Loss terms", "batch": "Batch",
-            "teacher": "Teacher", "seed": "Seed"}
+SECTIONS = {
+    "model": "Model",
+    "data": "Data",
+    "train": "Training",
+    "loss": "Loss terms",
+    "batch": "Batch",
+    "teacher": "Teacher",
+    "seed": "Seed",
+}
 
 
 def first_sentence(obj) -> str:
@@ -51,45 +59,95 @@ def module_of(obj):
 
 
 def registries() -> list[str]:
-    lines = ["## Loss terms (`loss.terms`)", "",
-             "Each term's options are `loss.<term>.<option>` (below); a term that needs a batch plan reads its batch.", ""]
-    lines += table(["term", "what it is", "batch plan", "teacher"],
-                   [[f"`{name}`", first_sentence(module_of(entry.term)), entry.term.batch_plan or "any",
-                     "yes" if entry.term.requires_teacher else ""] for name, entry in sorted(LOSSES.items())])
-    lines += ["", "## Batch plans (`batch.plan`)", "",
-              "How each step makes its batch (docs/ADDING_A_METHOD.md); `auto` picks the one the terms need.", ""]
+    lines = [
+        "## Loss terms (`loss.terms`)",
+        "",
+        "Each term's options are `loss.<term>.<option>` (below); a term that needs a batch plan reads its batch.",
+        "",
+    ]
+    lines += table(
+        ["term", "what it is", "batch plan", "teacher"],
+        [
+            [
+                f"`{name}`",
+                first_sentence(module_of(entry.term)),
+                entry.term.batch_plan or "any",
+                "yes" if entry.term.requires_teacher else "",
+            ]
+            for name, entry in sorted(LOSSES.items())
+        ],
+    )
+    lines += [
+        "",
+        "## Batch plans (`batch.plan`)",
+        "",
+        "How each step makes its batch (docs/ADDING_A_METHOD.md); `auto` picks the one the terms need.",
+        "",
+    ]
     plans = {name: build_plan(name, BatchConfig()) for name in sorted(PLANS)}  # with their default options
-    lines += table(["plan", "what it makes", "extra samples per anchor (default)", "refuses"],
-                   [[f"`{name}`", first_sentence(module_of(type(plan))), plan.extra_samples,
-                     ", ".join(plan.refuses_batch_transforms)] for name, plan in plans.items()])
+    lines += table(
+        ["plan", "what it makes", "extra samples per anchor (default)", "refuses"],
+        [
+            [
+                f"`{name}`",
+                first_sentence(module_of(type(plan))),
+                plan.extra_samples,
+                ", ".join(plan.refuses_batch_transforms),
+            ]
+            for name, plan in plans.items()
+        ],
+    )
     lines += ["", "## Batch transforms (`batch.transforms`)", ""]
-    lines += table(["transform", "what it does"],
-                   [[f"`{name}`", first_sentence(transform)] for name, (transform, _) in sorted(BATCH_TRANSFORMS.items())])
+    lines += table(
+        ["transform", "what it does"],
+        [[f"`{name}`", first_sentence(transform)] for name, (transform, _) in sorted(BATCH_TRANSFORMS.items())],
+    )
     lines += ["", "## Augmentations (`data.augment`)", ""]
-    lines += table(["augmentation", "what it does"],
-                   [[f"`{name}`", first_sentence(builder)] for name, (builder, *_) in sorted(AUGMENTATIONS.items())])
-    lines += ["", "## Models (`model.name`) and datasets (`data.name`)", "",
-              "Models: " + ", ".join(f"`{name}`" for name in sorted(MODELS)) + ", and `timm/<architecture>` for any "
-              "timm model (docs/MODELS.md).", "",
-              "Datasets: " + ", ".join(f"`{name}`" for name in sorted(DATASETS)) + "."]
+    lines += table(
+        ["augmentation", "what it does"],
+        [[f"`{name}`", first_sentence(builder)] for name, (builder, *_) in sorted(AUGMENTATIONS.items())],
+    )
+    lines += [
+        "",
+        "## Models (`model.name`) and datasets (`data.name`)",
+        "",
+        "Models: " + ", ".join(f"`{name}`" for name in sorted(MODELS)) + ", and `timm/<architecture>` for any "
+        "timm model (docs/MODELS.md).",
+        "",
+        "Datasets: " + ", ".join(f"`{name}`" for name in sorted(DATASETS)) + ".",
+    ]
     return lines
 
 
 def options() -> list[str]:
-    lines = ["", "## Every config option", "",
-             "`python train.py --help-config` prints the same; set any of them in YAML or as `KEY=VALUE`.", ""]
+    lines = [
+        "",
+        "## Every config option",
+        "",
+        "`python train.py --help-config` prints the same; set any of them in YAML or as `KEY=VALUE`.",
+        "",
+    ]
     rows = describe(ExperimentConfig)
     for section, title in SECTIONS.items():
         mine = [row for row in rows if row[0] == section or row[0].startswith(section + ".")]
-        lines += [f"### {title}", ""] + table(["key", "type", "default", "meaning"],
-                                               [[f"`{key}`", kind, f"`{default}`", help_text]
-                                                for key, kind, default, help_text in mine]) + [""]
+        lines += (
+            [f"### {title}", ""]
+            + table(
+                ["key", "type", "default", "meaning"],
+                [[f"`{key}`", kind, f"`{default}`", help_text] for key, kind, default, help_text in mine],
+            )
+            + [""]
+        )
     return lines
 
 
 def render() -> str:
-    header = ["# Reference", "",
-              "Generated from the code by `python scripts/make_reference.py`; do not edit by hand.", ""]
+    header = [
+        "# Reference",
+        "",
+        "Generated from the code by `python scripts/make_reference.py`; do not edit by hand.",
+        "",
+    ]
     return "\n".join(header + registries() + options()).rstrip("\n") + "\n"
 
 

@@ -9,6 +9,7 @@ the intra-layer loss, pooling over every channel before the slice, sums divided 
 Not a training path: ``tests/test_tffd.py`` holds ``losses/tffd.py`` equal to it, and
 ``scripts/benchmark.py`` times it beside the training term (row ``tffd_released``).
 """
+
 from __future__ import annotations
 
 from itertools import combinations

@@ -11,6 +11,7 @@ Time limits and preemption: submitit asks SLURM for SIGUSR2 ``signal_delay_s`` b
 handler calls ``TrainJob.checkpoint``, which sends train.py SIGTERM (it saves last.pt and exits), waits
 for it, and hands submitit the same job to requeue (``scontrol requeue``); the requeued job resumes.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -62,14 +63,21 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self.nodes <= 1:
             return [*torchrun, "--standalone", "--nnodes=1", *self.train_args]
         env = submitit.JobEnvironment()  # one task per node: the first node hosts the rendezvous
-        return [*torchrun, f"--nnodes={self.nodes}", "--rdzv_backend=c10d",
-                f"--rdzv_endpoint={env.hostnames[0]}:29500", f"--rdzv_id={env.job_id}", *self.train_args]
+        return [
+            *torchrun,
+            f"--nnodes={self.nodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={env.hostnames[0]}:29500",
+            f"--rdzv_id={env.job_id}",
+            *self.train_args,
+        ]
 
     def __call__(self) -> str:
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(self.command(), cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                             preexec_fn=_ignore_usr2)
+            self._process = subprocess.Popen(
+                self.command(), cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_ignore_usr2
+            )
         # poll(), not wait(): checkpoint() runs in a signal handler of this thread and polls the same process
         while (code := self._process.poll()) is None:
             time.sleep(POLL_S)
@@ -104,12 +112,19 @@ def queued_jobs() -> dict[str, str] | None:
     None if squeue is not on PATH."""
     if shutil.which("squeue") is None:
         return None
-    result = subprocess.run(["squeue", "--noheader", "--array", f"--user={getpass.getuser()}", "--format=%i %T"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["squeue", "--noheader", "--array", f"--user={getpass.getuser()}", "--format=%i %T"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"squeue failed: {result.stderr.strip() or result.stdout.strip()}")
-    return dict(line.split(None, 1) if " " in line.strip() else (line.strip(), "?")
-                for line in result.stdout.splitlines() if line.strip())
+    return dict(
+        line.split(None, 1) if " " in line.strip() else (line.strip(), "?")
+        for line in result.stdout.splitlines()
+        if line.strip()
+    )
 
 
 def default_log_dir(run_dirs: list[Path]) -> Path:
@@ -191,14 +206,23 @@ def dependency(waits: tuple, submitted: dict) -> str | None:
 
 
 def sbatch_parameters(options) -> dict:
-    return {"partition": options.partition, "time": options.timeout_min, "nodes": options.nodes,
-            "ntasks_per_node": 1, "gpus_per_node": options.gpus_per_job or None, "job_name": "tffd",
-            "signal_delay_s": SIGNAL_DELAY_S}
+    return {
+        "partition": options.partition,
+        "time": options.timeout_min,
+        "nodes": options.nodes,
+        "ntasks_per_node": 1,
+        "gpus_per_node": options.gpus_per_job or None,
+        "job_name": "tffd",
+        "signal_delay_s": SIGNAL_DELAY_S,
+    }
 
 
 def _shown(parameters: dict, dep: str | None, count: int) -> str:
-    words = [f"--{key.replace('_', '-')}={value}" for key, value in parameters.items()
-             if value is not None and key not in ("signal_delay_s",)]
+    words = [
+        f"--{key.replace('_', '-')}={value}"
+        for key, value in parameters.items()
+        if value is not None and key not in ("signal_delay_s",)
+    ]
     words.append(f"--signal=USR2@{parameters['signal_delay_s']}")
     if count > 1:
         words.append(f"--array=0-{count - 1}")
@@ -241,26 +265,48 @@ def submit_jobs(jobs, options, is_finished, out=None) -> int:
             continue
         executor = submitit.SlurmExecutor(folder=log_dir, max_num_timeout=MAX_TIMEOUTS)
         extra = {"dependency": dep, "kill-on-invalid-dep": "yes"} if dep else {}
-        executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None},
-                                   additional_parameters=extra)
-        functions = [TrainJob(sys.executable, job.command()[1:], os.getcwd(), str(job.log_path.resolve()),
-                              options.gpus_per_job, options.nodes) for job in members]
+        executor.update_parameters(
+            **{k: v for k, v in parameters.items() if v is not None}, additional_parameters=extra
+        )
+        functions = [
+            TrainJob(
+                sys.executable,
+                job.command()[1:],
+                os.getcwd(),
+                str(job.log_path.resolve()),
+                options.gpus_per_job,
+                options.nodes,
+            )
+            for job in members
+        ]
         with executor.batch():
             handles = [executor.submit(function) for function in functions]
         array = handles[0].job_id.split("_")[0]
-        say(f"submitted {'array ' if len(members) > 1 else ''}job {array} ({len(members)} run"
-            f"{'s' if len(members) > 1 else ''}{', after ' + dep if dep else ''}); SLURM logs in {log_dir}")
+        say(
+            f"submitted {'array ' if len(members) > 1 else ''}job {array} ({len(members)} run"
+            f"{'s' if len(members) > 1 else ''}{', after ' + dep if dep else ''}); SLURM logs in {log_dir}"
+        )
         for job, handle in zip(members, handles):
             submitted[job.run_dir] = handle.job_id
             path = state_path(job.run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"job_id": handle.job_id, "slurm_log": str(handle.paths.stdout),
-                                        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            path.write_text(
+                json.dumps(
+                    {
+                        "job_id": handle.job_id,
+                        "slurm_log": str(handle.paths.stdout),
+                        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    }
+                )
+                + "\n"
+            )
             say(f"  job {handle.job_id}: {job.run_dir} (log: {job.log_path}; SLURM log: {handle.paths.stdout})")
     verb = "to submit" if options.dry_run else "submitted"
-    say(f"# {len(jobs)} runs: {len(plan.submit)} {verb} in {len(plan.groups)} jobs/arrays, {len(plan.finished)} "
+    say(
+        f"# {len(jobs)} runs: {len(plan.submit)} {verb} in {len(plan.groups)} jobs/arrays, {len(plan.finished)} "
         f"already finished, {len(plan.alive)} queued or running, {len(plan.blocked)} blocked"
-        + ("; squeue not found, queued jobs not checked" if queue is None else ""))
+        + ("; squeue not found, queued jobs not checked" if queue is None else "")
+    )
     return 1 if plan.blocked else 0
 
 

@@ -10,6 +10,7 @@ point. Runs go to <root>/<KEY=VALUE,...>/seed<k>, <root> defaulting to runs/swee
 configs/>[/<fixed overrides>]. Every point's config is checked before anything starts, so a typo in a key
 fails at once. Jobs run through scripts/launch.py (GPU pool, restartable).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,9 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def sweep_jobs(config: str, axes: list[tuple[str, list[str]]], fixed: list[str], seeds: list[int | None],
-               root: Path) -> list[Job]:
+def sweep_jobs(
+    config: str, axes: list[tuple[str, list[str]]], fixed: list[str], seeds: list[int | None], root: Path
+) -> list[Job]:
     """One job per grid point and seed (``launch_from_args`` checks every job's config before any starts)."""
     jobs = []
     for values in itertools.product(*(values for _, values in axes)):
@@ -80,8 +82,13 @@ def sweep_jobs(config: str, axes: list[tuple[str, list[str]]], fixed: list[str],
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML file")
-    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
-                        help="one axis of the grid (repeat for more axes)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="one axis of the grid (repeat for more axes)",
+    )
     parser.add_argument("--seeds", help="comma-separated seeds per point (default: 0; not with --grid seed=...)")
     parser.add_argument("--root", help="directory of the sweep's runs (default: runs/sweeps/<config>)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed overrides for every point")

@@ -20,6 +20,7 @@ eval mode, without gradients, on the first --num-images test images. Written int
 Bad input (a missing checkpoint, --out naming a file, a count below 1, a --compare checkpoint of
 another architecture, ...) is one line and exit code 2, before anything is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
-import matplotlib
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -38,8 +39,8 @@ from matplotlib.figure import Figure
 from core.errors import CheckpointError, ConfigError, RunDirError
 from engine.checkpoint import load_checkpoint, load_model_weights
 from engine.cli import exit_with
-from engine.output_paths import check_output_dir
 from engine.inference import add_checkpoint_arguments, checkpoint_overrides, load_trained
+from engine.output_paths import check_output_dir
 from losses.tffd import channel_salience, salience_order, salient_and_redundant
 from models import build_configured_model
 from results.figures import FORMATS, new_figure, save  # shared with collect_results.py --plots
@@ -49,14 +50,14 @@ FIGURE_NAMES = ("salience", "similarity", "maps", "maps_compare")  # the last wi
 MAX_PANELS_PER_ROW = 4
 DEFINITIONS = {
     "salience": "losses.tffd.channel_salience: per channel, the mean over images and positions of the map scaled "
-                "to unit L2 norm over (H, W); unitless. Averaged over all the images used.",
+    "to unit L2 norm over (H, W); unitless. Averaged over all the images used.",
     "order": "channel indices sorted by salience, descending (ties: lower index first), as intra_fd sorts them",
     "salient_half": "channels order[0:h], h = floor(C/2)",
     "redundant_half": "channels order[h:2h] (for odd C the least salient channel is in neither half)",
     "mse": "mean over images, paired channels and positions of (redundant - salient)^2: intra_fd over all the images "
-           "used at once, in squared activation units",
+    "used at once, in squared activation units",
     "cosine": "per image, the cosine similarity of the flattened salient half and the flattened redundant half "
-              "(h*H*W values each, paired channel by channel), averaged over the images; in [-1, 1]",
+    "(h*H*W values each, paired channel by channel), averaged over the images; in [-1, 1]",
 }
 
 
@@ -78,6 +79,7 @@ class StageStats:
 @dataclass
 class Run:
     """One checkpoint's model and what was measured on it."""
+
     role: str  # "checkpoint" or "compare"
     path: Path
     label: str
@@ -102,8 +104,10 @@ def load_compare(path: Path, checkpoint: Path, model_config, num_classes: int, d
     saved = load_checkpoint(path, what)
     saved_name = saved.get("model_name") if isinstance(saved, dict) else None
     if saved_name is not None and saved_name != model_name:
-        raise CheckpointError(f"{what} {path} holds a {saved_name}, but {checkpoint} is a {model_name}; "
-                              f"compare two checkpoints of one architecture")
+        raise CheckpointError(
+            f"{what} {path} holds a {saved_name}, but {checkpoint} is a {model_name}; "
+            f"compare two checkpoints of one architecture"
+        )
     del saved
     model = build_configured_model(model_config, num_classes)
     load_model_weights(model, path, what=what, model_name=model_name, num_classes=num_classes)
@@ -124,10 +128,11 @@ def first_test_images(loader, count: int) -> torch.Tensor:
 def stage_features(model: torch.nn.Module, images: torch.Tensor, batch_size: int):
     """Per batch of ``images``, the model's stage features (eval mode, no gradient)."""
     for start in range(0, images.shape[0], batch_size):
-        output = model(images[start:start + batch_size])
+        output = model(images[start : start + batch_size])
         if not isinstance(output, tuple) or len(output) != 2:
-            raise ConfigError("the model returns no stage features; visualize.py needs forward(x) -> "
-                              "(logits, stage_features)")
+            raise ConfigError(
+                "the model returns no stage features; visualize.py needs forward(x) -> (logits, stage_features)"
+            )
         yield [feature.float() for feature in output[1]]
 
 
@@ -149,8 +154,10 @@ def measure(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> li
             salient, redundant = salient_and_redundant(feature.double(), order.to(feature.device))
             squared[k] += (redundant - salient).pow(2).sum().item()
             cosine[k] += F.cosine_similarity(salient.flatten(1), redundant.flatten(1), dim=1).sum().item()
-    return [StageStats(c, h, w, s, o, squared[k] / (count * (c // 2) * h * w), cosine[k] / count)
-            for k, ((c, h, w), s, o) in enumerate(zip(shapes, salience, orders))]
+    return [
+        StageStats(c, h, w, s, o, squared[k] / (count * (c // 2) * h * w), cosine[k] / count)
+        for k, ((c, h, w), s, o) in enumerate(zip(shapes, salience, orders))
+    ]
 
 
 @torch.inference_mode()
@@ -164,10 +171,11 @@ def shown_channels(stage: StageStats, per_side: int) -> tuple[list[int], list[in
     """The ``per_side`` most salient channels and the ``per_side`` least salient, by rank (at most h each)."""
     k = min(per_side, stage.half)
     order = stage.order.tolist()
-    return order[:k], order[stage.channels - k:]
+    return order[:k], order[stage.channels - k :]
 
 
 # ---------------------------------------------------------------------------------------------- figures
+
 
 def panel_grid(figure: Figure, panels: int):
     columns = min(panels, MAX_PANELS_PER_ROW)
@@ -186,10 +194,22 @@ def salience_figure(runs: list[Run], count: int) -> Figure:
         ranks = range(1, first.channels + 1)
         for run, style in zip(runs, ("-", "--")):
             stage = run.stages[index]
-            axis.plot(ranks, stage.salience[stage.order].tolist(), style, marker="." if stage.channels <= 64 else None,
-                      markersize=4, linewidth=1.2, label=run.label)
-        axis.axvline(first.half + 0.5, color="0.5", linestyle="--", linewidth=1,
-                     label=f"salient | redundant split (h = {first.half})")
+            axis.plot(
+                ranks,
+                stage.salience[stage.order].tolist(),
+                style,
+                marker="." if stage.channels <= 64 else None,
+                markersize=4,
+                linewidth=1.2,
+                label=run.label,
+            )
+        axis.axvline(
+            first.half + 0.5,
+            color="0.5",
+            linestyle="--",
+            linewidth=1,
+            label=f"salient | redundant split (h = {first.half})",
+        )
         axis.set_title(f"stage {index + 1}: {first.channels} channels, {first.height}x{first.width}")
         axis.set_xlabel("channel rank (1 = most salient)")
         axis.set_ylabel("salience (unitless)")
@@ -253,20 +273,26 @@ def maps_figure(run: Run, images: torch.Tensor, per_side: int) -> Figure:
     tile = max(images.shape[-1], max(stage.height for stage in run.stages))
     figure = new_figure(0.95 * columns + 2.0, (0.95 * count + 0.9) * stages + 0.8)
     cmap = matplotlib.colormaps["viridis"]
-    for index, (axis, stage, maps, (top, bottom)) in enumerate(zip(figure.subplots(stages, 1, squeeze=False)[:, 0],
-                                                                   run.stages, run.maps, shown)):
+    for index, (axis, stage, maps, (top, bottom)) in enumerate(
+        zip(figure.subplots(stages, 1, squeeze=False)[:, 0], run.stages, run.maps, shown)
+    ):
         channels = top + bottom
         values = maps[:, channels]
         norm = Normalize(min(0.0, values.min().item()), max(values.max().item(), 1e-12))
         axis.imshow(montage(images, maps, channels, tile, cmap, norm).numpy(), interpolation="nearest")
         rank = {channel: position + 1 for position, channel in enumerate(stage.order.tolist())}
         step = tile + tile // 8
-        axis.set_xticks([step * column + tile / 2 for column in range(len(channels) + 1)],
-                        ["input"] + [f"{'top' if n < len(top) else 'low'} #{rank[c]}\nch {c}"
-                                     for n, c in enumerate(channels)], fontsize="small")
+        axis.set_xticks(
+            [step * column + tile / 2 for column in range(len(channels) + 1)],
+            ["input"] + [f"{'top' if n < len(top) else 'low'} #{rank[c]}\nch {c}" for n, c in enumerate(channels)],
+            fontsize="small",
+        )
         axis.set_yticks([step * row + tile / 2 for row in range(count)], [str(row) for row in range(count)])
-        axis.set_xlabel(f"channel by salience rank (top = most, low = least salient); each tile "
-                        f"{stage.height}x{stage.width} feature-map pixels", fontsize="small")
+        axis.set_xlabel(
+            f"channel by salience rank (top = most, low = least salient); each tile "
+            f"{stage.height}x{stage.width} feature-map pixels",
+            fontsize="small",
+        )
         axis.set_ylabel("test image")
         axis.set_title(f"stage {index + 1}: {stage.channels} channels, {stage.height}x{stage.width}", fontsize="medium")
         colorbar = figure.colorbar(ScalarMappable(norm, cmap), ax=axis, shrink=0.9)
@@ -284,28 +310,51 @@ def run_record(run: Run, per_side: int) -> dict:
     stages = []
     for number, stage in enumerate(run.stages, start=1):
         top, bottom = shown_channels(stage, per_side)
-        stages.append({
-            "stage": number, "channels": stage.channels, "height": stage.height, "width": stage.width,
-            "half": stage.half, "salience_sorted": stage.salience[stage.order].tolist(),
-            "salience": stage.salience.tolist(), "order": stage.order.tolist(), "mse": stage.mse,
-            "cosine": stage.cosine, "shown_most_salient": top, "shown_least_salient": bottom,
-        })
+        stages.append(
+            {
+                "stage": number,
+                "channels": stage.channels,
+                "height": stage.height,
+                "width": stage.width,
+                "half": stage.half,
+                "salience_sorted": stage.salience[stage.order].tolist(),
+                "salience": stage.salience.tolist(),
+                "order": stage.order.tolist(),
+                "mse": stage.mse,
+                "cosine": stage.cosine,
+                "shown_most_salient": top,
+                "shown_least_salient": bottom,
+            }
+        )
     return {"path": str(run.path), "label": run.label, "stages": stages}
 
 
 # ---------------------------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--compare", type=Path, metavar="CE_CHECKPOINT",
-                        help="a checkpoint of the same architecture to overlay (e.g. the CE baseline)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="CE_CHECKPOINT",
+        help="a checkpoint of the same architecture to overlay (e.g. the CE baseline)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for the figures and features.json")
-    parser.add_argument("--num-images", type=int, default=256,
-                        help="test images the statistics are computed on, the first of the split (default 256)")
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=256,
+        help="test images the statistics are computed on, the first of the split (default 256)",
+    )
     parser.add_argument("--images", type=int, default=4, help="test images shown in the channel-map grid (default 4)")
-    parser.add_argument("--channels", type=int, default=4,
-                        help="most and least salient channels shown per stage in the grid (default 4)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help="most and least salient channels shown per stage in the grid (default 4)",
+    )
     parser.add_argument("--label", help="legend name of CHECKPOINT (default: its folder/file name)")
     parser.add_argument("--compare-label", help="legend name of the --compare checkpoint")
     args = parser.parse_intermixed_args(argv)
@@ -322,13 +371,12 @@ def main(argv=None) -> int:
     config = trained.config
     runs = [Run("checkpoint", args.checkpoint, args.label or default_label(args.checkpoint), trained.model)]
     if args.compare is not None:
-        model = load_compare(args.compare, args.checkpoint, config.model, trained.loaders.num_classes,
-                             trained.device)
+        model = load_compare(args.compare, args.checkpoint, config.model, trained.loaders.num_classes, trained.device)
         label = args.compare_label or default_label(args.compare)
         runs.append(Run("compare", args.compare, label if label != runs[0].label else f"{label} (compare)", model))
 
     images = first_test_images(trained.loaders.test, args.num_images)
-    count, shown = images.shape[0], images[:args.images]
+    count, shown = images.shape[0], images[: args.images]
     for run in runs:
         run.stages = measure(run.model, images, config.train.eval_batch_size)
         run.maps = shown_maps(run.model, shown, config.train.eval_batch_size)
@@ -337,9 +385,15 @@ def main(argv=None) -> int:
         figures["maps" if run.role == "checkpoint" else "maps_compare"] = maps_figure(run, shown.cpu(), args.channels)
 
     record = {
-        "model": config.model.name, "dataset": config.data.name, "split": "test", "images": count,
-        "image_indices": [0, count], "shown_images": shown.shape[0], "mode": "eval, no gradient",
-        "definitions": DEFINITIONS, "checkpoint": run_record(runs[0], args.channels),
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "split": "test",
+        "images": count,
+        "image_indices": [0, count],
+        "shown_images": shown.shape[0],
+        "mode": "eval, no gradient",
+        "definitions": DEFINITIONS,
+        "checkpoint": run_record(runs[0], args.channels),
         "compare": run_record(runs[1], args.channels) if len(runs) > 1 else None,
     }
     try:

@@ -2,6 +2,7 @@
 a process of its own; run directories written and read.
 
 Every test gets back the process-wide state that it, or a run in it, changed (tests/in_process.py)."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import ddp_probe
 import train
 from engine.trainer import Trainer
+
+import ddp_probe
 from in_process import REPO, Finished, process_state_kept, run_main
 
 # One intra-op thread, as in the training subprocesses (train_env): the tensors are tiny, and two OpenMP
@@ -25,9 +27,17 @@ torch.set_num_threads(1)
 
 # A fast, learnable training setup on the synthetic dataset (seconds on a 2-core CPU).
 SMOKE = [
-    "data.name=synthetic", "data.num_train=512", "data.num_test=256", "data.image_size=16",
-    "train.batch_size=64", "train.eval_batch_size=256", "train.epochs=2", "train.log_interval=2",
-    "train.lr=0.05", "train.milestones=[]", "loss.tffd.warmup_epochs=1",
+    "data.name=synthetic",
+    "data.num_train=512",
+    "data.num_test=256",
+    "data.image_size=16",
+    "train.batch_size=64",
+    "train.eval_batch_size=256",
+    "train.epochs=2",
+    "train.log_interval=2",
+    "train.lr=0.05",
+    "train.milestones=[]",
+    "loss.tffd.warmup_epochs=1",
 ]
 
 
@@ -70,23 +80,45 @@ def train_command(*args: str, config: str = "configs/quickstart.yaml") -> list[s
 
 def start_train(*args: str, config: str = "configs/quickstart.yaml") -> subprocess.Popen:
     """train.py as a process of its own, not waited for (to signal it mid-run); stdout and stderr are text pipes."""
-    return subprocess.Popen(train_command(*args, config=config), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        train_command(*args, config=config),
+        cwd=REPO,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def fake_run(run_dir: Path, config: str, overrides: list[str], last: float | None, best: float | None,
-             epochs_done: int = 240, **metrics) -> None:
+def fake_run(
+    run_dir: Path,
+    config: str,
+    overrides: list[str],
+    last: float | None,
+    best: float | None,
+    epochs_done: int = 240,
+    **metrics,
+) -> None:
     """A run directory as the trainer leaves it (resolved config.yaml, metrics.json), without training;
     ``metrics`` adds keys to metrics.json (a history, calibration numbers)."""
     import yaml
+
     from core.typed_config import to_dict
     from engine.config import load_config
 
     run_dir.mkdir(parents=True)
     resolved = to_dict(load_config(REPO / config, overrides))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    metrics = {"best_acc1": best, "last_acc1": last, "best_epoch": 200, "epochs_done": epochs_done,
-               "epochs_total": 240, "finished": epochs_done == 240, "teacher_acc1": None, **metrics}
+    metrics = {
+        "best_acc1": best,
+        "last_acc1": last,
+        "best_epoch": 200,
+        "epochs_done": epochs_done,
+        "epochs_total": 240,
+        "finished": epochs_done == 240,
+        "teacher_acc1": None,
+        **metrics,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 

@@ -15,6 +15,7 @@
 Production code has no test hooks: this script wraps ``Trainer.fit`` and then runs ``train.main``; the tests'
 one-process runs take the same faults in their own process (conftest.run_train_with_fault).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ import torch
 import torch.distributed as dist
 
 import train
-from engine.cli import status_of
 from engine.checkpoint import unwrap
+from engine.cli import status_of
 from engine.trainer import Trainer
 
 

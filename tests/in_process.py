@@ -6,6 +6,7 @@ status, stdout and stderr captured, and the process-wide state it changes given 
 
 Only what is not the behaviour under test runs in a real process (tests that signal a run, torchrun, a
 second process racing for a lock, environment variables read when torch is imported)."""
+
 from __future__ import annotations
 
 import io
@@ -35,6 +36,7 @@ PYTEST_VARIABLES = ("PYTEST_CURRENT_TEST",)  # pytest's own, changed by pytest b
 @dataclass
 class Finished:
     """What a command left: the fields of ``subprocess.CompletedProcess`` that the tests read."""
+
     args: list[str]
     returncode: int
     stdout: str
@@ -56,8 +58,9 @@ def run_main(main: Callable[[list[str]], int], argv: list[str], check: bool = Fa
         code = exit_status(main, argv)
     finished = Finished(list(argv), code, out.getvalue(), err.getvalue())
     if check and code != 0:
-        raise AssertionError(f"{getattr(main, '__module__', main)} exited {code}:\n{finished.stdout[-3000:]}\n"
-                             f"{finished.stderr[-3000:]}")
+        raise AssertionError(
+            f"{getattr(main, '__module__', main)} exited {code}:\n{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
+        )
     return finished
 
 
@@ -104,8 +107,12 @@ def process_state_kept():
 
 
 def current_torch_flags() -> tuple:
-    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark, torch.get_num_threads())
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
+    )
 
 
 def restore_environment(saved: dict[str, str]) -> None:

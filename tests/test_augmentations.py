@@ -2,15 +2,14 @@
 checked like every option, applied per image on both training loaders (never on test images), at the
 right stage (uint8 before normalisation, float after), reproducible per (seed, epoch), and sharded
 so that a 2-process run augments each image as the 1-process run does."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from conftest import REPO, method_config
 from core.errors import ConfigError
 from data import InMemoryData, build_loaders
 from data.augmentations import Augmentation, RandomEraseConfig, apply_per_image, build_augmentations, draw_seeds
@@ -20,6 +19,8 @@ from data.plans.plain import PlainPlan
 from data.plans.two_views import TwoViewsPlan
 from data.torch_loader import small_image_transforms
 from engine.config import DataConfig, load_config
+
+from conftest import REPO, method_config
 
 FILL = [7.0, 8.0, 9.0]  # out of reach of images normalised by IDENTITY (which lie in [0, 1])
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -49,7 +50,7 @@ def erased_boxes(images: torch.Tensor) -> list:
             continue
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
         box = torch.zeros_like(mask)
-        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
         assert torch.equal(mask, box), "the erased pixels form one full rectangle"
         boxes.append((len(rows), len(cols)))
     return boxes
@@ -75,9 +76,15 @@ def test_random_erase_settings_reach_torchvision():
 
 
 def test_autoaugment_settings_reach_torchvision():
-    config = load_config(REPO / "configs/quickstart.yaml", [
-        "data.augment=[autoaugment]", "data.autoaugment.policy=svhn", "data.autoaugment.interpolation=bilinear",
-        "data.autoaugment.fill=[1,2,3]"])
+    config = load_config(
+        REPO / "configs/quickstart.yaml",
+        [
+            "data.augment=[autoaugment]",
+            "data.autoaugment.policy=svhn",
+            "data.autoaugment.interpolation=bilinear",
+            "data.autoaugment.fill=[1,2,3]",
+        ],
+    )
     (augmentation,) = build_augmentations(config.data)
     transform = augmentation.transform
     assert isinstance(transform, v2.AutoAugment) and augmentation.stage == "uint8"
@@ -85,10 +92,13 @@ def test_autoaugment_settings_reach_torchvision():
     assert transform.fill == [1, 2, 3]
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("random_erase", {"p": 0.5, "scale": [0.02, 0.4], "ratio": [0.3, 1 / 0.3], "value": [0.4914, 0.4822, 0.4465]}),
-    ("autoaugment", {"policy": "cifar10", "interpolation": "nearest", "fill": [0]}),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("random_erase", {"p": 0.5, "scale": [0.02, 0.4], "ratio": [0.3, 1 / 0.3], "value": [0.4914, 0.4822, 0.4465]}),
+        ("autoaugment", {"policy": "cifar10", "interpolation": "nearest", "fill": [0]}),
+    ],
+)
 def test_method_configs_hold_the_original_settings(method, expected, tmp_path):
     config = method_config(tmp_path, method)
     assert (config.loss.terms, config.data.augment, config.batch.transforms) == (["ce"], [method], [])
@@ -99,21 +109,26 @@ def test_method_configs_hold_the_original_settings(method, expected, tmp_path):
         assert table.loss.terms == (["ce", "tffd"] if name.endswith("tffd") else ["ce"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.augment=[cutout]", "unknown augmentation 'cutout'; known augmentations: autoaugment, random_erase"),
-    ("data.augment=[random_erase,random_erase]", "data.augment lists an augmentation twice"),
-    ("data.augment=[random_erase,autoaugment]", "autoaugment works on uint8 images, before normalisation, so it must "
-                                                "come before random_erase"),
-    ("data.random_erase.p=1.5", "data.random_erase.p must be <= 1, got 1.5"),
-    ("data.random_erase.scale=[0.4,0.02]", r"data.random_erase.scale must be \[min, max\] with min <= max"),
-    ("data.random_erase.scale=[0.02,1.5]", r"data.random_erase.scale\[1\] must be <= 1"),
-    ("data.random_erase.ratio=[0,2]", r"data.random_erase.ratio\[0\] must be > 0"),
-    ("data.random_erase.ratio=[0.3]", r"data.random_erase.ratio must be \[min, max\]"),
-    ("data.random_erase.value=[1,2]", "data.random_erase.value needs 1 value .every channel. or 3"),
-    ("data.autoaugment.policy=cifar100", "data.autoaugment.policy must be one of cifar10, imagenet, svhn"),
-    ("data.autoaugment.fill=[256]", r"data.autoaugment.fill\[0\] must be <= 255"),
-    ("data.autoaugment.fill=[1,2]", "data.autoaugment.fill needs 1 value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.augment=[cutout]", "unknown augmentation 'cutout'; known augmentations: autoaugment, random_erase"),
+        ("data.augment=[random_erase,random_erase]", "data.augment lists an augmentation twice"),
+        (
+            "data.augment=[random_erase,autoaugment]",
+            "autoaugment works on uint8 images, before normalisation, so it must come before random_erase",
+        ),
+        ("data.random_erase.p=1.5", "data.random_erase.p must be <= 1, got 1.5"),
+        ("data.random_erase.scale=[0.4,0.02]", r"data.random_erase.scale must be \[min, max\] with min <= max"),
+        ("data.random_erase.scale=[0.02,1.5]", r"data.random_erase.scale\[1\] must be <= 1"),
+        ("data.random_erase.ratio=[0,2]", r"data.random_erase.ratio\[0\] must be > 0"),
+        ("data.random_erase.ratio=[0.3]", r"data.random_erase.ratio must be \[min, max\]"),
+        ("data.random_erase.value=[1,2]", "data.random_erase.value needs 1 value .every channel. or 3"),
+        ("data.autoaugment.policy=cifar100", "data.autoaugment.policy must be one of cifar10, imagenet, svhn"),
+        ("data.autoaugment.fill=[256]", r"data.autoaugment.fill\[0\] must be <= 255"),
+        ("data.autoaugment.fill=[1,2]", "data.autoaugment.fill needs 1 value"),
+    ],
+)
 def test_bad_options_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "configs/quickstart.yaml", [override])
@@ -171,8 +186,10 @@ def test_imagefolder_pipelines_erase_training_images_only(crop):
     if crop == "pad":
         train, test = (padded_crop_transforms(SIZE, mean, std, config, train) for train in (True, False))
     else:
-        train, test = (resized_crop_transforms(SIZE, mean, std, True, train, build_augmentations(config))
-                       for train in (True, False))
+        train, test = (
+            resized_crop_transforms(SIZE, mean, std, True, train, build_augmentations(config))
+            for train in (True, False)
+        )
     torch.manual_seed(0)
     check_erasing(torch.stack([train(image) for _ in range(200)]))
     assert all(box is None for box in erased_boxes(torch.stack([test(image) for _ in range(20)])))
@@ -193,8 +210,9 @@ def test_each_stage_sees_the_image_it_needs_on_both_loaders():
     data = in_memory(32)
     spies = {"uint8": Spy(), "normalised": Spy()}
     augment = [Augmentation(f"spy_{stage}", stage, spy) for stage, spy in spies.items()]
-    for images, *_ in DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, PlainPlan(),
-                                        augment=augment):
+    for _ in DeviceTrainLoader(
+        data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, PlainPlan(), augment=augment
+    ):
         pass
     transform = small_image_transforms(SIZE, *IDENTITY, 2, "constant", True, True, augment)
     transform(data.train_images[0])
@@ -205,8 +223,19 @@ def device_images(augment_names, seed=0, epoch=1, rank=0, world_size=1, batch=16
     """{dataset index: the image the device loader made of it} for one epoch (anchors only)."""
     data = data or in_memory(64)
     config = DataConfig(augment=augment_names, random_erase=erase_config().random_erase)
-    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, batch, "cpu", seed, PlainPlan(), rank,
-                               world_size, padding=2, augment=build_augmentations(config))
+    loader = DeviceTrainLoader(
+        data.train_images,
+        data.train_labels,
+        *IDENTITY,
+        batch,
+        "cpu",
+        seed,
+        PlainPlan(),
+        rank,
+        world_size,
+        padding=2,
+        augment=build_augmentations(config),
+    )
     loader.set_epoch(epoch)
     out = {}
     for images, _, indices in loader:
@@ -235,8 +264,18 @@ def test_device_loader_is_reproducible_per_epoch_and_sharded_like_the_one_proces
 def test_device_loader_leaves_the_global_generator_and_augments_partners_apart():
     data = in_memory(64)
     config = erase_config(p=1.0)
-    loader = DeviceTrainLoader(data.train_images, data.train_labels, *IDENTITY, 16, "cpu", 0, TwoViewsPlan(), padding=0,
-                               hflip=False, augment=build_augmentations(config))
+    loader = DeviceTrainLoader(
+        data.train_images,
+        data.train_labels,
+        *IDENTITY,
+        16,
+        "cpu",
+        0,
+        TwoViewsPlan(),
+        padding=0,
+        hflip=False,
+        augment=build_augmentations(config),
+    )
     state = torch.get_rng_state()
     batches = list(loader)
     assert torch.equal(torch.get_rng_state(), state)

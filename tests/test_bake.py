@@ -1,6 +1,7 @@
 """BAKE: the batch knowledge ensemble and the loss by hand (value, gradient, nothing through the
 targets), the same_class batch plan's partners (same class, the anchor left out, reproducible, sharded like
 the anchors), the step's batch of anchors and partners, and the shipped settings."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,6 @@ import math
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.plans.same_class import MAX_PARTNERS, SameClassOptions, SameClassPlan, other_same_class
 from data.sharding import epoch_indices
@@ -18,6 +18,8 @@ from engine.distributed import DistContext
 from engine.step import compute_losses
 from losses import StepOutput
 from losses.bake import BAKEConfig, BatchKnowledgeEnsembling, bake_loss, knowledge_ensemble
+
+from conftest import REPO, SMOKE, method_config
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
@@ -40,9 +42,9 @@ def test_equally_alike_images_mix_two_fifths_of_their_own_with_a_fifth_of_everyo
 def test_a_three_by_three_affinity_by_hand():
     embedding = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])  # normalised: cosines 0, 1/sqrt2, 1/sqrt2
     c = math.exp(1 / math.sqrt(2))
-    affinity = torch.tensor([[0.0, 1 / (1 + c), c / (1 + c)],
-                             [1 / (1 + c), 0.0, c / (1 + c)],
-                             [0.5, 0.5, 0.0]])  # the diagonal is left out before the row softmax
+    affinity = torch.tensor(
+        [[0.0, 1 / (1 + c), c / (1 + c)], [1 / (1 + c), 0.0, c / (1 + c)], [0.5, 0.5, 0.0]]
+    )  # the diagonal is left out before the row softmax
     omega = 0.3
     q = knowledge_ensemble(embedding, PROBS, omega)
     torch.testing.assert_close(q, (1 - omega) * torch.linalg.inv(torch.eye(3) - omega * affinity) @ PROBS)
@@ -96,9 +98,14 @@ def test_out_of_range_partner_counts_are_config_errors(partners):
         load_config(REPO / "configs/quickstart.yaml", [f"batch.same_class.partners={partners}"])
 
 
-@pytest.mark.parametrize("old, new", [("loss.bake.partners=2", "batch.same_class.partners"),
-                                      ("loss.dlb.joint_pass=true", "batch.last_batch.joint_pass"),
-                                      ("loss.mixskd.alpha=0.2", "batch.mix_pairs.alpha")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("loss.bake.partners=2", "batch.same_class.partners"),
+        ("loss.dlb.joint_pass=true", "batch.last_batch.joint_pass"),
+        ("loss.mixskd.alpha=0.2", "batch.mix_pairs.alpha"),
+    ],
+)
 def test_an_option_that_moved_to_a_batch_plan_names_its_new_key(old, new, tmp_path):
     with pytest.raises(ConfigError, match=f"{old.split('=')[0]} is now {new}"):
         load_config(REPO / "configs/quickstart.yaml", [old])
@@ -117,7 +124,11 @@ def test_a_config_saved_before_the_options_moved_reads_them_at_their_new_keys():
     for section in ("same_class", "last_batch", "mix_pairs"):
         del saved["batch"][section]
     del saved["batch"]["plan"]
-    saved["loss"]["bake"]["partners"], saved["loss"]["dlb"]["joint_pass"], saved["loss"]["mixskd"]["alpha"] = 2, True, 0.2
+    saved["loss"]["bake"]["partners"], saved["loss"]["dlb"]["joint_pass"], saved["loss"]["mixskd"]["alpha"] = (
+        2,
+        True,
+        0.2,
+    )
     config = config_from_dict(saved)
     assert config.batch.same_class.partners == 2 and config.batch.last_batch.joint_pass
     assert config.batch.mix_pairs.alpha == 0.2 and config.batch.plan == "auto"
@@ -176,10 +187,19 @@ def test_the_partners_are_reproducible_and_sharded_like_the_anchors():
 # ---------------------------------------------------------------- the step and the settings
 @pytest.mark.parametrize("partners, loader", [(3, "device"), (1, "device"), (3, "torchvision")])
 def test_the_step_trains_on_the_anchors_and_all_their_partners(partners, loader):
-    config = load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "train.device=cpu", "loss.terms=[ce,bake]",
-                                                             f"batch.same_class.partners={partners}", "train.batch_size=8",
-                                                             "data.num_train=48", f"data.loader={loader}",
-                                                             "data.num_workers=0"])
+    config = load_config(
+        REPO / "configs/quickstart.yaml",
+        [
+            *SMOKE,
+            "train.device=cpu",
+            "loss.terms=[ce,bake]",
+            f"batch.same_class.partners={partners}",
+            "train.batch_size=8",
+            "data.num_train=48",
+            f"data.loader={loader}",
+            "data.num_workers=0",
+        ],
+    )
     exp = build_experiment(config, CPU)
     exp.loaders.train.set_epoch(1)
     images, targets, indices = next(iter(exp.loaders.train))

@@ -1,5 +1,6 @@
 """scripts/benchmark.py for a few steps (its JSON and table, its reference check, bad input), and the
 property its GPU figures rest on: the timed training step never reads a device value on the host."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,12 +10,32 @@ import statistics
 import pytest
 import torch
 
-from engine.meters import DeviceMeter
 from engine.cli import status_of
+from engine.meters import DeviceMeter
 from scripts import benchmark
 
-TINY = ["--batch-size", "8", "--image-size", "16", "--num-classes", "10", "--teacher", "resnet20", "--rounds", "2",
-        "--steps", "1", "--warmup", "1", "--loader-images", "64", "--workers", "0", "--device", "cpu"]
+TINY = [
+    "--batch-size",
+    "8",
+    "--image-size",
+    "16",
+    "--num-classes",
+    "10",
+    "--teacher",
+    "resnet20",
+    "--rounds",
+    "2",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+    "--loader-images",
+    "64",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 def test_benchmark_writes_every_method_and_loader(tmp_path, capsys):
@@ -46,8 +67,15 @@ def test_benchmark_writes_every_method_and_loader(tmp_path, capsys):
     assert alone["tffd"]["ms"] > 0 and alone["tffd_released"]["ms"] > 0
     assert alone["ratio_ci95"][0] <= alone["ratio"] <= alone["ratio_ci95"][1]
     printed = capsys.readouterr().out
-    for row in (*benchmark.METHODS, "device", "torchvision", "target tffd_vs_released", "reference check",
-                "bytes per forward FLOP", "Tf-FD term alone"):
+    for row in (
+        *benchmark.METHODS,
+        "device",
+        "torchvision",
+        "target tffd_vs_released",
+        "reference check",
+        "bytes per forward FLOP",
+        "Tf-FD term alone",
+    ):
         assert row in printed
 
 
@@ -71,14 +99,17 @@ def test_reference_check_catches_a_wrong_loss(monkeypatch, tmp_path):
     assert benchmark.reference_check(exp, images)["agrees"] is False
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "tffd,kd"], "ce included"),
-    (["--methods", "ce,dkd"], "ce included"),
-    (["--model", "resnet21"], "unknown model 'resnet21'"),
-    (["--teacher", "resnet111"], "unknown model 'resnet111'"),
-    (["--json", "/nonexistent/dir/out.json"], "its directory /nonexistent/dir does not exist"),
-    (["--rounds", "0"], "--rounds must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "tffd,kd"], "ce included"),
+        (["--methods", "ce,dkd"], "ce included"),
+        (["--model", "resnet21"], "unknown model 'resnet21'"),
+        (["--teacher", "resnet111"], "unknown model 'resnet111'"),
+        (["--json", "/nonexistent/dir/out.json"], "its directory /nonexistent/dir does not exist"),
+        (["--rounds", "0"], "--rounds must be >= 1"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
     try:
         code = status_of(benchmark.main, [*TINY, "--loader-images", "0", *args])
@@ -89,19 +120,26 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
     assert all(line.startswith(("usage: ", " ")) for line in lines[:-1])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("a run's metrics.json", "is the run's metrics.json in {run}, which only that run writes"),
-    ("a link to a run's best.pt", "(a link to {run}/best.pt) is the run's best.pt"),
-    ("a directory", "is a directory; name a file"),
-    ("a dangling symlink", "is a symlink to {tmp}/nowhere, which does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("a run's metrics.json", "is the run's metrics.json in {run}, which only that run writes"),
+        ("a link to a run's best.pt", "(a link to {run}/best.pt) is the run's best.pt"),
+        ("a directory", "is a directory; name a file"),
+        ("a dangling symlink", "is a symlink to {tmp}/nowhere, which does not exist"),
+    ],
+)
 def test_json_never_replaces_a_runs_file_nor_goes_where_a_file_cannot(case, message, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("config.yaml", "metrics.json", "best.pt"):
         (run / name).write_text(f"the run's {name}")
-    path = {"a run's metrics.json": run / "metrics.json", "a link to a run's best.pt": tmp_path / "out.json",
-            "a directory": run, "a dangling symlink": tmp_path / "out.json"}[case]
+    path = {
+        "a run's metrics.json": run / "metrics.json",
+        "a link to a run's best.pt": tmp_path / "out.json",
+        "a directory": run,
+        "a dangling symlink": tmp_path / "out.json",
+    }[case]
     if case.startswith("a link"):
         path.symlink_to(run / "best.pt")
     elif case == "a dangling symlink":
@@ -116,9 +154,11 @@ def test_json_never_replaces_a_runs_file_nor_goes_where_a_file_cannot(case, mess
 @contextlib.contextmanager
 def no_host_reads():
     """Make every Python-level read of a tensor's value raise: on a GPU each one waits for the queue."""
+
     def refuse(name):
         def read(*_args, **_kwargs):
             raise AssertionError(f"Tensor.{name} in the training step: a host sync per step on a GPU")
+
         return read
 
     names = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
@@ -173,9 +213,21 @@ def test_compiled_steps_are_timed_beside_their_eager_twins(tmp_path, capsys, mon
 def test_a_compared_model_is_timed_in_the_same_rounds_and_set_reaches_the_main_models_config(tmp_path, capsys):
     pytest.importorskip("timm")
     out = tmp_path / "bench.json"
-    args = [*TINY, "--loader-images", "0", "--methods", "ce,tffd", "--model", "timm/vit_tiny_patch16_224",
-            "--set", "model.timm_kwargs={img_size: 16, patch_size: 4, depth: 4, embed_dim: 32, num_heads: 2}",
-            "--compare-model", "resnet20", "--json", str(out)]
+    args = [
+        *TINY,
+        "--loader-images",
+        "0",
+        "--methods",
+        "ce,tffd",
+        "--model",
+        "timm/vit_tiny_patch16_224",
+        "--set",
+        "model.timm_kwargs={img_size: 16, patch_size: 4, depth: 4, embed_dim: 32, num_heads: 2}",
+        "--compare-model",
+        "resnet20",
+        "--json",
+        str(out),
+    ]
     assert benchmark.main(args) == 0
     result = json.loads(out.read_text())
     assert set(result["methods"]) == {"ce", "tffd", "ce@resnet20", "tffd@resnet20"}

@@ -1,4 +1,5 @@
 """ECE and AURC on hand-computed predictions (empty bins, bin edges, ties), and their sums over parts."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.calibration import (aurc, calibration_sums, confidences_and_hits, expected_calibration_error)
+from engine.calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
 
 
 def test_confidence_is_the_max_softmax_and_a_hit_its_argmax():
@@ -40,8 +41,10 @@ def test_ece_sums_add_over_parts_like_ranks_do():
     whole = calibration_sums(confidence, hits)
     parts = calibration_sums(confidence[:50], hits[:50]) + calibration_sums(confidence[50:], hits[50:])
     torch.testing.assert_close(parts, whole)
-    per_part_mean = (expected_calibration_error(calibration_sums(confidence[:50], hits[:50]))
-                     + expected_calibration_error(calibration_sums(confidence[50:], hits[50:]))) / 2
+    per_part_mean = (
+        expected_calibration_error(calibration_sums(confidence[:50], hits[:50]))
+        + expected_calibration_error(calibration_sums(confidence[50:], hits[50:]))
+    ) / 2
     assert expected_calibration_error(parts) != pytest.approx(per_part_mean)  # why the sums, not the ECEs, are reduced
 
 
@@ -74,9 +77,10 @@ def test_every_evaluation_reports_nll_ece_and_aurc(tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from scripts import evaluate
+
     from conftest import SMOKE, read_metrics, run_train
     from in_process import run_main
-    from scripts import evaluate
 
     run_dir = tmp_path / "run"
     result = run_train(*SMOKE, "--run-dir", str(run_dir), check=True)
@@ -86,7 +90,10 @@ def test_every_evaluation_reports_nll_ece_and_aurc(tmp_path):
         assert record["test_nll"] == record["test_loss"]  # "loss" stays, for readers of older runs
     best = metrics["history"][metrics["best_epoch"] - 1]
     for key in ("nll", "ece", "aurc"):
-        assert metrics[f"best_{key}"] == best[f"test_{key}"] and metrics[f"last_{key}"] == metrics["history"][-1][f"test_{key}"]
+        assert (
+            metrics[f"best_{key}"] == best[f"test_{key}"]
+            and metrics[f"last_{key}"] == metrics["history"][-1][f"test_{key}"]
+        )
     assert f"ECE {metrics['last_ece']:.2f}%" in result.stdout and f"AURC {metrics['last_aurc']:.1f}" in result.stdout
     events = EventAccumulator(str(run_dir))
     events.Reload()

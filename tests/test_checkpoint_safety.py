@@ -2,6 +2,7 @@
 teacher.checkpoint, a run's last.pt, scripts/evaluate.py), in one line that says it needs arbitrary
 unpickling and is refused for safety, never torch's advice to load it with weights_only=False; and
 weights holding NaN or Inf are refused before anything is written."""
+
 from __future__ import annotations
 
 import os
@@ -10,13 +11,14 @@ import shutil
 
 import pytest
 import torch
-from conftest import REPO, SMOKE, run_train
-from in_process import run_main
 
 import train
 from engine.cli import status_of
 from models import build_model
 from scripts import evaluate
+
+from conftest import REPO, SMOKE, run_train
+from in_process import run_main
 
 TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.batch_size=32", "train.epochs=1"]
 
@@ -39,6 +41,7 @@ def pickle_file(protocol):
     def write(path, marker):
         with open(path, "wb") as handle:
             pickle.dump({"model": Payload(marker)}, handle, protocol=protocol)
+
     return write
 
 
@@ -63,8 +66,11 @@ def assert_refused_for_safety(code: int, err: str, path, marker, call: str) -> N
 def test_weights_that_need_arbitrary_unpickling_are_refused(tmp_path, capfd, kind, where):
     path, marker, run_dir = tmp_path / "weights.pt", tmp_path / "marker", tmp_path / "run"
     WRITERS[kind](path, marker)
-    options = [f"model.weights={path}"] if where == "model.weights" else [
-        "loss.terms=[ce,kd]", "teacher.model=resnet20", f"teacher.checkpoint={path}"]
+    options = (
+        [f"model.weights={path}"]
+        if where == "model.weights"
+        else ["loss.terms=[ce,kd]", "teacher.model=resnet20", f"teacher.checkpoint={path}"]
+    )
     code = status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, *options, "--run-dir", str(run_dir)])
     assert_refused_for_safety(code, capfd.readouterr().err, path, marker, CALLS[kind])
     assert not run_dir.exists()
@@ -74,8 +80,9 @@ def test_weights_that_need_arbitrary_unpickling_are_refused(tmp_path, capfd, kin
 def test_a_last_checkpoint_that_needs_arbitrary_unpickling_is_refused(tmp_path, capfd, kind):
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
     run_train(*TINY, "--run-dir", str(run_dir), check=True)
-    (run_dir / "metrics.json").write_text((run_dir / "metrics.json").read_text().replace('"finished": true',
-                                                                                         '"finished": false'))
+    (run_dir / "metrics.json").write_text(
+        (run_dir / "metrics.json").read_text().replace('"finished": true', '"finished": false')
+    )
     WRITERS[kind](run_dir / "last.pt", marker)
     code = status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
     assert_refused_for_safety(code, capfd.readouterr().err, run_dir / "last.pt", marker, CALLS[kind])
@@ -97,8 +104,11 @@ def test_weights_with_non_finite_values_are_refused_before_anything_is_written(t
     weights["stem.1.running_var"][3] = value
     path, run_dir = tmp_path / "weights.pt", tmp_path / "run"
     torch.save(weights, path)
-    options = [f"model.weights={path}"] if where == "model.weights" else [
-        "loss.terms=[ce,kd]", "teacher.model=resnet20", f"teacher.checkpoint={path}"]
+    options = (
+        [f"model.weights={path}"]
+        if where == "model.weights"
+        else ["loss.terms=[ce,kd]", "teacher.model=resnet20", f"teacher.checkpoint={path}"]
+    )
     code = status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, *options, "--run-dir", str(run_dir)])
     lines = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
@@ -111,6 +121,11 @@ def test_finite_weights_still_load(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(build_model("resnet20", 10).state_dict(), path)
     run_dir = tmp_path / "run"
-    assert status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, f"model.weights={path}",
-                                  "--run-dir", str(run_dir)]) == 0
+    assert (
+        status_of(
+            train.main,
+            ["--config", "configs/quickstart.yaml", *TINY, f"model.weights={path}", "--run-dir", str(run_dir)],
+        )
+        == 0
+    )
     shutil.rmtree(run_dir)

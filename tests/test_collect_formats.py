@@ -1,5 +1,6 @@
 """collect_results.py's formats (text, markdown, csv, latex), --out, the calibration columns and --plots,
 on run directories written by hand (config.yaml + metrics.json; nothing is trained)."""
+
 from __future__ import annotations
 
 import csv
@@ -10,10 +11,11 @@ import statistics
 import matplotlib.image
 import pytest
 
-from conftest import fake_run
 from engine.cli import status_of
 from results import figures
 from scripts import collect_results
+
+from conftest import fake_run
 
 CE = "configs/cifar100/resnet20_ce.yaml"
 SWEEP = {(1e-4, 5e-4): 72.0, (8e-4, 5e-4): 73.0, (1e-4, 5e-3): 73.0, (8e-4, 5e-3): 71.0}  # best-epoch top-1
@@ -22,10 +24,19 @@ CE_BEST, CE_ECE, CE_NLL = (69.3, 69.5), (4.0, 5.0), (1.25, 1.35)
 
 def calibrated(best: float, ece: float, nll: float, epochs: int = 3) -> dict:
     """metrics.json's calibration keys and a history climbing to ``best``."""
-    history = [{"epoch": epoch, "test_acc1": best - (epochs - epoch), "test_ece": ece, "test_nll": nll}
-               for epoch in range(1, epochs + 1)]
-    return {"best_ece": ece, "last_ece": ece + 1, "best_nll": nll, "last_nll": nll + 0.1, "best_aurc": 80.0,
-            "last_aurc": 81.0, "history": history}
+    history = [
+        {"epoch": epoch, "test_acc1": best - (epochs - epoch), "test_ece": ece, "test_nll": nll}
+        for epoch in range(1, epochs + 1)
+    ]
+    return {
+        "best_ece": ece,
+        "last_ece": ece + 1,
+        "best_nll": nll,
+        "last_nll": nll + 0.1,
+        "best_aurc": 80.0,
+        "last_aurc": 81.0,
+        "history": history,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +45,28 @@ def root(tmp_path_factory):
     a 2 x 2 lambda sweep of resnet32 Tf-FD; a like-for-like self-KD table on preact_resnet18."""
     root = tmp_path_factory.mktemp("formats")
     for seed, (best, ece, nll) in enumerate(zip(CE_BEST, CE_ECE, CE_NLL)):
-        fake_run(root / "resnet20_ce" / f"seed{seed}", CE, [f"seed={seed}"], best - 0.2, best,
-                 **calibrated(best, ece, nll))
+        fake_run(
+            root / "resnet20_ce" / f"seed{seed}", CE, [f"seed={seed}"], best - 0.2, best, **calibrated(best, ece, nll)
+        )
     fake_run(root / "resnet20_tffd" / "seed0", "configs/cifar100/resnet20_tffd.yaml", [], 70.3, 70.5)
     for (intra, inter), best in SWEEP.items():
-        fake_run(root / "resnet32_tffd" / f"{intra}_{inter}", "configs/cifar100/resnet32_tffd.yaml",
-                 [f"loss.tffd.lambda_intra={intra}", f"loss.tffd.lambda_inter={inter}"], best - 0.5, best,
-                 **calibrated(best, 3.0, 1.1))
+        fake_run(
+            root / "resnet32_tffd" / f"{intra}_{inter}",
+            "configs/cifar100/resnet32_tffd.yaml",
+            [f"loss.tffd.lambda_intra={intra}", f"loss.tffd.lambda_inter={inter}"],
+            best - 0.5,
+            best,
+            **calibrated(best, 3.0, 1.1),
+        )
     for variant, best in (("ce", 76.0), ("mixup", 78.5), ("mixup_tffd", 78.9)):
-        fake_run(root / f"preact_resnet18_{variant}" / "seed0",
-                 f"configs/cifar100/selfkd/cifar_resnet18_{variant}.yaml", ["model.name=preact_resnet18"], best - 0.4,
-                 best, **calibrated(best, 2.0, 0.9))
+        fake_run(
+            root / f"preact_resnet18_{variant}" / "seed0",
+            f"configs/cifar100/selfkd/cifar_resnet18_{variant}.yaml",
+            ["model.name=preact_resnet18"],
+            best - 0.4,
+            best,
+            **calibrated(best, 2.0, 0.9),
+        )
     return root
 
 
@@ -109,12 +131,15 @@ def test_latex_is_booktabs_with_the_best_entry_of_each_column_in_bold(root, capf
     tables = re.findall(r"\\begin\{table\}.*?\\end\{table\}", tex, re.S)
     assert len(tables) == 1 + 1 + 4  # the paper table, one self-KD table, the sweep's last/best x top-1/ECE
     for table in tables:
-        assert re.search(r"\\begin\{tabular\}\{[lr]+\}\n\\toprule\n.*\\\\\n\\midrule\n.*\\bottomrule\n\\end\{tabular\}",
-                         table, re.S), table
+        assert re.search(
+            r"\\begin\{tabular\}\{[lr]+\}\n\\toprule\n.*\\\\\n\\midrule\n.*\\bottomrule\n\\end\{tabular\}", table, re.S
+        ), table
     paper = tables[0]
-    body = paper[paper.index("\\midrule"):paper.index("\\bottomrule")]
-    lines = {tuple(cell.strip() for cell in line.split("&")[:2]): [cell.strip() for cell in line.split("&")]
-             for line in body.splitlines()[1:]}
+    body = paper[paper.index("\\midrule") : paper.index("\\bottomrule")]
+    lines = {
+        tuple(cell.strip() for cell in line.split("&")[:2]): [cell.strip() for cell in line.split("&")]
+        for line in body.splitlines()[1:]
+    }
     ce = lines[("resnet20", "Baseline")]
     mean, std = statistics.fmean(CE_BEST), statistics.stdev(CE_BEST)
     assert ce[6] == f"${mean:.2f} \\pm {std:.2f}$"  # not the best: 73.00 is
@@ -139,13 +164,13 @@ def test_calibration_columns_are_labelled_by_epoch_and_dashed_for_old_runs(root,
     paper, selfkd = pipe_tables(out)[0], pipe_tables(out)[1]
     header = paper[0]
     columns = ["last-epoch ECE (%)", "best-epoch ECE (%)", "last-epoch NLL (nats)", "best-epoch NLL (nats)"]
-    assert header[header.index("Δ best") + 1:-1] == ["IJCNN version top-1 [note]", *columns] and header[-1] == "runs"
+    assert header[header.index("Δ best") + 1 : -1] == ["IJCNN version top-1 [note]", *columns] and header[-1] == "runs"
     at = header.index("best-epoch ECE (%)")
     ce = next(cells for cells in paper if cells[:2] == ["resnet20", "Baseline"])
     assert ce[at] == f"{statistics.fmean(CE_ECE):.2f} ± {statistics.stdev(CE_ECE):.2f}"
     assert ce[at + 2] == f"{statistics.fmean(CE_NLL):.3f} ± {statistics.stdev(CE_NLL):.3f}"
     old = next(cells for cells in paper if cells[:2] == ["resnet20", "Tf-FD"])
-    assert old[header.index("best-epoch top-1")] == "70.50" and old[at - 1:at + 3] == ["–"] * 4
+    assert old[header.index("best-epoch top-1")] == "70.50" and old[at - 1 : at + 3] == ["–"] * 4
     assert "alone: best-epoch ECE (%)" in selfkd[0] and "+ Tf-FD: last-epoch NLL (nats)" in selfkd[0]
     assert "ECE: expected calibration error, 15 equal-width confidence bins, in %" in out
     assert "#### resnet32 Tf-FD on cifar100: best-epoch ECE (%)" in out
@@ -153,15 +178,20 @@ def test_calibration_columns_are_labelled_by_epoch_and_dashed_for_old_runs(root,
     assert not [cell for table in pipe_tables(plain) for cell in table[0] if "ECE" in cell or "NLL" in cell]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: ["--out", tmp / "absent" / "table.md"], "its directory {tmp}/absent does not exist"),
-    (lambda tmp: ["--out", tmp], "--out {tmp} is a directory; name a file"),
-    (lambda tmp: ["--format", "latex", "--out", tmp / "file" / "table.tex"],
-     "--out {tmp}/file/table.tex: {tmp}/file is a file, not a directory"),
-    (lambda tmp: ["--csv", tmp / "absent" / "table.csv"], "--csv {tmp}/absent/table.csv: its directory"),
-    (lambda tmp: ["--plots", tmp / "file"], "--plots {tmp}/file is a file, not a directory"),
-    (lambda tmp: ["--metrics", "acc1,ecee"], "--metrics takes a list of acc1, ece, nll, aurc, got 'acc1,ecee'"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: ["--out", tmp / "absent" / "table.md"], "its directory {tmp}/absent does not exist"),
+        (lambda tmp: ["--out", tmp], "--out {tmp} is a directory; name a file"),
+        (
+            lambda tmp: ["--format", "latex", "--out", tmp / "file" / "table.tex"],
+            "--out {tmp}/file/table.tex: {tmp}/file is a file, not a directory",
+        ),
+        (lambda tmp: ["--csv", tmp / "absent" / "table.csv"], "--csv {tmp}/absent/table.csv: its directory"),
+        (lambda tmp: ["--plots", tmp / "file"], "--plots {tmp}/file is a file, not a directory"),
+        (lambda tmp: ["--metrics", "acc1,ecee"], "--metrics takes a list of acc1, ece, nll, aurc, got 'acc1,ecee'"),
+    ],
+)
 def test_bad_output_options_exit_2_with_one_line_and_write_nothing(root, tmp_path, capfd, make, message):
     (tmp_path / "file").write_text("not a directory")
     out, err = collect(capfd, root, *make(tmp_path), code=2)
@@ -173,12 +203,17 @@ def test_bad_output_options_exit_2_with_one_line_and_write_nothing(root, tmp_pat
 def test_every_figure_renders_as_a_png_of_its_size_and_a_pdf(root, tmp_path, capfd):
     out_dir = tmp_path / "figures"
     _, err = collect(capfd, root, "--plots", out_dir)
-    sizes = {"curves_cifar100_resnet20": figures.CURVES_SIZE, "curves_cifar100_resnet32": figures.CURVES_SIZE,
-             "curves_cifar100_preact_resnet18": figures.CURVES_SIZE,
-             "sweep_cifar100_resnet32_Tf-FD": figures.HEATMAP_SIZE, "paper_bars_cifar100": figures.bars_size(1),
-             "selfkd_bars_cifar100_preact_resnet18": figures.bars_size(2)}
+    sizes = {
+        "curves_cifar100_resnet20": figures.CURVES_SIZE,
+        "curves_cifar100_resnet32": figures.CURVES_SIZE,
+        "curves_cifar100_preact_resnet18": figures.CURVES_SIZE,
+        "sweep_cifar100_resnet32_Tf-FD": figures.HEATMAP_SIZE,
+        "paper_bars_cifar100": figures.bars_size(1),
+        "selfkd_bars_cifar100_preact_resnet18": figures.bars_size(2),
+    }
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(
-        f"{name}.{suffix}" for name in sizes for suffix in ("png", "pdf"))
+        f"{name}.{suffix}" for name in sizes for suffix in ("png", "pdf")
+    )
     assert f"figures (png, pdf) in {out_dir}: " in err and all(name in err for name in sizes)
     assert "not in the bars (several configs, see the sweep heatmaps): resnet32 Tf-FD" in err
     for name, (width, height) in sizes.items():
@@ -193,8 +228,10 @@ def test_figures_without_data_are_not_written(tmp_path, capfd):
     old = tmp_path / "runs" / "resnet20_ce"  # an old run: no history, no sweep; only the paper bars have data
     fake_run(old / "seed0", CE, [], 69.0, 69.4)
     _, err = collect(capfd, old, "--plots", tmp_path / "figures")
-    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["paper_bars_cifar100.pdf",
-                                                                             "paper_bars_cifar100.png"]
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == [
+        "paper_bars_cifar100.pdf",
+        "paper_bars_cifar100.png",
+    ]
     assert err.strip() == f"figures (png, pdf) in {tmp_path / 'figures'}: paper_bars_cifar100"
     synthetic = tmp_path / "runs" / "quickstart"  # no paper number, no history: nothing to draw
     fake_run(synthetic / "seed0", "configs/quickstart.yaml", [], 50.0, 51.0)

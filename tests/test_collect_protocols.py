@@ -1,5 +1,6 @@
 """collect_results.py names the protocol each row's runs were trained under (results/protocols.py), on run
 directories written by hand (config.yaml + metrics.json; nothing is trained)."""
+
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,10 @@ import re
 
 import pytest
 
-from conftest import fake_run
 from engine.cli import status_of
 from scripts import collect_results
+
+from conftest import fake_run
 
 PAPER, RELEASED, README = "paper (CRD)", "released code", "released code, README λ"
 # run directory -> (config, overrides, the protocol its row is labelled with)
@@ -20,24 +22,42 @@ RUNS = {
     "resnet20_tffd_released": ("cifar100/resnet20_tffd_released.yaml", [], README),
     "resnet32_tffd_released": ("cifar100/resnet32_tffd_released.yaml", [], RELEASED),
     # the released code's schedule with the paper's lambdas is its defaults; the README's apply to ResNet-20 too
-    "resnet32_tffd_readme": ("cifar100/resnet32_tffd_released.yaml",
-                             ["loss.tffd.lambda_inter=5e-4", "loss.tffd.lambda_intra=8e-4"], README),
-    "resnet32_tffd_quick": ("cifar100/resnet32_tffd.yaml", ["train.epochs=2", "train.milestones=[1]"],
-                            f"{PAPER}, shortened"),
-    "resnet32_tffd_lambda": ("cifar100/resnet32_tffd.yaml", ["loss.tffd.lambda_intra=1e-3"],
-                             f"neither (as {PAPER} but for loss.tffd.lambda_intra)"),
-    "resnet32_tffd_mixed": ("cifar100/resnet32_tffd.yaml", ["train.batch_size=128", "train.nesterov=true"],
-                            f"neither (as {PAPER} but for train.batch_size, train.nesterov)"),
+    "resnet32_tffd_readme": (
+        "cifar100/resnet32_tffd_released.yaml",
+        ["loss.tffd.lambda_inter=5e-4", "loss.tffd.lambda_intra=8e-4"],
+        README,
+    ),
+    "resnet32_tffd_quick": (
+        "cifar100/resnet32_tffd.yaml",
+        ["train.epochs=2", "train.milestones=[1]"],
+        f"{PAPER}, shortened",
+    ),
+    "resnet32_tffd_lambda": (
+        "cifar100/resnet32_tffd.yaml",
+        ["loss.tffd.lambda_intra=1e-3"],
+        f"neither (as {PAPER} but for loss.tffd.lambda_intra)",
+    ),
+    "resnet32_tffd_mixed": (
+        "cifar100/resnet32_tffd.yaml",
+        ["train.batch_size=128", "train.nesterov=true"],
+        f"neither (as {PAPER} but for train.batch_size, train.nesterov)",
+    ),
     "mobilenetv2_tffd": ("cifar100/mobilenetv2_tffd.yaml", [], PAPER),  # the CRD benchmark's lr 0.01 for it
     "mobilenetv2_ce": ("cifar100/mobilenetv2_ce.yaml", ["train.lr=0.05"], f"neither (as {PAPER} but for train.lr)"),
     "resnet56_ce_cifar10": ("cifar10/resnet56_ce.yaml", [], RELEASED),
 }
 # a self-KD table's rows: their dataset's self-KD protocol, as the table's heading says
 SELFKD_RUNS = {
-    "preact_resnet18_ce": ("cifar100/selfkd/cifar_resnet18_ce.yaml", ["model.name=preact_resnet18"],
-                           "Self-KD-Lib's CIFAR-100 protocol"),
-    "preact_resnet18_ce_lr": ("cifar100/selfkd/cifar_resnet18_ce.yaml", ["model.name=preact_resnet18", "train.lr=0.05"],
-                              "not Self-KD-Lib's CIFAR-100 protocol"),
+    "preact_resnet18_ce": (
+        "cifar100/selfkd/cifar_resnet18_ce.yaml",
+        ["model.name=preact_resnet18"],
+        "Self-KD-Lib's CIFAR-100 protocol",
+    ),
+    "preact_resnet18_ce_lr": (
+        "cifar100/selfkd/cifar_resnet18_ce.yaml",
+        ["model.name=preact_resnet18", "train.lr=0.05"],
+        "not Self-KD-Lib's CIFAR-100 protocol",
+    ),
 }
 
 

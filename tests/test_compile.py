@@ -2,6 +2,7 @@
 eager step computes. On the CPU the test compiles with the ``aot_eager`` backend: the same graph
 capture and autograd tracing as the default backend, without its minutes of C++ code generation on
 2 cores (tests/test_cuda.py runs the default backend on a GPU)."""
+
 from __future__ import annotations
 
 import functools
@@ -11,12 +12,13 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
-from conftest import REPO, SMOKE, read_metrics
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.session import run_experiment
 from engine.step import apply_gradients, compute_losses
+
+from conftest import REPO, SMOKE, read_metrics
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -47,12 +49,18 @@ def test_compiled_step_equals_eager_and_compiles_every_term(monkeypatch):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("terms, compilations", [
-    ("[ce]", 1), ("[ce,tffd]", 1), ("[ps_kd]", 1),
-    ("[ce,dlb]", 2),  # DLB's first step has no previous batch yet: one part and no teacher
-])
-def test_a_compiled_run_compiles_its_step_once_over_epochs_warmup_and_a_partial_batch(terms, compilations, tmp_path,
-                                                                                        monkeypatch):
+@pytest.mark.parametrize(
+    "terms, compilations",
+    [
+        ("[ce]", 1),
+        ("[ce,tffd]", 1),
+        ("[ps_kd]", 1),
+        ("[ce,dlb]", 2),  # DLB's first step has no previous batch yet: one part and no teacher
+    ],
+)
+def test_a_compiled_run_compiles_its_step_once_over_epochs_warmup_and_a_partial_batch(
+    terms, compilations, tmp_path, monkeypatch
+):
     """Three epochs of 80 images in batches of 32 (the third one partial) with a Tf-FD warm-up over two:
     the step is compiled once (DLB: once more for its first step), never per epoch, warm-up weight or
     batch size, and without a graph break inside it. Counted by torch's own counters."""
@@ -60,8 +68,17 @@ def test_a_compiled_run_compiles_its_step_once_over_epochs_warmup_and_a_partial_
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
     torch._dynamo.reset()
     counters.clear()
-    options = [*SMOKE, "train.device=cpu", "train.compile=true", f"loss.terms={terms}", "train.epochs=3",
-               "data.num_train=80", "train.batch_size=32", "data.num_test=64", "loss.tffd.warmup_epochs=2"]
+    options = [
+        *SMOKE,
+        "train.device=cpu",
+        "train.compile=true",
+        f"loss.terms={terms}",
+        "train.epochs=3",
+        "data.num_train=80",
+        "train.batch_size=32",
+        "data.num_test=64",
+        "loss.tffd.warmup_epochs=2",
+    ]
     assert run_experiment(str(REPO / "configs/quickstart.yaml"), options, str(tmp_path / "run"), False) == 0
     assert read_metrics(tmp_path / "run")["finished"]
     assert counter.frame_count == compilations

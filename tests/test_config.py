@@ -1,4 +1,5 @@
 """Typed configs: _base_ inheritance, typed dotted overrides, unknown keys, wrong types."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,39 @@ CRD_MEAN, CRD_STD = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]  # RepDis
 
 def _protocol(config) -> tuple:
     train, data = config.train, config.data
-    return (train.epochs, train.batch_size, train.lr, train.momentum, train.nesterov, train.weight_decay,
-            train.milestones, train.gamma, data.padding, data.pad_mode, data.mean, data.std)
+    return (
+        train.epochs,
+        train.batch_size,
+        train.lr,
+        train.momentum,
+        train.nesterov,
+        train.weight_decay,
+        train.milestones,
+        train.gamma,
+        data.padding,
+        data.pad_mode,
+        data.mean,
+        data.std,
+    )
 
 
 def test_the_paper_protocol_configs_resolve_to_the_crd_benchmark_and_the_papers_lambdas():
     config = load_config(REPO / "configs/cifar100/resnet20_tffd.yaml")
     assert config.model.name == "resnet20" and config.data.name == "cifar100"
-    assert _protocol(config) == (240, 64, 0.05, 0.9, False, 5e-4, [150, 180, 210], 0.1, 4, "constant", CRD_MEAN,
-                                 CRD_STD)
+    assert _protocol(config) == (
+        240,
+        64,
+        0.05,
+        0.9,
+        False,
+        5e-4,
+        [150, 180, 210],
+        0.1,
+        4,
+        "constant",
+        CRD_MEAN,
+        CRD_STD,
+    )
     assert config.loss.terms == ["ce", "tffd"]
     assert (config.loss.tffd.lambda_inter, config.loss.tffd.lambda_intra) == (5e-3, 4e-4)  # every model's
     assert config.loss.tffd.warmup_epochs == 20 and not config.loss.tffd.detach_salient
@@ -46,8 +71,9 @@ def test_the_paper_protocol_configs_resolve_to_the_crd_benchmark_and_the_papers_
     assert _protocol(light) == _protocol(config)[:2] + (0.01,) + _protocol(config)[3:]
 
 
-@pytest.mark.parametrize("model, lambdas", [("resnet20", (5e-4, 8e-4)), ("resnet32", (5e-3, 4e-4)),
-                                            ("wrn_16_2", (5e-3, 4e-4))])
+@pytest.mark.parametrize(
+    "model, lambdas", [("resnet20", (5e-4, 8e-4)), ("resnet32", (5e-3, 4e-4)), ("wrn_16_2", (5e-3, 4e-4))]
+)
 def test_the_released_protocol_configs_resolve_to_the_released_codes_defaults(model, lambdas):
     config = load_config(REPO / f"configs/cifar100/{model}_tffd_released.yaml")
     assert _protocol(config) == (240, 128, 0.1, 0.9, True, 5e-4, [150, 180, 210], 0.1, 4, "reflect", None, None)
@@ -60,10 +86,18 @@ def test_the_released_protocol_configs_resolve_to_the_released_codes_defaults(mo
 
 def test_a_released_config_differs_from_its_paper_config_in_the_protocol_keys_alone():
     protocols = REPO / "configs/_base_/protocols"
-    protocol_keys = {key for name in ("tffd_paper", "tffd_released", "tffd_released_readme")
-                     for key in flatten(load_yaml_tree(protocols / f"{name}.yaml"))}
-    assert {"train.batch_size", "train.lr", "train.nesterov", "data.pad_mode", "loss.tffd.lambda_inter"} \
-        <= protocol_keys
+    protocol_keys = {
+        key
+        for name in ("tffd_paper", "tffd_released", "tffd_released_readme")
+        for key in flatten(load_yaml_tree(protocols / f"{name}.yaml"))
+    }
+    assert {
+        "train.batch_size",
+        "train.lr",
+        "train.nesterov",
+        "data.pad_mode",
+        "loss.tffd.lambda_inter",
+    } <= protocol_keys
     released = sorted((REPO / "configs/cifar100").glob("*_tffd_released.yaml"))
     assert len(released) >= 5
     for path in released:
@@ -91,10 +125,19 @@ def test_base_inheritance_later_files_and_the_child_win(tmp_path):
 
 
 def test_overrides_are_typed_like_their_field():
-    config = load_config(REPO / "configs/quickstart.yaml", [
-        "loss.tffd.lambda_intra=1e-3", "train.epochs=2", "train.nesterov=false", "data.name=synthetic",
-        "train.milestones=[3, 4]", "loss.tffd.stages=[2,3]", "model.weights=null", "seed=7",
-    ])
+    config = load_config(
+        REPO / "configs/quickstart.yaml",
+        [
+            "loss.tffd.lambda_intra=1e-3",
+            "train.epochs=2",
+            "train.nesterov=false",
+            "data.name=synthetic",
+            "train.milestones=[3, 4]",
+            "loss.tffd.stages=[2,3]",
+            "model.weights=null",
+            "seed=7",
+        ],
+    )
     assert config.loss.tffd.lambda_intra == 1e-3 and isinstance(config.loss.tffd.lambda_intra, float)
     assert config.train.epochs == 2 and config.train.nesterov is False
     assert config.train.milestones == [3, 4] and config.loss.tffd.stages == [2, 3]
@@ -112,21 +155,24 @@ def test_unknown_key_in_a_file(tmp_path):
         load_config(write(tmp_path / "c.yaml", "train: {batchsize: 3}\n"))
 
 
-@pytest.mark.parametrize("override, message", [
-    # an unknown key names the nearest valid one
-    ("loss.tffd.lamda_intra=1", "did you mean 'loss.tffd.lambda_intra'"),
-    ("train.epoch=3", "did you mean 'train.epochs'"),
-    ("trian.epochs=3", "did you mean 'train.epochs'"),
-    # a wrong value names its key and what the key takes
-    ("train.epochs=abc", "train.epochs must be int, got 'abc'"),
-    ("train.epochs=1.5", "train.epochs must be int"),
-    ("train.nesterov=maybe", "train.nesterov must be bool"),
-    ("train.milestones=5", "train.milestones must be list of int"),
-    ("train.amp=fp8", "train.amp must be one of none, bf16, fp16"),
-    ("train.epochs=0", "train.epochs must be >= 1"),
-    ("loss.tffd.lambda_inter=-1", "loss.tffd.lambda_inter must be >= 0"),
-    ("noequals", "must look like KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # an unknown key names the nearest valid one
+        ("loss.tffd.lamda_intra=1", "did you mean 'loss.tffd.lambda_intra'"),
+        ("train.epoch=3", "did you mean 'train.epochs'"),
+        ("trian.epochs=3", "did you mean 'train.epochs'"),
+        # a wrong value names its key and what the key takes
+        ("train.epochs=abc", "train.epochs must be int, got 'abc'"),
+        ("train.epochs=1.5", "train.epochs must be int"),
+        ("train.nesterov=maybe", "train.nesterov must be bool"),
+        ("train.milestones=5", "train.milestones must be list of int"),
+        ("train.amp=fp8", "train.amp must be one of none, bf16, fp16"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("loss.tffd.lambda_inter=-1", "loss.tffd.lambda_inter must be >= 0"),
+        ("noequals", "must look like KEY=VALUE"),
+    ],
+)
 def test_bad_overrides_are_rejected_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "configs/quickstart.yaml", [override])
@@ -183,8 +229,16 @@ def test_every_numeric_option_declares_both_ends_of_its_range():
         assert {"min", "above"} & set(bounds), f"{key} declares no lower bound: give option(...) min= or above="
         assert {"max", "below"} & set(bounds), f"{key} declares no upper bound: give option(...) max= or below="
         keys.append(key)
-    assert {"seed", "train.lr", "loss.tffd.lambda_intra", "loss.kd.temperature", "loss.tffd.pairs",
-            "loss.dks.blocks", "batch.mixup.alpha", "data.random_erase.ratio"} <= set(keys)
+    assert {
+        "seed",
+        "train.lr",
+        "loss.tffd.lambda_intra",
+        "loss.kd.temperature",
+        "loss.tffd.pairs",
+        "loss.dks.blocks",
+        "batch.mixup.alpha",
+        "data.random_erase.ratio",
+    } <= set(keys)
 
 
 def test_sections_check_their_values_whoever_constructs_them():

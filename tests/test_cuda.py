@@ -2,18 +2,20 @@
 is visible. The same code paths are covered on the CPU by test_tffd.py (the loss values, the term
 traced by torch.compile without graph breaks), test_benchmark.py (bf16/fp16 steps that never read
 a device value on the host) and test_compile.py (the whole compiled step)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import SMOKE, read_metrics, run_train
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import compute_losses
 from losses import StepOutput
 from losses.tffd import TeacherFreeFD, TfFDConfig
+
+from conftest import SMOKE, read_metrics, run_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda", 0)
@@ -68,7 +70,15 @@ def test_compiled_bf16_channels_last_step_matches_eager():
 
 def test_a_short_compiled_bf16_run_on_cuda(tmp_path):
     run_dir = tmp_path / "run"
-    run_train(*SMOKE, "train.device=cuda", "train.amp=bf16", "train.channels_last=true", "train.compile=true",
-              "--run-dir", str(run_dir), check=True)
+    run_train(
+        *SMOKE,
+        "train.device=cuda",
+        "train.amp=bf16",
+        "train.channels_last=true",
+        "train.compile=true",
+        "--run-dir",
+        str(run_dir),
+        check=True,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["finished"] and metrics["best_acc1"] > 100 / 10

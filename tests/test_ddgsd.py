@@ -1,12 +1,12 @@
 """DDGSD: the two-way distillation between the two views and the embedding-mean gap, by hand (value,
 gradient, what is detached), the step's batch of both views, and the shipped settings."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.plans.two_views import TwoViewsPlan
 from engine.builder import build_experiment
@@ -15,6 +15,8 @@ from engine.distributed import DistContext
 from engine.step import compute_losses
 from losses import StepOutput
 from losses.ddgsd import DataDistortionSelfDistillation, DDGSDConfig, ddgsd_loss
+
+from conftest import REPO, SMOKE, method_config
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -25,10 +27,22 @@ def kl_by_hand(teacher: torch.Tensor, student: torch.Tensor, temperature: float)
     return temperature**2 * (p_t * (p_t.log() - torch.log_softmax(student / temperature, dim=1))).sum(1).mean()
 
 
-LOGITS = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0],    # view 1 of samples a, b
-                       [0.0, 1.0, 0.0], [-1.0, 0.0, 3.0]])   # view 2 of samples a, b
-EMBEDDING = torch.tensor([[1.0, 2.0], [3.0, 4.0],  # view 1: mean 2.5
-                          [0.0, 0.0], [1.0, 1.0]])  # view 2: mean 0.5
+LOGITS = torch.tensor(
+    [
+        [1.0, 0.0, -1.0],
+        [0.5, 2.0, 0.0],  # view 1 of samples a, b
+        [0.0, 1.0, 0.0],
+        [-1.0, 0.0, 3.0],
+    ]
+)  # view 2 of samples a, b
+EMBEDDING = torch.tensor(
+    [
+        [1.0, 2.0],
+        [3.0, 4.0],  # view 1: mean 2.5
+        [0.0, 0.0],
+        [1.0, 1.0],
+    ]
+)  # view 2: mean 0.5
 
 
 def test_mutual_distillation_by_hand_with_each_teacher_view_detached():
@@ -70,8 +84,10 @@ def test_the_term_weights_its_parts_and_reads_the_pooled_head_map():
 
 
 def test_the_step_trains_on_both_views_of_each_sample():
-    config = load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "train.device=cpu", "loss.terms=[ce,ddgsd]",
-                                                             "train.batch_size=16", "data.num_train=48"])
+    config = load_config(
+        REPO / "configs/quickstart.yaml",
+        [*SMOKE, "train.device=cpu", "loss.terms=[ce,ddgsd]", "train.batch_size=16", "data.num_train=48"],
+    )
     exp = build_experiment(config, CPU)
     exp.loaders.train.set_epoch(1)
     images, targets, indices = next(iter(exp.loaders.train))
@@ -89,8 +105,10 @@ def test_the_method_config_holds_self_kd_libs_settings(tmp_path):
     # their CE: cross_entropy over the 2B images / 2, which the ce term at weight 0.5 gives
     assert config.loss.ce.weight == 0.5 and config.loss.ce.label_smoothing == 0
     logits, targets = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
-    torch.testing.assert_close(0.5 * F.cross_entropy(logits, targets),
-                               (F.cross_entropy(logits[:3], targets[:3]) + F.cross_entropy(logits[3:], targets[3:])) / 4)
+    torch.testing.assert_close(
+        0.5 * F.cross_entropy(logits, targets),
+        (F.cross_entropy(logits[:3], targets[:3]) + F.cross_entropy(logits[3:], targets[3:])) / 4,
+    )
     selfkd = REPO / "configs/cifar100/selfkd"
     alone, plus = (load_config(selfkd / f"cifar_resnet18_{name}.yaml") for name in ("ddgsd", "ddgsd_tffd"))
     assert alone.loss.terms == ["ce", "ddgsd"] and plus.loss.terms == ["ce", "ddgsd", "tffd"]

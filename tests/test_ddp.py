@@ -5,6 +5,7 @@ steps per epoch) but go through the same code as a multi-GPU job. The test set h
 padding it to a multiple of the world size (what DistributedSampler does) would show in the count.
 ``tests/ddp_probe.py`` runs train.py with the checks and faults that need the live process group.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,22 +19,31 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, read_metrics, run_train, train_env
-from in_process import Finished
+from core.errors import ConfigError
 from data.device_loader import DeviceTrainLoader
 from data.plans.plain import PlainPlan
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext, choose_device
-from core.errors import ConfigError
 from models import build_model
+
+from conftest import REPO, read_metrics, run_train, train_env
+from in_process import Finished
 
 CONFIG = "configs/quickstart.yaml"  # ce + Tf-FD
 NUM_TRAIN, NUM_TEST, STEPS_PER_EPOCH = 1024, 257, 8
 SMALL = [
-    "data.name=synthetic", f"data.num_train={NUM_TRAIN}", f"data.num_test={NUM_TEST}", "data.image_size=16",
-    "train.batch_size=128", "train.eval_batch_size=128", "train.epochs=2", "train.log_interval=1",
-    "train.lr=0.05", "train.milestones=[]", "loss.tffd.warmup_epochs=1",
+    "data.name=synthetic",
+    f"data.num_train={NUM_TRAIN}",
+    f"data.num_test={NUM_TEST}",
+    "data.image_size=16",
+    "train.batch_size=128",
+    "train.eval_batch_size=128",
+    "train.epochs=2",
+    "train.log_interval=1",
+    "train.lr=0.05",
+    "train.milestones=[]",
+    "loss.tffd.warmup_epochs=1",
 ]
 RUN_FILES = {"config.yaml", "log.txt", "metrics.json", "last.pt", "best.pt"}
 TIMEOUT = 180  # seconds; a job that hangs fails the test instead of blocking the suite
@@ -48,8 +58,15 @@ CURVE_TOLERANCE = 0.04  # mean over all 16 steps: measured 0.7-2.0%; another see
 def launch(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``command`` in its own process group; on timeout kill the whole group (torchrun and its
     workers) and fail, so a hang can never outlive the test."""
-    process = subprocess.Popen(command, cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env or train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -60,8 +77,17 @@ def launch(command: list[str], env: dict | None = None) -> subprocess.CompletedP
 
 
 def torchrun_probe(*args: str) -> subprocess.CompletedProcess:
-    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   str(REPO / "tests/ddp_probe.py"), *args])
+    return launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "tests/ddp_probe.py"),
+            *args,
+        ]
+    )
 
 
 def dist_train(*args: str) -> subprocess.CompletedProcess:
@@ -177,16 +203,28 @@ def test_resume_under_ddp_continues_the_uninterrupted_run_exactly(two_process_ru
     # the result is the uninterrupted run's, number for number.
     assert replica_differences(resumed.stdout) == (0.0, 0.0)
     keys = ("train_loss", "train_acc1", "test_loss", "test_acc1", "test_samples")
-    assert [[epoch[k] for k in keys] for epoch in metrics["history"]] == \
-        [[epoch[k] for k in keys] for epoch in reference["history"]]
+    assert [[epoch[k] for k in keys] for epoch in metrics["history"]] == [
+        [epoch[k] for k in keys] for epoch in reference["history"]
+    ]
     assert event_file_pids(run_dir) == {rank0_pid(stopped.stdout), rank0_pid(resumed.stdout)}
 
 
 def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
     # Rank 1 raises in the forward pass while rank 0 goes on into the backward pass, where DDP waits
     # for rank 1's gradients: the job must still end, not wait for the 30-minute collective timeout.
-    result = torchrun_probe("--inject", "fail", "--rank", "1", "--step", "3", *SMALL, "--config", str(REPO / CONFIG),
-                            "--run-dir", str(tmp_path / "run"))
+    result = torchrun_probe(
+        "--inject",
+        "fail",
+        "--rank",
+        "1",
+        "--step",
+        "3",
+        *SMALL,
+        "--config",
+        str(REPO / CONFIG),
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode != 0
     # torchrun's failure summary (train.main is decorated with @record) holds the failing rank's traceback.
     summary = result.stdout.rpartition(" FAILED\n")[2]
@@ -195,8 +233,19 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
 
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
     run_dir = tmp_path / "run"
-    result = torchrun_probe("--inject", "nan", "--rank", "1", "--step", "3", *SMALL, "--config", str(REPO / CONFIG),
-                            "--run-dir", str(run_dir))
+    result = torchrun_probe(
+        "--inject",
+        "nan",
+        "--rank",
+        "1",
+        "--step",
+        "3",
+        *SMALL,
+        "--config",
+        str(REPO / CONFIG),
+        "--run-dir",
+        str(run_dir),
+    )
     assert result.returncode != 0
     message = "non-finite loss at epoch 1, step 3 (bad: ce"
     assert message in result.stdout and message in (run_dir / "log.txt").read_text()
@@ -220,8 +269,9 @@ def test_ranks_together_train_on_the_one_process_batches():
     labels = torch.arange(257)  # odd: one sample sits out of the 2-process epoch
 
     def batches(batch_size, rank=0, world_size=1):
-        loader = DeviceTrainLoader(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size, "cpu", 3, PlainPlan(),
-                                   rank=rank, world_size=world_size)
+        loader = DeviceTrainLoader(
+            images, labels, (0.5,) * 3, (0.25,) * 3, batch_size, "cpu", 3, PlainPlan(), rank=rank, world_size=world_size
+        )
         loader.set_epoch(2)
         return list(loader)
 
@@ -233,10 +283,13 @@ def test_ranks_together_train_on_the_one_process_batches():
         assert torch.equal(torch.cat([x0, x1])[torch.argsort(both)], x[torch.argsort(y)])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=63", "train.batch_size=63 is not divisible by the 2 processes"),
-    ("model.sync_bn=true", "model.sync_bn=true needs GPUs"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=63", "train.batch_size=63 is not divisible by the 2 processes"),
+        ("model.sync_bn=true", "model.sync_bn=true needs GPUs"),
+    ],
+)
 def test_two_process_config_errors_come_before_anything_is_built(override, message):
     config = load_config(REPO / CONFIG, [*SMALL, override])
     with pytest.raises(ConfigError, match=message):
@@ -252,12 +305,21 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- dist_train.sh
-@pytest.mark.parametrize("args, env, message", [
-    ([], {}, "usage:"),
-    (["two", CONFIG], {}, "NPROC (two) and NNODES (1) must be positive integers"),
-    (["2", CONFIG], {"NNODES": "2"}, "NNODES=2 needs RDZV_ENDPOINT=HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        ([], {}, "usage:"),
+        (["two", CONFIG], {}, "NPROC (two) and NNODES (1) must be positive integers"),
+        (["2", CONFIG], {"NNODES": "2"}, "NNODES=2 needs RDZV_ENDPOINT=HOST:PORT"),
+    ],
+)
 def test_dist_train_script_rejects_bad_launch_arguments(args, env, message):
-    result = subprocess.run([str(REPO / "scripts/dist_train.sh"), *args], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=30)
+    result = subprocess.run(
+        [str(REPO / "scripts/dist_train.sh"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
     assert result.returncode == 2 and message in result.stderr

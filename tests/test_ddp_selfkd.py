@@ -1,18 +1,29 @@
 """Self-distillation terms under real two-process DDP (torchrun, gloo): a sampler's partners, terms
 with parameters (BYOT's heads, whose gradients DDP must reduce), per-sample state kept on every rank
 (PS-KD's table) and per-rank state across steps (DLB's last batch), through a kill and a resume."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from test_ddp import (
+    CONFIG,
+    FIRST_STEP_TOLERANCE,
+    SMALL,
+    STEPS_PER_EPOCH,
+    assert_finished,
+    dist_train,
+    replica_differences,
+    torchrun_probe,
+    train_loss_curve,
+)
+
+from engine.checkpoint import load_checkpoint
+from scripts import evaluate
 
 from conftest import REPO, run_train
-from engine.checkpoint import load_checkpoint
 from in_process import run_main
-from scripts import evaluate
-from test_ddp import (CONFIG, FIRST_STEP_TOLERANCE, SMALL, STEPS_PER_EPOCH, assert_finished, dist_train,
-                      replica_differences, torchrun_probe, train_loss_curve)
 
 STATEFUL = [*SMALL, "loss.terms=[ps_kd,byot,dlb]", "--config", str(REPO / CONFIG)]
 HISTORY_KEYS = ("train_loss", "train_ps_kd", "train_byot_kd", "train_dlb", "test_loss", "test_acc1")
@@ -48,12 +59,14 @@ def test_heads_and_state_train_alike_on_every_rank_and_resume_exactly(tmp_path):
     assert len(memories) == 2 and not set(memories[0]["indices"].tolist()) & set(memories[1]["indices"].tolist())
 
     # A preemption notice reaching rank 1 alone, in epoch 2; both stop, then resume from last.pt.
-    stopped = torchrun_probe("--inject", "sigterm", "--rank", "1", "--step", str(STEPS_PER_EPOCH + 3), *STATEFUL,
-                             "--run-dir", str(run_dir))
+    stopped = torchrun_probe(
+        "--inject", "sigterm", "--rank", "1", "--step", str(STEPS_PER_EPOCH + 3), *STATEFUL, "--run-dir", str(run_dir)
+    )
     assert "stopped by" in stopped.stdout and "after 1 finished epochs" in stopped.stdout, stopped.stdout[-3000:]
     resumed = torchrun_probe(*STATEFUL, "--run-dir", str(run_dir))
     metrics = assert_finished(resumed, run_dir)
     assert "resuming after epoch 1" in resumed.stdout
     assert replica_differences(resumed.stdout) == (0.0, 0.0)
-    assert [[epoch[k] for k in HISTORY_KEYS] for epoch in metrics["history"]] == \
-        [[epoch[k] for k in HISTORY_KEYS] for epoch in expected["history"]]
+    assert [[epoch[k] for k in HISTORY_KEYS] for epoch in metrics["history"]] == [
+        [epoch[k] for k in HISTORY_KEYS] for epoch in expected["history"]
+    ]

@@ -1,5 +1,6 @@
 """The device-resident loader against the torchvision pipeline it replaces: the same pixels for the same
 crop and flip, the same distribution of crops and flips, and the same sharding of samples."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from scipy import stats  # installed with scikit-learn
 from torchvision.transforms.v2 import functional as TF
 
-from data.plans.plain import PlainPlan
 from data.device_loader import DeviceEvalLoader, DeviceTrainLoader, Normalizer, crop_flip, pad_images
+from data.plans.plain import PlainPlan
 from data.torch_loader import TensorImageDataset, TorchEvalLoader, TorchTrainLoader, small_image_transforms
 
 SIZE, PAD = 32, 4
@@ -25,11 +26,11 @@ def test_crop_flip_equals_torchvision_functional_pad_crop_flip(pad_mode):
     left = torch.tensor([8, 0, 4, 6, 2, 0])
     flip = torch.tensor([False, True, True, False, True, False])
     out = crop_flip(pad_images(images, PAD, pad_mode), index, top, left, flip, SIZE)
-    for row, (i, t, l, f) in enumerate(zip(index.tolist(), top.tolist(), left.tolist(), flip.tolist())):
-        expected = TF.crop(TF.pad(images[i], [PAD], padding_mode=pad_mode), t, l, SIZE, SIZE)
+    for row, (i, t, x, f) in enumerate(zip(index.tolist(), top.tolist(), left.tolist(), flip.tolist())):
+        expected = TF.crop(TF.pad(images[i], [PAD], padding_mode=pad_mode), t, x, SIZE, SIZE)
         if f:
             expected = TF.horizontal_flip(expected)
-        assert torch.equal(out[row], expected), f"sample {row}: top {t}, left {l}, flip {f}"
+        assert torch.equal(out[row], expected), f"sample {row}: top {t}, left {x}, flip {f}"
 
 
 def test_normalizer_equals_to_dtype_then_normalize():
@@ -72,8 +73,9 @@ def both_pipelines():
     images, labels = tagged_images(count), torch.arange(count)
     device = DeviceTrainLoader(images, labels, *IDENTITY, 256, "cpu", 0, PlainPlan(), padding=PAD)
     transform = small_image_transforms(SIZE, *IDENTITY, PAD, "constant", True, train=True)
-    torchvision = TorchTrainLoader(TensorImageDataset(images, labels, transform), 256, "cpu", 0, PlainPlan(), labels,
-                                   num_workers=0)
+    torchvision = TorchTrainLoader(
+        TensorImageDataset(images, labels, transform), 256, "cpu", 0, PlainPlan(), labels, num_workers=0
+    )
     torch.manual_seed(0)  # torchvision's random transforms draw from the global generator without workers
     return {"device": augmentations(device), "torchvision": augmentations(torchvision)}
 
@@ -108,8 +110,10 @@ def indexed_data(count: int):
 def train_loaders(images, labels, rank, world_size, seed=0):
     dataset = TensorImageDataset(images, labels, small_image_transforms(8, *IDENTITY, 2, "constant", True, True))
     plan = PlainPlan()
-    return {"device": DeviceTrainLoader(images, labels, *IDENTITY, 16, "cpu", seed, plan, rank, world_size, padding=2),
-            "torchvision": TorchTrainLoader(dataset, 16, "cpu", seed, plan, labels, rank, world_size, num_workers=0)}
+    return {
+        "device": DeviceTrainLoader(images, labels, *IDENTITY, 16, "cpu", seed, plan, rank, world_size, padding=2),
+        "torchvision": TorchTrainLoader(dataset, 16, "cpu", seed, plan, labels, rank, world_size, num_workers=0),
+    }
 
 
 def epoch_labels(loader, epoch: int) -> list[int]:
@@ -163,7 +167,12 @@ def test_evaluation_counts_every_sample_exactly_once_unaugmented(world_size):
                 transform = small_image_transforms(8, *IDENTITY, 2, "constant", True, train=False)
                 loader = TorchEvalLoader(TensorImageDataset(images, labels, transform), 16, "cpu", rank, world_size, 0)
             for batch, batch_labels in loader:
-                torch.testing.assert_close(batch, images[batch_labels].float() / 255, rtol=0, atol=1e-6,
-                                           msg="evaluation images must not be augmented")
+                torch.testing.assert_close(
+                    batch,
+                    images[batch_labels].float() / 255,
+                    rtol=0,
+                    atol=1e-6,
+                    msg="evaluation images must not be augmented",
+                )
                 seen += batch_labels.tolist()
         assert sorted(seen) == list(range(101)), kind

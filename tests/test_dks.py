@@ -1,19 +1,21 @@
 """DKS and the auxiliary branches it shares with MixSKD: the synergy by hand (value, gradient, what is
 detached, the authors' smoothing), the branches' shapes on 3- and 4-stage backbones, the term's
 losses, its options that do not fit a model, and its config file."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
 from core.errors import ConfigError
 from engine.config import load_config
 from losses import StepOutput, TrainingSetup
 from losses.branches import BasicBlock, Branch, check_branches, rebuilt_stages
 from losses.dks import DeeplySupervisedKnowledgeSynergy, DKSConfig, knowledge_synergy
 from losses.kd import kd_loss
+
+from conftest import REPO, method_config
 
 RESNET18 = ((64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4))  # cifar_resnet18 on 32x32 images
 RESNET20 = ((16, 32, 32), (32, 16, 16), (64, 8, 8))
@@ -55,6 +57,7 @@ def test_synergy_smooths_the_probabilities_as_the_authors_do():
 
     def smoothed(z):
         return (z.detach().softmax(1) + eps) / (1 + 3 * eps)
+
     p, q = smoothed(student), smoothed(teacher)
     torch.testing.assert_close(value, kl(q, p) + kl(p, q))
     # Without smoothing the same near one-hot exits give a KL of about 30 each way.
@@ -64,12 +67,15 @@ def test_synergy_smooths_the_probabilities_as_the_authors_do():
 
 
 # ---------------------------------------------------------------- the branches
-@pytest.mark.parametrize("shapes, stage, plan", [
-    (RESNET18, 1, [(64, 128, 2), (128, 256, 2), (256, 512, 2)]),
-    (RESNET18, 3, [(256, 512, 2)]),
-    (RESNET20, 1, [(16, 32, 2), (32, 64, 2)]),
-    (RESNET20, 2, [(32, 64, 2)]),
-])
+@pytest.mark.parametrize(
+    "shapes, stage, plan",
+    [
+        (RESNET18, 1, [(64, 128, 2), (128, 256, 2), (256, 512, 2)]),
+        (RESNET18, 3, [(256, 512, 2)]),
+        (RESNET20, 1, [(16, 32, 2), (32, 64, 2)]),
+        (RESNET20, 2, [(32, 64, 2)]),
+    ],
+)
 def test_a_branch_rebuilds_every_later_stage_and_ends_in_the_deepest_shape(shapes, stage, plan):
     assert rebuilt_stages(shapes, stage) == plan
     branch = Branch(shapes, stage, [2] * len(plan), num_classes=7)
@@ -78,8 +84,10 @@ def test_a_branch_rebuilds_every_later_stage_and_ends_in_the_deepest_shape(shape
     blocks = [list(stage_blocks) for stage_blocks in branch.stages]
     assert [len(b) for b in blocks] == [2] * len(plan)
     # The first block of each rebuilt stage changes the shape through a 1x1 conv-BN projection.
-    assert all(not isinstance(b[0].shortcut, torch.nn.Identity) and isinstance(b[1].shortcut, torch.nn.Identity)
-               for b in blocks)
+    assert all(
+        not isinstance(b[0].shortcut, torch.nn.Identity) and isinstance(b[1].shortcut, torch.nn.Identity)
+        for b in blocks
+    )
     assert [b[0].conv1.stride[0] for b in blocks] == [s for _, _, s in plan]
 
 
@@ -101,14 +109,17 @@ def test_the_basic_block_is_conv_bn_relu_conv_bn_plus_the_shortcut_then_relu():
     torch.testing.assert_close(block(x), F.relu(inner + x))
 
 
-@pytest.mark.parametrize("shapes, stages, message", [
-    (RESNET18, [4], "branches start from stages 1..3"),
-    (RESNET18, [0], "branches start from stages 1..3"),
-    (RESNET18, [2, 2], "lists a stage twice"),
-    (RESNET18, [], "is empty"),
-    (((8, 6, 6), (8, 4, 4)), [1], "stage 2's 4x4 feature is not stage 1's 6x6 shrunk by one integer factor"),
-    (((8, 8, 8), (8, 4, 2)), [1], "stage 2's 4x2 feature is not stage 1's 8x8"),
-])
+@pytest.mark.parametrize(
+    "shapes, stages, message",
+    [
+        (RESNET18, [4], "branches start from stages 1..3"),
+        (RESNET18, [0], "branches start from stages 1..3"),
+        (RESNET18, [2, 2], "lists a stage twice"),
+        (RESNET18, [], "is empty"),
+        (((8, 6, 6), (8, 4, 4)), [1], "stage 2's 4x4 feature is not stage 1's 6x6 shrunk by one integer factor"),
+        (((8, 8, 8), (8, 4, 2)), [1], "stage 2's 4x2 feature is not stage 1's 8x8"),
+    ],
+)
 def test_stages_no_branch_can_start_from_are_config_errors(shapes, stages, message):
     with pytest.raises(ConfigError, match=message):
         check_branches(shapes, stages, "loss.x")
@@ -161,19 +172,24 @@ def test_dks_takes_every_exits_ce_against_mixed_labels():
     torch.testing.assert_close(losses["dks_ce"], sum(F.cross_entropy(z, mixed) for z in exits))
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"stages": [3]}, "branches start from stages 1..2"),
-    ({"stages": [1]}, "2 lists in loss.dks.blocks"),
-    ({"widths": [1.0]}, "1 loss.dks.widths; give one per branch"),
-    ({"blocks": [[1], [2]]}, r"gives \[1\] for the branch from stage 1, which rebuilds 2 stages \(2..3\)"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stages": [3]}, "branches start from stages 1..2"),
+        ({"stages": [1]}, "2 lists in loss.dks.blocks"),
+        ({"widths": [1.0]}, "1 loss.dks.widths; give one per branch"),
+        ({"blocks": [[1], [2]]}, r"gives \[1\] for the branch from stage 1, which rebuilds 2 stages \(2..3\)"),
+    ],
+)
 def test_dks_options_that_do_not_fit_the_model_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         DeeplySupervisedKnowledgeSynergy(DKSConfig(**options)).check_features(RESNET20)
 
 
-@pytest.mark.parametrize("options", [{"temperature": 0.0}, {"smoothing": -1e-8}, {"blocks": [[0, 2], [2]]},
-                                     {"widths": [1.0, 0.0]}, {"weight": -1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [{"temperature": 0.0}, {"smoothing": -1e-8}, {"blocks": [[0, 2], [2]]}, {"widths": [1.0, 0.0]}, {"weight": -1.0}],
+)
 def test_dks_option_ranges_are_checked(options):
     with pytest.raises(ConfigError):
         DKSConfig(**options)

@@ -4,6 +4,7 @@ previous batch against the logits its own pass gave one step earlier. A referenc
 their code is checked against the full training step on a BatchNorm network, over steps that include a
 partial last batch and an epoch boundary: the loss, every gradient, BatchNorm's running statistics and
 the logits kept for the next step."""
+
 from __future__ import annotations
 
 import copy
@@ -11,16 +12,22 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE
 from engine.builder import build_experiment
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import compute_losses
 
+from conftest import REPO, SMOKE
+
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 ALPHA, T = 0.7, 3.0
-DLB = ["loss.terms=[ce,dlb]", f"loss.dlb.weight={ALPHA}", f"loss.dlb.temperature={T}", "train.batch_size=16",
-       "data.num_train=40"]  # two steps of 16 new samples and a partial one of 8 per epoch
+DLB = [
+    "loss.terms=[ce,dlb]",
+    f"loss.dlb.weight={ALPHA}",
+    f"loss.dlb.temperature={T}",
+    "train.batch_size=16",
+    "data.num_train=40",
+]  # two steps of 16 new samples and a partial one of 8 per epoch
 
 
 def experiment(*overrides):
@@ -40,8 +47,11 @@ def authors_step(model, view0, labels, previous):
     pre_view1, pre_labels, pre_out = previous
     out_pre = logits_of(model(pre_view1))  # a second pass, with gradient, in train mode
     ce = F.cross_entropy(torch.cat((out_pre, out)), torch.cat((pre_labels, labels)))
-    kd = F.kl_div(F.log_softmax(out_pre / T, dim=1), F.softmax(pre_out.detach() / T, dim=1),
-                  reduction="batchmean") * T * T
+    kd = (
+        F.kl_div(F.log_softmax(out_pre / T, dim=1), F.softmax(pre_out.detach() / T, dim=1), reduction="batchmean")
+        * T
+        * T
+    )
     return ce + ALPHA * kd, out
 
 
@@ -67,8 +77,13 @@ def test_the_default_dlb_step_is_the_authors_two_pass_step():
 
             torch.testing.assert_close(got.total, expected, rtol=1e-6, atol=1e-7)
             for (name, mine), theirs in zip(exp.model.named_parameters(), reference.parameters()):
-                torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6,
-                                           msg=lambda m: f"{name}, step {len(sizes)}: {m}")
+                torch.testing.assert_close(
+                    mine.grad,
+                    theirs.grad,
+                    rtol=1e-4,
+                    atol=1e-6,
+                    msg=lambda m, name=name: f"{name}, step {len(sizes)}: {m}",
+                )
             for (name, mine), theirs in zip(bn_state(exp.model).items(), bn_state(reference).values()):
                 torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7, msg=name)
             torch.testing.assert_close(exp.plan.logits, out.detach())
@@ -91,8 +106,10 @@ def test_the_joint_pass_is_one_batch_whose_batchnorm_statistics_differ():
             exp.model.train(train_mode)
             exp.loaders.train.set_epoch(1)
             with torch.no_grad():
-                totals = [compute_losses(exp, images, targets, 1, indices).total
-                          for (images, targets, indices), _ in zip(exp.loaders.train, range(2))]
+                totals = [
+                    compute_losses(exp, images, targets, 1, indices).total
+                    for (images, targets, indices), _ in zip(exp.loaders.train, range(2))
+                ]
             second_step.append(totals[1])
         if train_mode:
             assert abs(second_step[0] - second_step[1]) > 1e-4 * abs(second_step[0])

@@ -6,6 +6,7 @@ The kill moments come from what the run itself prints, never from guessed sleeps
 stdout (printed just before that epoch's checkpoint is written) or the progress bar, which tqdm draws
 when stderr is a terminal, so the tests give the run a pseudo-terminal to read the step count from.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -27,17 +28,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, read_metrics, run_train, run_train_with_fault, start_train, train_command, train_env
 from core.errors import RunDirError
 from engine.checkpoint import load_checkpoint, remove_unfinished_writes
 from engine.run_dir import RunLock
+
+from conftest import REPO, SMOKE, read_metrics, run_train, run_train_with_fault, start_train, train_command, train_env
 from in_process import Finished
 
 EPOCHS = 2
 # Deterministic, lr drop and Tf-FD warm-up across the epoch boundary, so a resume must restore the
 # optimizer, scheduler and epoch counter exactly to match; 8 steps per epoch.
-FAULT = [*SMOKE, f"train.epochs={EPOCHS}", "train.deterministic=true", "data.num_train=256", "train.batch_size=32",
-         "train.milestones=[1]", "loss.tffd.warmup_epochs=2"]
+FAULT = [
+    *SMOKE,
+    f"train.epochs={EPOCHS}",
+    "train.deterministic=true",
+    "data.num_train=256",
+    "train.batch_size=32",
+    "train.milestones=[1]",
+    "loss.tffd.warmup_epochs=2",
+]
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "wall_time_s"}  # the only fields a resume may change
 WATCHDOG_S = 300  # a run that hangs is killed and the test fails instead of blocking the suite
 
@@ -64,16 +73,18 @@ def wait_for_line(process: subprocess.Popen, pattern: str) -> None:
     for line in process.stdout:
         if re.search(pattern, line):
             return
-    raise AssertionError(f"train.py exited {process.wait()} before printing {pattern!r}: "
-                         f"{process.stderr.read()[-2000:]}")
+    raise AssertionError(
+        f"train.py exited {process.wait()} before printing {pattern!r}: {process.stderr.read()[-2000:]}"
+    )
 
 
 def start_with_terminal(*args: str) -> tuple[subprocess.Popen, int]:
     """Start train.py with stderr on a pseudo-terminal, so tqdm draws its progress bar there."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm draws nothing 0 wide
-    process = subprocess.Popen(train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
-                               stderr=slave, text=True)
+    process = subprocess.Popen(
+        train_command(*args), cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=slave, text=True
+    )
     os.close(slave)
     return process, master
 
@@ -203,8 +214,14 @@ def test_kill_during_atomic_write_keeps_previous_file(tmp_path):
         "    print('writing', flush=True); time.sleep(600)\n"
         f"atomic_write({str(target)!r}, write)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", writer],
+        cwd=REPO,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with watchdog(process):
         wait_for_line(process, "^writing")
         process.send_signal(signal.SIGKILL)
@@ -259,8 +276,11 @@ def test_nonfinite_loss_stops_with_epoch_step_and_term(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert re.fullmatch(r"error: non-finite loss at epoch 2, step \d+ \(bad: (ce|tffd_inter|tffd_intra)(, \w+)*\);"
-                        r".*last good checkpoint is kept in .*last\.pt.*train\.nonfinite=skip.*", lines[0]), lines[0]
+    assert re.fullmatch(
+        r"error: non-finite loss at epoch 2, step \d+ \(bad: (ce|tffd_inter|tffd_intra)(, \w+)*\);"
+        r".*last good checkpoint is kept in .*last\.pt.*train\.nonfinite=skip.*",
+        lines[0],
+    ), lines[0]
     state = load_checkpoint(run_dir / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -274,7 +294,8 @@ def test_nonfinite_skip_continues_to_the_end(tmp_path):
     result = run_with_nan("train.nonfinite=skip", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     assert re.findall(r"epoch \d+ step \d+: non-finite loss, step skipped \(ce\)", result.stdout) == [
-        "epoch 2 step 2: non-finite loss, step skipped (ce)"]
+        "epoch 2 step 2: non-finite loss, step skipped (ce)"
+    ]
     metrics = read_metrics(run_dir)
     assert metrics["finished"] is True and metrics["epochs_done"] == 3
     # The skipped step never reached the weights: every later step trains, every loss is finite.

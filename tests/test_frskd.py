@@ -1,6 +1,7 @@
 """FRSKD: attention transfer and the fusion weights by hand, the BiFPN self-teacher's shapes on real
 stage shapes, the whole loss as the weighted sum of its parts with the teacher side detached, the
 option and shape errors and the shipped settings."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, attached, leaf_tensors, method_config
 from core.errors import ConfigError
 from losses import StepOutput
-from losses.frskd import (BiFPNSelfTeacher, FeatureRefinementSelfKD, FRSKDConfig, attention, attention_loss, fuse,
-                          fusion_weights, frskd_losses)
+from losses.frskd import (
+    BiFPNSelfTeacher,
+    FeatureRefinementSelfKD,
+    FRSKDConfig,
+    attention,
+    attention_loss,
+    frskd_losses,
+    fuse,
+    fusion_weights,
+)
 from losses.kd import kd_loss
+
+from conftest import REPO, SMOKE, attached, leaf_tensors, method_config
 
 CIFAR_RESNET18 = ((64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4))
 RESNET20 = ((16, 32, 32), (32, 16, 16), (64, 8, 8))
@@ -26,7 +36,9 @@ def test_attention_is_the_l2_normalised_channel_mean_of_squares():
     f = torch.tensor([[[[1.0, 2.0]], [[1.0, 0.0]]]])  # N=1, C=2, 1x2: mean_c f^2 = [1, 2]
     torch.testing.assert_close(attention(f), torch.tensor([[1.0, 2.0]]) / math.sqrt(5))
     g = torch.tensor([[[[3.0, 0.0], [0.0, 4.0]]]])  # one sample per row: [9, 0, 0, 16] / 18.36
-    torch.testing.assert_close(attention(torch.cat([g, 2 * g])), torch.tensor([[9.0, 0, 0, 16]]).repeat(2, 1) / 337**0.5)
+    torch.testing.assert_close(
+        attention(torch.cat([g, 2 * g])), torch.tensor([[9.0, 0, 0, 16]]).repeat(2, 1) / 337**0.5
+    )
 
 
 def test_attention_loss_value_and_gradient_by_hand_with_the_teacher_detached():
@@ -84,8 +96,9 @@ def test_the_self_teacher_fuses_with_non_negative_normalised_weights():
 
 
 # ---------------------------------------------------------------- the self-teacher's shapes
-@pytest.mark.parametrize("shapes, params", [(CIFAR_RESNET18, 6_375_794), (RESNET20, 113_325)],
-                         ids=["cifar_resnet18", "resnet20"])
+@pytest.mark.parametrize(
+    "shapes, params", [(CIFAR_RESNET18, 6_375_794), (RESNET20, 113_325)], ids=["cifar_resnet18", "resnet20"]
+)
 def test_the_self_teacher_refines_every_stage_at_its_resolution_with_twice_the_channels(shapes, params):
     teacher = BiFPNSelfTeacher([c for c, _, _ in shapes], 100)
     refined, logits = teacher([torch.randn(2, *shape) for shape in shapes])
@@ -144,7 +157,9 @@ def test_both_cross_entropies_take_the_mixed_labels():
     losses = term(StepOutput(logits, feats, targets, epoch=1, target_probs=mixed))
     _, teacher_logits = term.teacher(feats)
     for name, z in (("frskd_ce", logits), ("frskd_ce_bifpn", teacher_logits)):
-        torch.testing.assert_close(losses[name], 0.3 * F.cross_entropy(z, targets) + 0.7 * F.cross_entropy(z, targets.flip(0)))
+        torch.testing.assert_close(
+            losses[name], 0.3 * F.cross_entropy(z, targets) + 0.7 * F.cross_entropy(z, targets.flip(0))
+        )
 
 
 def test_the_self_teacher_is_the_terms_state():
@@ -156,22 +171,30 @@ def test_the_self_teacher_is_the_terms_state():
 
 
 # ---------------------------------------------------------------- options, shapes, settings
-@pytest.mark.parametrize("options, message", [
-    ({"alpha": -1.0}, "alpha must be >= 0"), ({"beta": -0.1}, "beta must be >= 0"),
-    ({"temperature": 0.0}, "temperature must be >= 0.01"), ({"width": 0}, "width must be >= 1"),
-    ({"depth": 0}, "depth must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"alpha": -1.0}, "alpha must be >= 0"),
+        ({"beta": -0.1}, "beta must be >= 0"),
+        ({"temperature": 0.0}, "temperature must be >= 0.01"),
+        ({"width": 0}, "width must be >= 1"),
+        ({"depth": 0}, "depth must be >= 1"),
+    ],
+)
 def test_options_out_of_range_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         FRSKDConfig(**options)
 
 
-@pytest.mark.parametrize("shapes, message", [
-    (((8, 4, 4),), "at least 2 stage features to fuse; this one has 1"),
-    (((8, 8, 8), (16, 8, 8)), "stage 2's 8x8 feature is not half of stage 1's 8x8"),
-    (((8, 7, 7), (16, 4, 4)), "stage 2's 4x4 feature is not half of stage 1's 7x7"),
-    (((8, 8, 8), (16, 4, 4), (32, 4, 2)), "stage 3's 4x2 feature is not half of stage 2's 4x4"),
-])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        (((8, 4, 4),), "at least 2 stage features to fuse; this one has 1"),
+        (((8, 8, 8), (16, 8, 8)), "stage 2's 8x8 feature is not half of stage 1's 8x8"),
+        (((8, 7, 7), (16, 4, 4)), "stage 2's 4x4 feature is not half of stage 1's 7x7"),
+        (((8, 8, 8), (16, 4, 4), (32, 4, 2)), "stage 3's 4x2 feature is not half of stage 2's 4x4"),
+    ],
+)
 def test_stages_that_do_not_halve_are_config_errors(shapes, message):
     with pytest.raises(ConfigError, match=message):
         FeatureRefinementSelfKD(FRSKDConfig()).check_features(shapes)
@@ -179,8 +202,13 @@ def test_stages_that_do_not_halve_are_config_errors(shapes, message):
 
 def test_every_cifar_and_imagenet_backbone_shape_fits():
     term = FeatureRefinementSelfKD(FRSKDConfig())
-    for shapes in (CIFAR_RESNET18, RESNET20, ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)),
-                   ((12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)), ((256, 4, 4), (512, 2, 2), (1024, 1, 1))):
+    for shapes in (
+        CIFAR_RESNET18,
+        RESNET20,
+        ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)),
+        ((12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)),
+        ((256, 4, 4), (512, 2, 2), (1024, 1, 1)),
+    ):
         term.check_features(shapes)
 
 
@@ -192,7 +220,10 @@ def test_method_configs_hold_the_original_settings(tmp_path):
     cfg = config.loss.frskd
     assert (cfg.alpha, cfg.beta, cfg.temperature, cfg.width, cfg.depth) == (2.0, 100.0, 4.0, 2, 2)
     selfkd = REPO / "configs/cifar100/selfkd"
-    alone, plus = load_config(selfkd / "cifar_resnet18_frskd.yaml"), load_config(selfkd / "cifar_resnet18_frskd_tffd.yaml")
+    alone, plus = (
+        load_config(selfkd / "cifar_resnet18_frskd.yaml"),
+        load_config(selfkd / "cifar_resnet18_frskd_tffd.yaml"),
+    )
     assert (alone.loss.terms, plus.loss.terms, alone.model.name) == (["frskd"], ["frskd", "tffd"], "cifar_resnet18")
 
 

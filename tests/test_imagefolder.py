@@ -1,4 +1,5 @@
 """Class-per-subfolder datasets (``imagefolder``, ``imagenet``) on a tiny generated folder of PNGs."""
+
 from __future__ import annotations
 
 import os
@@ -9,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_metrics, run_train
+from core.errors import DataError
 from data import build_dataset
 from data.folder import IMAGENET_MEAN, IMAGENET_STD
 from engine.config import DataConfig
-from core.errors import DataError
+
+from conftest import read_metrics, run_train
 
 CLASSES = {"cat": (200, 40, 40), "dog": (40, 40, 200)}  # one flat colour per class: learnable, checkable
 SPLITS = {"train": 4, "val": 2}  # images per class
@@ -72,9 +74,20 @@ def test_imagenet_is_the_standard_224_pipeline(image_tree):
 
 def test_trains_one_epoch_through_train_py(image_tree, tmp_path):
     run_dir = tmp_path / "run"
-    run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
-              "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4", "train.milestones=[]",
-              "loss.tffd.warmup_epochs=1", "--run-dir", str(run_dir), check=True)
+    run_train(
+        "data.name=imagefolder",
+        f"data.root={image_tree}",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.eval_batch_size=4",
+        "train.milestones=[]",
+        "loss.tffd.warmup_epochs=1",
+        "--run-dir",
+        str(run_dir),
+        check=True,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["finished"] and metrics["epochs_done"] == 1
     assert "data: imagefolder, 8 train / 4 test images, 2 classes" in (run_dir / "log.txt").read_text()
@@ -95,20 +108,25 @@ def _empty_class(root: Path) -> Path:
 def test_bad_folder_exits_2_naming_the_path_and_writes_nothing(image_tree, tmp_path, breakage):
     bad_path = breakage(image_tree)
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0",
-                       "--run-dir", str(run_dir))
+    result = run_train(
+        "data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir", str(run_dir)
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad_path) in lines[0], result.stderr
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda root: shutil.rmtree(root / "val"), r"directory not found: .*/val or .*/test"),
-    (lambda root: shutil.rmtree(root / "val" / "dog"), r"must hold the same class folders; .*/train/dog has no"),
-    (lambda root: (root / "val" / "bird").mkdir(), r"empty class folder .*/val/bird"),
-    (lambda root: [shutil.rmtree(root / "train" / name) for name in CLASSES], r"no class sub-folders in .*/train"),
-], ids=["no-val-or-test", "class-missing-from-val", "empty-val-class", "no-class-folders"])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: shutil.rmtree(root / "val"), r"directory not found: .*/val or .*/test"),
+        (lambda root: shutil.rmtree(root / "val" / "dog"), r"must hold the same class folders; .*/train/dog has no"),
+        (lambda root: (root / "val" / "bird").mkdir(), r"empty class folder .*/val/bird"),
+        (lambda root: [shutil.rmtree(root / "train" / name) for name in CLASSES], r"no class sub-folders in .*/train"),
+    ],
+    ids=["no-val-or-test", "class-missing-from-val", "empty-val-class", "no-class-folders"],
+)
 def test_bad_folders_are_data_errors(image_tree, breakage, message):
     breakage(image_tree)
     with pytest.raises(DataError, match=message):
@@ -127,8 +145,16 @@ def damage_two_images(root: Path) -> list[Path]:
 def test_an_unreadable_image_is_one_line_naming_the_file(image_tree, tmp_path, workers):
     bad = damage_two_images(image_tree)
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16",
-                       f"data.num_workers={workers}", "train.epochs=1", "train.batch_size=4", "--run-dir", str(run_dir))
+    result = run_train(
+        "data.name=imagefolder",
+        f"data.root={image_tree}",
+        "data.image_size=16",
+        f"data.num_workers={workers}",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "--run-dir",
+        str(run_dir),
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unreadable image "), result.stderr[-3000:]
@@ -138,9 +164,18 @@ def test_an_unreadable_image_is_one_line_naming_the_file(image_tree, tmp_path, w
 def test_skip_bad_images_trains_on_the_rest_and_counts_them(image_tree, tmp_path):
     bad = damage_two_images(image_tree)
     run_dir = tmp_path / "run"
-    run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
-              "data.skip_bad_images=true", "train.epochs=2", "train.batch_size=4", "--run-dir", str(run_dir),
-              check=True)
+    run_train(
+        "data.name=imagefolder",
+        f"data.root={image_tree}",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "data.skip_bad_images=true",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "--run-dir",
+        str(run_dir),
+        check=True,
+    )
     log = (run_dir / "log.txt").read_text()
     assert log.count("skipped 2 unreadable image files (data.skip_bad_images)") == 2  # once per epoch
     assert any(str(path) in log for path in bad)
@@ -178,10 +213,10 @@ def _a_second_link_to_one_image(train: Path) -> int:
     return 2
 
 
-@pytest.mark.parametrize("links", [_loop_inside_a_class, _loop_to_the_split, _links_to_another_class,
-                                   _a_second_link_to_one_image])
-def test_every_image_file_counts_once_under_its_own_class_and_one_line_says_what_was_skipped(image_tree, capfd,
-                                                                                              links):
+@pytest.mark.parametrize(
+    "links", [_loop_inside_a_class, _loop_to_the_split, _links_to_another_class, _a_second_link_to_one_image]
+)
+def test_every_image_file_counts_once_under_its_own_class_and_one_line_says_what_was_skipped(image_tree, capfd, links):
     plain = _samples(image_tree)
     capfd.readouterr()
     skipped = links(image_tree / "train")
@@ -212,16 +247,18 @@ def _test_image_links_to_a_training_image(root: Path) -> None:
     (root / "val" / "cat" / "2.png").symlink_to(root / "train" / "cat" / "1.png")
 
 
-@pytest.mark.parametrize("leak", [_link_a_test_image, _link_the_test_class_folder,
-                                  _test_image_links_to_a_training_image])
+@pytest.mark.parametrize(
+    "leak", [_link_a_test_image, _link_the_test_class_folder, _test_image_links_to_a_training_image]
+)
 def test_an_image_in_both_splits_is_refused_before_anything_is_written(image_tree, tmp_path, leak):
     """By real path, through symlinks (files or folders, either way round): a test image would be trained on."""
     leak(image_tree)
     with pytest.raises(DataError, match=r"image files are both in .*/train and in .*/val .* keep each image in one"):
         build_dataset(folder_config(image_tree))
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
-                       str(run_dir))
+    result = run_train(
+        "data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir", str(run_dir)
+    )
     assert result.returncode == 2 and "both in" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not run_dir.exists()
 
@@ -237,33 +274,41 @@ def _second_class_is_a_link_to_the_first(root: Path) -> None:
         (root / split / "dog").symlink_to("cat")
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (_one_class, "imagefolder: the data under data.root=.* has 1 class, and classification needs at least two"),
-    (_second_class_is_a_link_to_the_first, "empty class folder .*/train/dog: no images .* of its own"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (_one_class, "imagefolder: the data under data.root=.* has 1 class, and classification needs at least two"),
+        (_second_class_is_a_link_to_the_first, "empty class folder .*/train/dog: no images .* of its own"),
+    ],
+)
 def test_fewer_than_two_classes_is_refused_before_anything_is_written(image_tree, tmp_path, breakage, message):
     breakage(image_tree)
     for name in ("imagefolder", "imagenet"):
         with pytest.raises(DataError, match=message.replace("imagefolder", name)):
             build_dataset(folder_config(image_tree, name=name))
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
-                       str(run_dir))
+    result = run_train(
+        "data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir", str(run_dir)
+    )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
     assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("target", ["missing.png", "itself.png"])
-def test_a_broken_symlink_is_refused_before_the_run_directory_or_skipped_and_counted(image_tree, tmp_path, capfd,
-                                                                                      target):
+def test_a_broken_symlink_is_refused_before_the_run_directory_or_skipped_and_counted(
+    image_tree, tmp_path, capfd, target
+):
     link = image_tree / "train" / "dog" / "itself.png"
     link.symlink_to(target)
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir",
-                       str(run_dir))
+    result = run_train(
+        "data.name=imagefolder", f"data.root={image_tree}", "data.num_workers=0", "--run-dir", str(run_dir)
+    )
     assert result.returncode == 2 and not run_dir.exists(), result.stderr[-3000:]
-    assert result.stderr == (f"error: imagefolder: broken symbolic link {link} -> {target} (no such file); remove it "
-                             f"or fix its target, or set data.skip_bad_images=true to skip such files\n")
+    assert result.stderr == (
+        f"error: imagefolder: broken symbolic link {link} -> {target} (no such file); remove it "
+        f"or fix its target, or set data.skip_bad_images=true to skip such files\n"
+    )
     assert len(_samples(image_tree, skip_bad_images=True)) == 8
     assert f"skipped 1 broken symlinks (data.skip_bad_images) (e.g. {link})" in capfd.readouterr().err
 
@@ -275,9 +320,17 @@ def test_a_decompression_bomb_is_one_line_naming_the_file_or_skipped_and_counted
     Image.new("1", (side, side)).save(bomb)  # a few kilobytes
     assert bomb.stat().st_size < 100_000
     run_dir = tmp_path / "run"
-    result = run_train("data.name=imagefolder", f"data.root={image_tree}", "data.image_size=16", "data.num_workers=0",
-                       f"data.skip_bad_images={str(skip).lower()}", "train.epochs=1", "train.batch_size=4",
-                       "--run-dir", str(run_dir))
+    result = run_train(
+        "data.name=imagefolder",
+        f"data.root={image_tree}",
+        "data.image_size=16",
+        "data.num_workers=0",
+        f"data.skip_bad_images={str(skip).lower()}",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "--run-dir",
+        str(run_dir),
+    )
     if skip:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "skipped 1 unreadable image files (data.skip_bad_images)" in (run_dir / "log.txt").read_text()

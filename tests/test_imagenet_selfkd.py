@@ -1,18 +1,20 @@
 """The ImageNet self-KD configs (configs/imagenet/resnet18_{uskd,ps_kd,cs_kd}[_tffd].yaml; USKD on ResNet-50,
 MobileNet and MobileNetV2) and what PS-KD's ImageNet-sized table needs: host storage and a narrower dtype
 (losses/ps_kd.py)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
 from core.errors import ConfigError
 from core.typed_config import to_dict
 from losses import StepOutput, TrainingSetup
 from losses.ps_kd import ProgressiveSelfKD, PSKDConfig
 from losses.uskd import USKDConfig
+
+from conftest import REPO
 
 
 # ---------------------------------------------------------------- the configs
@@ -43,9 +45,11 @@ def test_imagenet_configs_hold_the_100_epoch_recipe_and_the_methods_settings(met
 
 # USKD on the other ImageNet backbones of yzd-v/cls_KD's table: (model, the configs' prefix, the width of the
 # stage its config's ``channel`` names for the weak head, the recipe: epochs, lr, weight decay)
-USKD_BACKBONES = [("resnet50", "resnet50", 1024, (100, 0.1, 1e-4)),
-                  ("mobilenetv1", "mobilenetv1", 512, (100, 0.1, 1e-4)),
-                  ("mobilenetv2_imagenet", "mobilenetv2", 320, (300, 0.045, 4e-5))]
+USKD_BACKBONES = [
+    ("resnet50", "resnet50", 1024, (100, 0.1, 1e-4)),
+    ("mobilenetv1", "mobilenetv1", 512, (100, 0.1, 1e-4)),
+    ("mobilenetv2_imagenet", "mobilenetv2", 320, (300, 0.045, 4e-5)),
+]
 
 
 @pytest.mark.parametrize("model, prefix, channels, recipe", USKD_BACKBONES)
@@ -76,7 +80,7 @@ def test_the_mobilenetv2_recipe_is_mmcls_steplr_of_0_98_per_epoch():
     steps = 3  # per epoch
     for epoch in range(train.epochs):
         factor = lr_factor(epoch * steps + 1, steps, train.milestones, train.gamma, train.lr_warmup_epochs)
-        assert factor == pytest.approx(0.98 ** epoch, rel=1e-12)
+        assert factor == pytest.approx(0.98**epoch, rel=1e-12)
 
 
 # ---------------------------------------------------------------- PS-KD: storage and dtype
@@ -118,8 +122,9 @@ def test_the_table_loads_into_either_storage_and_any_dtype():
     for options in ({"storage": "cpu"}, {"storage": "cpu", "dtype": "float16"}, {"dtype": "bfloat16"}):
         term = ps_kd(**options)
         term.load_state_dict(trained.state_dict())
-        assert term.past.dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(options.get("dtype"),
-                                                                                            torch.float32)
+        assert term.past.dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+            options.get("dtype"), torch.float32
+        )
         torch.testing.assert_close(term.past.float(), trained.past, rtol=2**-8, atol=0)
         assert torch.equal(term.seen, trained.seen)
         back = ps_kd()
@@ -133,7 +138,7 @@ def test_a_host_table_of_another_shape_or_none_fails_to_load():
     other.attach(TrainingSetup(num_samples=7, num_classes=4, epochs=3, feature_shapes=()))
     with pytest.raises(RuntimeError, match=r"size mismatch for past: copying a param with shape \(7, 4\)"):
         term.load_state_dict(other.state_dict())
-    with pytest.raises(RuntimeError, match="Missing key.*\"past\""):
+    with pytest.raises(RuntimeError, match='Missing key.*"past"'):
         term.load_state_dict({"seen": torch.zeros(6, dtype=torch.bool)})
 
 

@@ -1,5 +1,6 @@
 """Logit KD and the frozen teacher: the loss value, what gets gradients, when a teacher exists at all,
 and the one-line errors of bad teacher checkpoints."""
+
 from __future__ import annotations
 
 import math
@@ -10,15 +11,16 @@ import torch
 import torch.nn as nn
 
 import train
-from engine.cli import status_of
-from conftest import SMOKE, run_train
 from engine.builder import build_experiment
+from engine.cli import status_of
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.teacher import FrozenTeacher
 from losses import StepOutput
 from losses.kd import KDConfig, KnowledgeDistillation, kd_loss
 from models import MODELS, build_model
+
+from conftest import SMOKE, run_train
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.epochs=1"]
@@ -103,8 +105,9 @@ def _save_run_checkpoint(path: Path, model_name: str, num_classes: int) -> Path:
 
 def test_kd_experiment_builds_a_frozen_teacher_outside_the_optimizer(tmp_path):
     checkpoint = _save_run_checkpoint(tmp_path / "teacher.pt", "resnet32", 10)
-    config = load_config("configs/cifar100/resnet20_kd.yaml",
-                         [*TINY, "teacher.model=resnet32", f"teacher.checkpoint={checkpoint}"])
+    config = load_config(
+        "configs/cifar100/resnet20_kd.yaml", [*TINY, "teacher.model=resnet32", f"teacher.checkpoint={checkpoint}"]
+    )
     experiment = build_experiment(config, CPU)
     assert isinstance(experiment.teacher, FrozenTeacher)
     saved = torch.load(checkpoint, weights_only=True)["model"]
@@ -132,25 +135,46 @@ def _bad_teacher_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "missing": ([f"teacher.checkpoint={tmp_path / 'nope.pt'}"], "not found"),
         "truncated": ([f"teacher.checkpoint={truncated}"], "corrupt"),
         "garbage": ([f"teacher.checkpoint={garbage}"], "corrupt"),
-        "other architecture (run checkpoint)": ([f"teacher.checkpoint={good}", "teacher.model=resnet32"],
-                                                "holds a resnet20, not a resnet32"),
+        "other architecture (run checkpoint)": (
+            [f"teacher.checkpoint={good}", "teacher.model=resnet32"],
+            "holds a resnet20, not a resnet32",
+        ),
         "other architecture (bare state_dict)": ([f"teacher.checkpoint={bare}"], "unexpected keys stages.0.3."),
-        "other class count": ([f"teacher.checkpoint={good}", "data.num_classes=7"],
-                              "trained for 10 classes, but the dataset has 7"),
+        "other class count": (
+            [f"teacher.checkpoint={good}", "data.num_classes=7"],
+            "trained for 10 classes, but the dataset has 7",
+        ),
         "no checkpoint configured": (["teacher.checkpoint=null"], "set teacher.model and teacher.checkpoint"),
     }
 
 
-CASES = ["missing", "truncated", "garbage", "other architecture (run checkpoint)",
-         "other architecture (bare state_dict)", "other class count", "no checkpoint configured"]
+CASES = [
+    "missing",
+    "truncated",
+    "garbage",
+    "other architecture (run checkpoint)",
+    "other architecture (bare state_dict)",
+    "other class count",
+    "no checkpoint configured",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_teacher_checkpoint_is_one_line_exit_2_and_no_run_dir(case, tmp_path, capfd):
     overrides, message = _bad_teacher_files(tmp_path)[case]
     run_dir = tmp_path / "run"
-    code = status_of(train.main, ["--config", "configs/cifar100/resnet20_kd_tffd.yaml", *TINY, "teacher.model=resnet20",
-                       *overrides, "--run-dir", str(run_dir)])
+    code = status_of(
+        train.main,
+        [
+            "--config",
+            "configs/cifar100/resnet20_kd_tffd.yaml",
+            *TINY,
+            "teacher.model=resnet20",
+            *overrides,
+            "--run-dir",
+            str(run_dir),
+        ],
+    )
     stderr = capfd.readouterr().err
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
@@ -160,15 +184,25 @@ def test_bad_teacher_checkpoint_is_one_line_exit_2_and_no_run_dir(case, tmp_path
 
 def test_bad_teacher_checkpoint_through_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(*TINY, f"teacher.checkpoint={tmp_path / 'nope.pt'}", "--run-dir", str(run_dir),
-                       config="configs/cifar100/resnet20_kd.yaml")
+    result = run_train(
+        *TINY,
+        f"teacher.checkpoint={tmp_path / 'nope.pt'}",
+        "--run-dir",
+        str(run_dir),
+        config="configs/cifar100/resnet20_kd.yaml",
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: teacher.checkpoint not found: {tmp_path / 'nope.pt'}"
     assert not run_dir.exists()
 
 
-STUDENT_TEACHER = {"resnet20": "resnet110", "resnet32": "resnet110", "wrn_16_2": "wrn_40_2",
-                   "resnet8x4": "resnet32x4", "vgg8": "vgg13"}
+STUDENT_TEACHER = {
+    "resnet20": "resnet110",
+    "resnet32": "resnet110",
+    "wrn_16_2": "wrn_40_2",
+    "resnet8x4": "resnet32x4",
+    "vgg8": "vgg13",
+}
 
 
 @pytest.mark.parametrize("student", sorted(STUDENT_TEACHER))

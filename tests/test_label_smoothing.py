@@ -1,17 +1,19 @@
 """Label smoothing (loss.ce.label_smoothing, label_smoothing_to) against the released Tf-FD code's and
 Self-KD-Lib's smoothed target written out by hand, and the configs that use it: Self-KD-Lib's LS row and
 the IJCNN version's TFD† (Tf-FD + label smoothing) on CIFAR-100 and ImageNet."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
 from core.typed_config import to_dict
 from engine.config import load_config
 from losses import StepOutput
 from losses.ce import CEConfig, CrossEntropy
+
+from conftest import REPO, method_config
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5, 0.0], [0.3, 0.2, -0.4, 1.5], [-1.0, 0.0, 3.0, 0.5]])
 TARGETS = torch.tensor([0, 3, 1])
@@ -64,7 +66,8 @@ def test_resnet32_ablation_configs_are_tffd_plus_the_method_under_the_ijcnn_prot
     assert plus["train"] == tffd_ls["train"] and plus["loss"]["tffd"] == tffd_ls["loss"]["tffd"]
     assert plus["loss"]["terms"] == ["ce", "tffd"] and plus["loss"]["ce"]["label_smoothing"] == 0
     assert (plus["batch"]["transforms"], plus["data"]["augment"]) == (
-        (["cutout"], []) if method == "cutout" else ([], ["autoaugment"]))
+        (["cutout"], []) if method == "cutout" else ([], ["autoaugment"])
+    )
 
 
 def test_imagenet_tfd_dagger_is_resnet18_tffd_with_label_smoothing():

@@ -10,6 +10,7 @@ The runs use PyTorch's portable CPU kernels (``ATEN_CPU_CAPABILITY=default``: no
 whose summation orders differ between machines; ``ONEDNN_MAX_CPU_ISA=SSE41`` holds oneDNN's convolutions to
 the x86-64 baseline likewise), one thread and ``train.deterministic=true``, so the figures do not depend on
 the machine's vector units. (An x86-64 machine is assumed, as this project's CI is.)"""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,21 @@ from conftest import REPO, read_metrics, train_env
 GOLDEN = REPO / "tests" / "golden" / "method_numbers"  # one file per method and loader
 METHODS = ("ce", "tffd", "cs_kd", "bake", "ddgsd", "dlb", "mixskd", "ps_kd", "byot")
 LOADERS = ("device", "torchvision")
-RUN = ["data.name=synthetic", "data.num_train=80", "data.num_test=64", "data.image_size=16", "data.num_workers=0",
-       "train.batch_size=32", "train.eval_batch_size=64", "train.epochs=2", "train.log_interval=1",
-       "train.milestones=[]", "train.lr=0.05", "train.deterministic=true", "loss.tffd.warmup_epochs=2"]
+RUN = [
+    "data.name=synthetic",
+    "data.num_train=80",
+    "data.num_test=64",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "train.batch_size=32",
+    "train.eval_batch_size=64",
+    "train.epochs=2",
+    "train.log_interval=1",
+    "train.milestones=[]",
+    "train.lr=0.05",
+    "train.deterministic=true",
+    "loss.tffd.warmup_epochs=2",
+]
 # ResNet-20 (the quickstart's model); 80 = 2 x 32 + a partial batch of 16, so every method meets one
 KEYS = ("train_loss", "train_acc1", "test_loss", "test_acc1", "test_ece")  # per epoch, from metrics.json
 
@@ -39,9 +52,23 @@ def numbers(method: str, loader: str, tmp_path) -> dict:
     config.write_text(f"_base_: [{bases[0]}, {bases[1]}]\n")
     run_dir = tmp_path / f"{method}_{loader}"
     env = dict(train_env(), ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config), *RUN,
-                             f"data.loader={loader}", "--run-dir", str(run_dir)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(config),
+            *RUN,
+            f"data.loader={loader}",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return {key: [record[key] for record in read_metrics(run_dir)["history"]] for key in KEYS}
 

@@ -1,6 +1,7 @@
 """MixSKD: the mix_pairs plan's composed batch, the pure functions by hand (the KD directions detached exactly as the
 authors' script, the feature MSE with neither side detached, the discriminators' BCE and its labels),
 the term on 3- and 4-stage shapes, its options, where its parameters go, and its config file."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, method_config
 from core.errors import ConfigError
 from data.batch_transforms import beta_sample
 from data.plans.mix_pairs import MixPairsOptions, MixPairsPlan, interpolate
@@ -22,6 +22,8 @@ from losses.mixskd import (
     feature_mse,
     mixup_distillation,
 )
+
+from conftest import REPO, SMOKE, method_config
 
 RESNET18 = ((64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4))  # cifar_resnet18 on 32x32 images
 RESNET20 = ((16, 16, 16), (32, 8, 8), (64, 4, 4))  # resnet20 on 16x16 images
@@ -60,18 +62,24 @@ def test_distillation_both_ways_between_each_auxiliary_exits_two_sides_and_from_
     mixed = [torch.randn(n, 5, requires_grad=True) for _ in range(2)]
     teacher_of_interpolated, teacher_of_mixed = (torch.randn(n, 5, requires_grad=True) for _ in range(2))
     value = mixup_distillation(interpolated, mixed, teacher_of_interpolated, teacher_of_mixed, temperature)
-    expected = (kd_loss(interpolated[0], mixed[0], 3.0) + kd_loss(mixed[0], interpolated[0], 3.0)
-                + kd_loss(interpolated[1], teacher_of_mixed, 3.0) + kd_loss(mixed[1], teacher_of_interpolated, 3.0))
+    expected = (
+        kd_loss(interpolated[0], mixed[0], 3.0)
+        + kd_loss(mixed[0], interpolated[0], 3.0)
+        + kd_loss(interpolated[1], teacher_of_mixed, 3.0)
+        + kd_loss(mixed[1], teacher_of_interpolated, 3.0)
+    )
     torch.testing.assert_close(value, expected)
     value.backward()
     # d/dz_s of T^2 KL(sg p_t || p_s) = T (p_s - p_t) / N: each side only ever learns as the student.
     a, b = probs(interpolated[0], temperature), probs(mixed[0], temperature)
     torch.testing.assert_close(interpolated[0].grad, temperature * (a - b) / n)
     torch.testing.assert_close(mixed[0].grad, temperature * (b - a) / n)
-    torch.testing.assert_close(interpolated[1].grad,
-                               temperature * (probs(interpolated[1], 3.0) - probs(teacher_of_mixed, 3.0)) / n)
-    torch.testing.assert_close(mixed[1].grad,
-                               temperature * (probs(mixed[1], 3.0) - probs(teacher_of_interpolated, 3.0)) / n)
+    torch.testing.assert_close(
+        interpolated[1].grad, temperature * (probs(interpolated[1], 3.0) - probs(teacher_of_mixed, 3.0)) / n
+    )
+    torch.testing.assert_close(
+        mixed[1].grad, temperature * (probs(mixed[1], 3.0) - probs(teacher_of_interpolated, 3.0)) / n
+    )
     assert teacher_of_interpolated.grad is None and teacher_of_mixed.grad is None  # the self-teacher only teaches
 
 
@@ -117,8 +125,11 @@ def test_branches_on_every_shallow_stage_and_a_self_teacher_over_every_exits_map
         logits, feature = branch(torch.randn(2, *shapes[stage - 1]))
         assert tuple(logits.shape) == (2, 5) and tuple(feature.shape[1:]) == shapes[-1]
     conv = term.self_teacher[0]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == ((len(stages) + 1) * shapes[-1][0],
-                                                                        shapes[-1][0], (1, 1))
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (
+        (len(stages) + 1) * shapes[-1][0],
+        shapes[-1][0],
+        (1, 1),
+    )
     assert not any(isinstance(m, nn.BatchNorm2d) for m in term.self_teacher)  # none in the original
     assert [d[0].in_features for d in term.discriminators] == [shapes[-1][0]] * (len(stages) + 1)
 
@@ -147,15 +158,21 @@ def test_mixskd_loss_is_the_sum_of_its_parts_on_the_two_halves_of_the_batch():
 
     def mix_ce(z):
         return lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[permutation])
+
     torch.testing.assert_close(losses["mixskd_ce"], sum(F.cross_entropy(z[:n], y) for z in logits))
-    torch.testing.assert_close(losses["mixskd_mix_ce"],
-                               sum(mix_ce(z) for z in [*(z[n:] for z in logits), teacher_int, teacher_mix]))
+    torch.testing.assert_close(
+        losses["mixskd_mix_ce"], sum(mix_ce(z) for z in [*(z[n:] for z in logits), teacher_int, teacher_mix])
+    )
     interpolated = [lam * z[:n] + (1 - lam) * z[:n][permutation] for z in logits]
-    torch.testing.assert_close(losses["mixskd_kd"], 0.5 * mixup_distillation(
-        interpolated, [z[n:] for z in logits], teacher_int, teacher_mix, 2.0))
+    torch.testing.assert_close(
+        losses["mixskd_kd"],
+        0.5 * mixup_distillation(interpolated, [z[n:] for z in logits], teacher_int, teacher_mix, 2.0),
+    )
     torch.testing.assert_close(losses["mixskd_feature"], 2.0 * feature_mse(interpolated_maps, [f[n:] for f in maps]))
-    torch.testing.assert_close(losses["mixskd_adversarial"], 0.25 * discriminator_bce(
-        term.discriminators, interpolated_maps, [f[n:] for f in maps]))
+    torch.testing.assert_close(
+        losses["mixskd_adversarial"],
+        0.25 * discriminator_bce(term.discriminators, interpolated_maps, [f[n:] for f in maps]),
+    )
     # Only the mixup CE trains the self-teacher; the frozen discriminators train nothing of their own,
     # but pass the BCE's gradient on to the maps.
     losses["mixskd_adversarial"].backward(retain_graph=True)
@@ -187,17 +204,23 @@ def test_mixskd_takes_its_ce_against_the_clean_halfs_mixed_labels_and_interpolat
     clean = target_probs[:n]
     torch.testing.assert_close(losses["mixskd_ce"], sum(F.cross_entropy(z[:n], clean) for z in logits))
     mixed_labels = lam * clean + (1 - lam) * clean[permutation]
-    teachers = [term.self_teacher(torch.cat([lam * f[:n] + (1 - lam) * f[:n][permutation] for f in maps], 1)),
-                term.self_teacher(torch.cat([f[n:] for f in maps], 1))]
-    torch.testing.assert_close(losses["mixskd_mix_ce"],
-                               sum(F.cross_entropy(z, mixed_labels) for z in [*(z[n:] for z in logits), *teachers]))
+    teachers = [
+        term.self_teacher(torch.cat([lam * f[:n] + (1 - lam) * f[:n][permutation] for f in maps], 1)),
+        term.self_teacher(torch.cat([f[n:] for f in maps], 1)),
+    ]
+    torch.testing.assert_close(
+        losses["mixskd_mix_ce"], sum(F.cross_entropy(z, mixed_labels) for z in [*(z[n:] for z in logits), *teachers])
+    )
 
 
-@pytest.mark.parametrize("options, shapes, message", [
-    ({"stages": [3]}, RESNET20, "branches start from stages 1..2"),
-    ({"stages": []}, RESNET20, "is empty"),
-    ({}, ((8, 6, 6), (8, 4, 4)), "loss.mixskd: stage 2's 4x4 feature is not stage 1's 6x6"),
-])
+@pytest.mark.parametrize(
+    "options, shapes, message",
+    [
+        ({"stages": [3]}, RESNET20, "branches start from stages 1..2"),
+        ({"stages": []}, RESNET20, "is empty"),
+        ({}, ((8, 6, 6), (8, 4, 4)), "loss.mixskd: stage 2's 4x4 feature is not stage 1's 6x6"),
+    ],
+)
 def test_mixskd_options_that_do_not_fit_the_model_are_config_errors(options, shapes, message):
     with pytest.raises(ConfigError, match=message):
         MixupSelfKD(MixSKDConfig(**options)).check_features(shapes)
@@ -222,7 +245,8 @@ def test_one_step_forwards_twice_the_batch_and_trains_the_branches_and_self_teac
     result = compute_losses(exp, images, targets, 1, indices)
     assert result.logits.shape[0] == 2 * images.shape[0] and torch.equal(result.targets, torch.cat([targets, targets]))
     assert {"mixskd_ce", "mixskd_mix_ce", "mixskd_kd", "mixskd_feature", "mixskd_adversarial", "tffd_intra"} <= set(
-        result.terms)
+        result.terms
+    )
     apply_gradients(exp, result.total)
     after = term.state_dict()
     assert not torch.equal(after["self_teacher.0.weight"], before["self_teacher.0.weight"])
@@ -237,6 +261,11 @@ def test_mixskd_config_holds_the_original_settings(tmp_path):
     assert (config.batch.mix_pairs.alpha, cfg.temperature) == (0.4, 3.0)
     assert (cfg.kd_weight, cfg.feature_weight, cfg.adversarial_weight) == (1.0, 1.0, 1.0)
     assert (cfg.mixup_ce, cfg.discriminator, cfg.discriminator_width, cfg.stages, cfg.blocks) == (
-        True, "frozen", 128, None, 2)
+        True,
+        "frozen",
+        128,
+        None,
+        2,
+    )
     shipped = load_config(REPO / "configs/cifar100/selfkd/cifar_resnet18_mixskd_tffd.yaml")
     assert shipped.loss.terms == ["mixskd", "tffd"] and shipped.model.name == "cifar_resnet18"

@@ -1,5 +1,6 @@
 """Every registered backbone against its published size: parameter count, stage shapes, a Tf-FD training
 step; the ImageNet wrappers against plain torchvision; initial weights from a file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import REPO, run_train
 from core.errors import CheckpointError
 from engine.checkpoint import load_model_weights
 from engine.config import load_config
@@ -17,12 +17,15 @@ from losses import StepOutput, build_loss_terms
 from losses.tffd import TeacherFreeFD, TfFDConfig
 from models import MODELS, build_configured_model, build_model
 
+from conftest import REPO, run_train
+
 CIFAR, IMAGENET = (100, 32), (1000, 224)  # (classes, input side) of the figures below
 _RESNET = [(16, 32), (32, 16), (64, 8)]
 _RESNET_X4 = [(64, 32), (128, 16), (256, 8)]
 _IMAGENET_RESNET = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
-# name: (dataset, parameters in millions, stage features as (channels, side)), from the CIFAR-100 KD benchmark's model zoo
+# name: (dataset, parameters in millions, stage features as (channels, side)), from the CIFAR-100 KD benchmark's
+# model zoo
 EXPECTED = {
     "resnet20": (CIFAR, 0.28, _RESNET),
     "resnet32": (CIFAR, 0.47, _RESNET),
@@ -48,8 +51,12 @@ EXPECTED = {
     "preact_resnet18": (CIFAR, 11.22, [(64, 32), (128, 16), (256, 8), (512, 4)]),
 }
 EXACT_PARAMETERS = {"cifar_resnet18": 11_220_132, "preact_resnet18": 11_217_444}
-TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
-               "mobilenetv2_imagenet": "mobilenet_v2"}
+TORCHVISION = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "mobilenetv2_imagenet": "mobilenet_v2",
+}
 TRAIN_STEP_SIDE = {CIFAR: 32, IMAGENET: 64}  # ImageNet models train at 64x64 here, for speed
 
 
@@ -148,7 +155,9 @@ def test_mismatched_weights_file_names_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not fit the model: missing keys stages\.0\.3\.") as caught:
         load_model_weights(build_model("resnet32", 100), path, what="model.weights")
     assert str(path) in str(caught.value)
-    with pytest.raises(CheckpointError, match=r"shape mismatches \(file vs model\) fc\.weight \(100, 64\) vs \(10, 64\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatches \(file vs model\) fc\.weight \(100, 64\) vs \(10, 64\)"
+    ):
         load_model_weights(build_model("resnet20", 10), path, what="model.weights")
 
 
@@ -156,16 +165,25 @@ def test_train_with_mismatched_weights_exits_2_and_writes_nothing(tmp_path):
     path = tmp_path / "vgg8.pt"
     torch.save(build_model("vgg8", 10).state_dict(), path)
     run_dir = tmp_path / "run"
-    result = run_train("data.name=synthetic", "data.num_train=64", "data.num_test=64", "data.image_size=16",
-                       "model.name=wrn_16_2", f"model.weights={path}", "--run-dir", str(run_dir))
+    result = run_train(
+        "data.name=synthetic",
+        "data.num_train=64",
+        "data.num_test=64",
+        "data.image_size=16",
+        "model.name=wrn_16_2",
+        f"model.weights={path}",
+        "--run-dir",
+        str(run_dir),
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"model.weights {path} does not fit the model" in lines[0], result.stderr
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
-                                        if "_base_" not in p.parts))
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml") if "_base_" not in p.parts)
+)
 def test_shipped_configs_fit_their_model(path):
     """Every experiment config names a registered model (or a timm one, which is built) whose stages its loss
     terms can use."""
@@ -183,8 +201,12 @@ def test_shipped_configs_fit_their_model(path):
 
 
 def test_imagenet_tffd_configs_use_the_28_14_7_stages():
-    for model, prefix in (("resnet18", "resnet18"), ("resnet50", "resnet50"), ("mobilenetv1", "mobilenetv1"),
-                          ("mobilenetv2_imagenet", "mobilenetv2")):
+    for model, prefix in (
+        ("resnet18", "resnet18"),
+        ("resnet50", "resnet50"),
+        ("mobilenetv1", "mobilenetv1"),
+        ("mobilenetv2_imagenet", "mobilenetv2"),
+    ):
         config = load_config(Path(REPO, "configs/imagenet", f"{prefix}_tffd.yaml"))
         assert config.model.name == model
         stages = EXPECTED[model][2]

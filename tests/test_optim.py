@@ -1,5 +1,6 @@
 """Optimizers, lr schedules and gradient clipping (engine/optim.py): the defaults build exactly what they
 always did; adamw, cosine, no weight decay on norms and biases, and clipping do what their options say."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,12 @@ import math
 import pytest
 import torch
 
-from conftest import REPO
 from core.errors import ConfigError
 from engine.config import load_config
 from engine.optim import build_lr_scheduler, build_optimizer, clip_gradients, parameter_groups
 from engine.schedule import lr_factor
+
+from conftest import REPO
 
 
 def train_config(*overrides: str):
@@ -20,8 +22,9 @@ def train_config(*overrides: str):
 
 def small_network() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                               torch.nn.Linear(4, 2))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
 
 
 def test_the_defaults_are_sgd_on_every_parameter_and_the_step_schedule():
@@ -39,20 +42,30 @@ def test_the_defaults_are_sgd_on_every_parameter_and_the_step_schedule():
 def test_adamw_without_weight_decay_on_norms_biases_and_a_vits_embeddings():
     pytest.importorskip("timm")
     from models import build_model
+
     from timm_models import TINY
 
     model = build_model("timm/vit_tiny_patch16_224", 5, timm_kwargs=TINY["timm/vit_tiny_patch16_224"][1])
-    cfg = train_config("train.optimizer=adamw", "train.betas=[0.8, 0.95]", "train.weight_decay=0.05",
-                       "train.weight_decay_norms=false")
+    cfg = train_config(
+        "train.optimizer=adamw", "train.betas=[0.8, 0.95]", "train.weight_decay=0.05", "train.weight_decay_norms=false"
+    )
     optimizer = build_optimizer(model, cfg, 1e-3, fused=False)
     assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["betas"] == (0.8, 0.95)
     decayed, undecayed = ({id(p) for p in group["params"]} for group in optimizer.param_groups)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
     names = {id(p): name for name, p in model.named_parameters()}
-    assert {names[i] for i in undecayed} >= {"net.pos_embed", "net.cls_token", "net.norm.weight", "net.head.bias",
-                                             "net.blocks.0.attn.qkv.bias"}
-    assert {names[i] for i in decayed} >= {"net.patch_embed.proj.weight", "net.blocks.0.attn.qkv.weight",
-                                           "net.head.weight"}
+    assert {names[i] for i in undecayed} >= {
+        "net.pos_embed",
+        "net.cls_token",
+        "net.norm.weight",
+        "net.head.bias",
+        "net.blocks.0.attn.qkv.bias",
+    }
+    assert {names[i] for i in decayed} >= {
+        "net.patch_embed.proj.weight",
+        "net.blocks.0.attn.qkv.weight",
+        "net.head.weight",
+    }
     assert all(p.ndim >= 2 for i, p in ((id(p), p) for p in model.parameters()) if i in decayed)
     assert len(decayed) + len(undecayed) == len(list(model.parameters()))
 
@@ -80,9 +93,12 @@ def test_cosine_after_a_linear_per_step_warmup_and_its_resume():
     lrs = _lrs(scheduler, optimizer, 10)
     state = scheduler.state_dict()
     lrs += _lrs(scheduler, optimizer, total - 10)
-    expected = [lr * (step + 1) / warmup if step < warmup else
-                0.001 + (lr - 0.001) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
-                for step in range(total)]
+    expected = [
+        lr * (step + 1) / warmup
+        if step < warmup
+        else 0.001 + (lr - 0.001) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
+        for step in range(total)
+    ]
     assert lrs == pytest.approx(expected, rel=1e-6)
     # a resumed run (a fresh optimizer and scheduler, the saved state loaded) goes on with the same lrs
     resumed = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
@@ -149,13 +165,23 @@ def test_a_run_saved_before_these_options_existed_resumes_under_their_defaults_o
     import yaml
 
     import train
-    from conftest import SMOKE
     from engine.checkpoint import load_checkpoint
     from engine.cli import status_of
 
+    from conftest import SMOKE
+
     run_dir = tmp_path / "run"
-    command = ["--config", "configs/quickstart.yaml", *SMOKE, "data.num_train=64", "data.num_test=32",
-               "train.batch_size=32", "train.epochs=1", "--run-dir", str(run_dir)]
+    command = [
+        "--config",
+        "configs/quickstart.yaml",
+        *SMOKE,
+        "data.num_train=64",
+        "data.num_test=32",
+        "train.batch_size=32",
+        "train.epochs=1",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert status_of(train.main, command) == 0
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key in NEW_TRAIN_KEYS:

@@ -1,6 +1,7 @@
 """engine/output_paths.py, the one rule for every output path a script takes: never a run's own file (by
 name or through a symlink), a file where a file belongs and a directory where a directory belongs, no
 dangling symlink or symlink loop on the way. The scripts' own tests try it through each option."""
+
 from __future__ import annotations
 
 import os
@@ -81,15 +82,18 @@ def odd_paths(tmp_path) -> dict[str, Path]:
     return {name: tmp_path / name for name in ("a_file", "a_dir", "dangling", "loop_a")}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("a_dir", "{p} is a directory; name a file"),
-    ("dangling", "{p} is a symlink to {t}/nowhere, which does not exist"),
-    ("loop_a", "{p} leads into a symlink loop"),
-    ("a_file/x.json", "{p}: {t}/a_file is a file, not a directory"),
-    ("dangling/x.json", "{p}: its directory {t}/dangling is a symlink to {t}/nowhere, which does not exist"),
-    ("loop_a/x.json", "{p} leads into a symlink loop"),
-    ("missing/x.json", "{p}: its directory {t}/missing does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("a_dir", "{p} is a directory; name a file"),
+        ("dangling", "{p} is a symlink to {t}/nowhere, which does not exist"),
+        ("loop_a", "{p} leads into a symlink loop"),
+        ("a_file/x.json", "{p}: {t}/a_file is a file, not a directory"),
+        ("dangling/x.json", "{p}: its directory {t}/dangling is a symlink to {t}/nowhere, which does not exist"),
+        ("loop_a/x.json", "{p} leads into a symlink loop"),
+        ("missing/x.json", "{p}: its directory {t}/missing does not exist"),
+    ],
+)
 def test_a_file_option_names_what_is_wrong_with_its_path(tmp_path, odd_paths, case, message):
     path = tmp_path / case
     with pytest.raises(RunDirError) as refused:
@@ -98,14 +102,17 @@ def test_a_file_option_names_what_is_wrong_with_its_path(tmp_path, odd_paths, ca
     assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "nowhere").exists()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("a_file", "{p} is a file, not a directory; name a directory"),
-    ("dangling", "{p} is a symlink to {t}/nowhere, which does not exist"),
-    ("loop_a", "{p} leads into a symlink loop"),
-    ("a_file/figures", "{p}: {t}/a_file is a file, not a directory"),
-    ("dangling/figures", "{p}: {t}/dangling is a symlink to {t}/nowhere, which does not exist"),
-    ("loop_a/figures", "{p} leads into a symlink loop"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("a_file", "{p} is a file, not a directory; name a directory"),
+        ("dangling", "{p} is a symlink to {t}/nowhere, which does not exist"),
+        ("loop_a", "{p} leads into a symlink loop"),
+        ("a_file/figures", "{p}: {t}/a_file is a file, not a directory"),
+        ("dangling/figures", "{p}: {t}/dangling is a symlink to {t}/nowhere, which does not exist"),
+        ("loop_a/figures", "{p} leads into a symlink loop"),
+    ],
+)
 def test_a_directory_option_names_what_is_wrong_with_its_path(tmp_path, odd_paths, case, message):
     path = tmp_path / case
     with pytest.raises(RunDirError) as refused:

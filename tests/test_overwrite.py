@@ -2,6 +2,7 @@
 dropped only once the new run has written its first checkpoint. A new run that fails at its first step
 (a non-finite loss, an exception), is stopped, or is killed before its first epoch ends gives them back,
 the last one when the next run in the directory starts (engine/previous_run.py)."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ import shutil
 import signal
 
 import pytest
-from conftest import run_train, run_train_with_fault
 from test_faults import FAULT, start_with_terminal, wait_for_mid_epoch, watchdog
 from test_run_safety import assert_one_line_refusal, snapshot
 
@@ -17,6 +17,8 @@ import engine.trainer
 import train
 from engine.cli import status_of
 from engine.previous_run import ASIDE, PARTIAL, RESTORING, set_aside, settle
+
+from conftest import run_train, run_train_with_fault
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,10 @@ def test_an_overwrite_killed_in_its_first_epoch_is_undone_by_the_next_run(run_di
 
 def test_an_overwrite_that_checkpoints_replaces_the_old_run(run_dir):
     old_best = (run_dir / "best.pt").read_bytes()
-    code = status_of(train.main, ["--config", "configs/quickstart.yaml", *FAULT, "train.epochs=1",
-                                  "--run-dir", str(run_dir), "--overwrite"])
+    code = status_of(
+        train.main,
+        ["--config", "configs/quickstart.yaml", *FAULT, "train.epochs=1", "--run-dir", str(run_dir), "--overwrite"],
+    )
     assert code == 0
     assert not (run_dir / ASIDE).exists() and (run_dir / "best.pt").read_bytes() != old_best
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".previous")] == []
@@ -112,8 +116,14 @@ def test_a_new_run_without_a_checkpoint_is_undone_and_a_kill_while_undoing_too(t
     fake_run_files(tmp_path, "new", with_last=False)  # the new run's config, log, events; no checkpoint
     (tmp_path / "events.out.tfevents.2.host").write_text("new events")
     os.replace(tmp_path / ASIDE, tmp_path / RESTORING)  # killed after deleting the new files ...
-    for name in ("config.yaml", "log.txt", "metrics.json", "best.pt", "events.out.tfevents.1.host",
-                 "events.out.tfevents.2.host"):
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "metrics.json",
+        "best.pt",
+        "events.out.tfevents.1.host",
+        "events.out.tfevents.2.host",
+    ):
         (tmp_path / name).unlink()
     os.replace(tmp_path / RESTORING / "log.txt.previous", tmp_path / "log.txt")  # ... and moving one back
     assert settle(tmp_path) == "restored"

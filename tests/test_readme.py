@@ -1,5 +1,6 @@
 """README's promises that a file can check: the two-command start, CI running the README's test
 command, and every repository path a README command names existing."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ def make_plan(target: str) -> str:
     """What ``make TARGET`` would run from scratch; run under ``make test`` itself (CI), so without the
     outer make's variables and directory messages."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    return subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_the_first_commands_are_the_two_make_targets_and_ci_runs_the_second():

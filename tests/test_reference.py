@@ -1,5 +1,6 @@
 """docs/REFERENCE.md is what scripts/make_reference.py makes of the code today: the registries' parts and every
 config option, so no table in the docs can drift from the code."""
+
 from __future__ import annotations
 
 from scripts import make_reference
@@ -7,13 +8,14 @@ from scripts import make_reference
 
 def test_the_generated_reference_is_up_to_date():
     assert make_reference.REFERENCE.read_text() == make_reference.render(), (
-        "docs/REFERENCE.md is stale: run python scripts/make_reference.py")
+        "docs/REFERENCE.md is stale: run python scripts/make_reference.py"
+    )
 
 
 def test_the_reference_lists_every_term_plan_and_option():
-    from engine.config import ExperimentConfig
     from core.typed_config import all_keys
     from data.plans import PLANS
+    from engine.config import ExperimentConfig
     from losses import LOSSES
 
     text = make_reference.render()

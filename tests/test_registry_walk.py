@@ -1,8 +1,9 @@
-"""Every registered loss term, batch plan, batch transform and augmentation, walked from the registries, so that no
-method can be added without being trained: every term on every backbone family (timm's included) in-process (two steps of the batch
-its plan composes, the gradient reaching the first convolution, or a clean refusal by ``check_features``) and under
-every plan it accepts, every plan's indices alike from both loaders, and a real one-epoch run of train.py of each
-term, alone and with Tf-FD."""
+"""Every registered loss term, batch plan, batch transform and augmentation, walked from the registries, so that
+no method can be added without being trained: every term on every backbone family (timm's included) in-process
+(two steps of the batch its plan composes, the gradient reaching the first convolution, or a clean refusal by
+``check_features``) and under every plan it accepts, every plan's indices alike from both loaders, and a real
+one-epoch run of train.py of each term, alone and with Tf-FD."""
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,6 @@ import math
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, read_metrics, run_train
 from core.errors import ConfigError
 from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
@@ -22,14 +22,22 @@ from engine.config import BatchConfig
 from engine.network import TrainingNetwork
 from losses import LOSSES, LossTerm, TrainingSetup
 from models import build_model
+
+from conftest import REPO, SMOKE, read_metrics, run_train
 from timm_models import TINY as TIMM_TINY
 
 TERMS = sorted(LOSSES)
 # Models of each stage layout: 3 and 4 stages, head blocks (a final BN-ReLU; a 1x1 conv, with odd
 # widths and a 2 x 2 last stage), torchvision's ImageNet ResNet (at 64 x 64 here, for speed).
-BACKBONES = {"resnet20": 16, "cifar_resnet18": 16, "wrn_16_2": 16, "mobilenetv2": 32, "resnet18": 64,
-             # tiny timm models of three families: a ResNet, a ConvNeXt, a ViT (tests/timm_models.py)
-             **{name: side for name, (side, _, _) in TIMM_TINY.items()}}
+BACKBONES = {
+    "resnet20": 16,
+    "cifar_resnet18": 16,
+    "wrn_16_2": 16,
+    "mobilenetv2": 32,
+    "resnet18": 64,
+    # tiny timm models of three families: a ResNet, a ConvNeXt, a ViT (tests/timm_models.py)
+    **{name: side for name, (side, _, _) in TIMM_TINY.items()},
+}
 MUST_FIT = {"resnet20", "cifar_resnet18"}  # the quickstart's and the self-KD table's backbones
 NUM_CLASSES, ANCHORS = 5, 6
 
@@ -73,8 +81,9 @@ def _step(network, term, images, targets, indices, epoch):
     if term.requires_teacher:
         teacher_logits = torch.randn(len(targets), NUM_CLASSES, generator=torch.Generator().manual_seed(1))
         teacher_logits = teacher_logits.to(targets.device)
-    _, losses = network(parts, targets, torch.tensor(float(epoch), device=targets.device), indices, teacher_logits,
-                        None, batch)
+    _, losses = network(
+        parts, targets, torch.tensor(float(epoch), device=targets.device), indices, teacher_logits, None, batch
+    )
     return losses
 
 
@@ -120,8 +129,9 @@ def test_every_term_trains_on_every_backbone_family_or_refuses_it_cleanly(name, 
     _train_two_steps(model, shapes, name, term.batch_plan or "plain", side)
 
 
-ACCEPTED = [(name, plan) for name in TERMS for plan in sorted(PLANS)
-            if LOSSES.lookup(name).term.batch_plan in (None, plan)]  # a term that needs no plan takes any
+ACCEPTED = [
+    (name, plan) for name in TERMS for plan in sorted(PLANS) if LOSSES.lookup(name).term.batch_plan in (None, plan)
+]  # a term that needs no plan takes any
 
 
 @pytest.mark.parametrize("name, plan_name", ACCEPTED)
@@ -145,8 +155,9 @@ def _first_step_losses(name: str, device, autocast_dtype=None) -> dict:
     images, targets, indices, num_samples = _batch(plan, BACKBONES["cifar_resnet18"])
     term.attach(TrainingSetup(num_samples, NUM_CLASSES, 2, shapes))
     network = TrainingNetwork(copy.deepcopy(model), [term], plan).to(device)
-    with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+        torch.device(device).type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
         losses = _step(network, term, images.to(device), targets.to(device), indices.to(device), 1)
     return {key: value.detach().float().cpu() for key, value in losses.items()}
 
@@ -164,8 +175,15 @@ def test_every_term_on_cuda_matches_the_cpu_in_fp32_and_is_finite_in_bf16(name):
 
 
 # ---------------------------------------------------------------- real runs of train.py
-WALK = [*SMOKE, "data.num_train=192", "data.num_test=64", "train.batch_size=32", "train.epochs=1",
-        "train.log_interval=100", "loss.tffd.warmup_epochs=0"]
+WALK = [
+    *SMOKE,
+    "data.num_train=192",
+    "data.num_test=64",
+    "train.batch_size=32",
+    "train.epochs=1",
+    "train.log_interval=100",
+    "loss.tffd.warmup_epochs=0",
+]
 STANDARD = {"train_loss", "train_acc1", "train_time", "train_lr", "train_images_per_s"}
 
 
@@ -210,8 +228,7 @@ def test_every_batch_transform_trains_an_epoch_with_tffd(transform, tmp_path):
 @pytest.mark.parametrize("loader", ["device", "torchvision"])
 @pytest.mark.parametrize("augmentation", sorted(AUGMENTATIONS))
 def test_every_augmentation_trains_an_epoch_with_tffd_on_both_loaders(augmentation, loader, tmp_path):
-    _walk_run(tmp_path, ["ce", "tffd"], f"data.augment=[{augmentation}]", f"data.loader={loader}",
-              "data.num_workers=0")
+    _walk_run(tmp_path, ["ce", "tffd"], f"data.augment=[{augmentation}]", f"data.loader={loader}", "data.num_workers=0")
 
 
 # ---------------------------------------------------------------- the batch plans
@@ -235,8 +252,9 @@ def _loader_batches(plan_name: str, loader: str):
     from data import build_dataset, build_loaders
     from engine.config import load_config
 
-    config = load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "data.num_train=40", f"data.loader={loader}",
-                                                             "data.num_workers=0"])
+    config = load_config(
+        REPO / "configs/quickstart.yaml", [*SMOKE, "data.num_train=40", f"data.loader={loader}", "data.num_workers=0"]
+    )
     data = build_dataset(config.data)
     loaders = build_loaders(config.data, data, 16, 64, "cpu", 3, _plan(plan_name))
     loaders.train.set_epoch(2)
@@ -258,7 +276,7 @@ def test_every_plan_gives_both_loaders_the_same_batches_of_indices(plan_name):
             assert (labels[extra] == labels[device_indices[:anchors]]).all()
         if plan_name in ("two_views", "last_batch"):
             assert (extra == device_indices[:anchors]).all()
-    seen = torch.cat([indices[:len(indices) // (plan.extra_samples + 1)] for _, indices in device])
+    seen = torch.cat([indices[: len(indices) // (plan.extra_samples + 1)] for _, indices in device])
     assert sorted(seen.tolist()) == list(range(40))  # every sample is an anchor once an epoch
 
 
@@ -268,12 +286,14 @@ def test_terms_that_need_different_plans_are_refused_in_one_line(tmp_path):
     assert result.returncode == 2 and not run_dir.exists(), result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: loss.terms need different batch plans (loss.dlb needs last_batch, loss.ddgsd needs two_views); a run "
-        "has one plan: combine terms that need the same plan, or one that needs none")
+        "has one plan: combine terms that need the same plan, or one that needs none"
+    )
     result = run_train(*WALK, "loss.terms=[ce,cs_kd]", "batch.plan=two_views", "--run-dir", str(run_dir))
     assert result.returncode == 2 and not run_dir.exists(), result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: batch.plan=two_views, but loss.cs_kd needs batch plan class_pairs; set batch.plan=class_pairs (or "
-        "auto), or drop cs_kd from loss.terms")
+        "auto), or drop cs_kd from loss.terms"
+    )
 
 
 def test_any_one_term_goes_with_the_plan_it_needs_and_with_terms_that_need_none():
@@ -288,12 +308,14 @@ def test_any_one_term_goes_with_the_plan_it_needs_and_with_terms_that_need_none(
 @pytest.mark.parametrize("transform", ["mixup", "cutmix"])
 def test_a_transform_that_would_mix_across_a_plans_pairs_is_refused_in_one_line(transform, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(*WALK, "loss.terms=[mixskd]", f"batch.transforms=[cutout,{transform}]", "--run-dir",
-                       str(run_dir))
+    result = run_train(
+        *WALK, "loss.terms=[mixskd]", f"batch.transforms=[cutout,{transform}]", "--run-dir", str(run_dir)
+    )
     assert result.returncode == 2 and not run_dir.exists(), result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: batch plan mix_pairs (loss.mixskd needs it) pairs the images of its batch, and batch.transforms "
-        f"['{transform}'] would mix across its pairs; remove {transform} from batch.transforms")
+        f"['{transform}'] would mix across its pairs; remove {transform} from batch.transforms"
+    )
     result = run_train(*WALK, "batch.plan=mix_pairs", f"batch.transforms=[{transform}]", "--run-dir", str(run_dir))
     assert result.returncode == 2 and not run_dir.exists(), result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: batch plan mix_pairs pairs the images")

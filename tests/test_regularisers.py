@@ -1,5 +1,6 @@
 """Output regularisers of the self-KD table, on hand-computed tensors: the focal loss (in place of CE)
 and the confidence penalty (maximum entropy, beside CE), values, gradients, mixed labels, configs."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
 from core.errors import ConfigError
 from losses import LOSSES, StepOutput
 from losses.focal import FocalConfig, FocalLoss, focal_loss
 from losses.max_entropy import ConfidencePenalty, MaxEntropyConfig, entropy
+
+from conftest import REPO, method_config
 
 LOGITS = [[1.0, -0.5, 2.0], [0.0, 0.3, -1.0]]
 TARGETS = torch.tensor([2, 0])
@@ -44,7 +46,7 @@ def test_focal_value_and_gradient_by_hand():
     assert set(out) == {"focal"}
     p = probs_by_hand(LOGITS)
     p_y = p[[0, 1], TARGETS]
-    torch.testing.assert_close(out["focal"], (-(1 - p_y) ** 2 * p_y.log()).mean())
+    torch.testing.assert_close(out["focal"], (-((1 - p_y) ** 2) * p_y.log()).mean())
     out["focal"].backward()
     # d FL_n / d p_y = 2 (1 - p_y) log p_y - (1 - p_y)^2 / p_y and d p_y / d z_c = p_y (onehot_c - p_c)
     d_p = 2 * (1 - p_y) * p_y.log() - (1 - p_y) ** 2 / p_y
@@ -75,7 +77,7 @@ def test_focal_with_mixed_labels_is_the_label_mixture_of_the_focal_losses():
     # by hand for one sample: sum_c q_c * -(1 - p_c)^2 log p_c
     q = torch.tensor([[0.25, 0.0, 0.75]])
     p = probs_by_hand(LOGITS[:1])
-    expected = (q * -(1 - p) ** 2 * p.log()).sum()
+    expected = (q * -((1 - p) ** 2) * p.log()).sum()
     torch.testing.assert_close(focal_loss(torch.tensor(LOGITS[:1]), q, 2.0), expected)
 
 
@@ -134,11 +136,18 @@ def test_the_penalty_ignores_labels_mixed_or_not():
 def test_max_entropy_configs_hold_self_kd_libs_settings(tmp_path):
     assert LOSSES.lookup("max_entropy").term is ConfidencePenalty
     config = load_method("max_entropy", tmp_path)
-    assert (config.loss.terms, config.loss.max_entropy.beta, config.loss.ce.weight) == (["ce", "max_entropy"], 0.005, 1.0)
+    assert (config.loss.terms, config.loss.max_entropy.beta, config.loss.ce.weight) == (
+        ["ce", "max_entropy"],
+        0.005,
+        1.0,
+    )
     assert MaxEntropyConfig().beta == 0.005
     alone, with_tffd = load_selfkd("max_entropy")
-    assert (alone.model.name, alone.loss.terms, alone.loss.max_entropy.beta) == ("cifar_resnet18", ["ce", "max_entropy"],
-                                                                                  0.005)
+    assert (alone.model.name, alone.loss.terms, alone.loss.max_entropy.beta) == (
+        "cifar_resnet18",
+        ["ce", "max_entropy"],
+        0.005,
+    )
     assert with_tffd.loss.terms == ["ce", "max_entropy", "tffd"]
     with pytest.raises(ConfigError, match="beta must be >= 0"):
         MaxEntropyConfig(beta=-0.1)

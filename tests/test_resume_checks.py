@@ -2,19 +2,21 @@
 weights fit: last.pt records the resolved config, so a run directory whose config.yaml was deleted is
 refused as one whose config.yaml differs; a last.pt of another architecture or class count is found
 out before anything is written. Each refusal: one line, exit 2, the directory unchanged."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
 import torch
-from conftest import SMOKE
 from test_run_safety import snapshot
 
 import train
 from engine.checkpoint import load_checkpoint
 from engine.cli import status_of
 from models import build_model
+
+from conftest import SMOKE
 
 TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
 
@@ -23,8 +25,12 @@ TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
 def stopped_run(tmp_path_factory):
     """A 1-epoch run, finished; each test marks it unfinished (``resume``)."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
-    assert status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, "train.epochs=1",
-                                  "--run-dir", str(run_dir)]) == 0
+    assert (
+        status_of(
+            train.main, ["--config", "configs/quickstart.yaml", *TINY, "train.epochs=1", "--run-dir", str(run_dir)]
+        )
+        == 0
+    )
     return run_dir
 
 
@@ -40,8 +46,10 @@ def resume(run_dir, *overrides: str) -> int:
     its last checkpoint leaves it), with ``overrides``; train.py's exit status."""
     metrics = run_dir / "metrics.json"
     metrics.write_text(metrics.read_text().replace('"finished": true', '"finished": false'))
-    return status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, "train.epochs=1", *overrides,
-                                  "--run-dir", str(run_dir)])
+    return status_of(
+        train.main,
+        ["--config", "configs/quickstart.yaml", *TINY, "train.epochs=1", *overrides, "--run-dir", str(run_dir)],
+    )
 
 
 def one_error_line(capfd) -> str:
@@ -50,12 +58,15 @@ def one_error_line(capfd) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("override, difference", [
-    ("train.lr=0.1", "train.lr: 0.05 -> 0.1"),
-    ("loss.terms=[ce]", "loss.terms: ['ce', 'tffd'] -> ['ce']"),
-    ("loss.tffd.lambda_intra=0.5", "loss.tffd.lambda_intra: 0.0008 -> 0.5"),
-    ("seed=7", "seed: 0 -> 7"),
-])
+@pytest.mark.parametrize(
+    "override, difference",
+    [
+        ("train.lr=0.1", "train.lr: 0.05 -> 0.1"),
+        ("loss.terms=[ce]", "loss.terms: ['ce', 'tffd'] -> ['ce']"),
+        ("loss.tffd.lambda_intra=0.5", "loss.tffd.lambda_intra: 0.0008 -> 0.5"),
+        ("seed=7", "seed: 0 -> 7"),
+    ],
+)
 def test_a_resume_without_config_yaml_is_checked_against_the_checkpoint(run_dir, capfd, override, difference):
     (run_dir / "config.yaml").unlink()
     capfd.readouterr()
@@ -88,22 +99,32 @@ def foreign_weights(model_name: str, num_classes: int) -> dict:
     return build_model(model_name, num_classes).state_dict()
 
 
-@pytest.mark.parametrize("change, message", [
-    # another architecture, recorded as such by the checkpoint
-    (lambda s: s.update(model=foreign_weights("resnet32", 10), model_name="resnet32"),
-     "holds a resnet32, not a resnet20"),
-    # another class count, recorded
-    (lambda s: s.update(model=foreign_weights("resnet20", 100), num_classes=100),
-     "was trained for 100 classes, but the dataset has 10"),
-    # bare weights of another architecture, nothing recorded
-    (lambda s: (s.update(model=foreign_weights("resnet32", 10)), s.pop("model_name"), s.pop("config")),
-     "does not fit the model: unexpected keys"),
-    # bare weights of another class count
-    (lambda s: (s.update(model=foreign_weights("resnet20", 100)), s.pop("num_classes"), s.pop("config")),
-     "does not fit the model: shape mismatches (file vs model) fc.weight (100, 64) vs (10, 64)"),
-])
-def test_a_last_checkpoint_of_another_model_is_found_out_before_anything_is_written(run_dir, capfd, change,
-                                                                                      message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # another architecture, recorded as such by the checkpoint
+        (
+            lambda s: s.update(model=foreign_weights("resnet32", 10), model_name="resnet32"),
+            "holds a resnet32, not a resnet20",
+        ),
+        # another class count, recorded
+        (
+            lambda s: s.update(model=foreign_weights("resnet20", 100), num_classes=100),
+            "was trained for 100 classes, but the dataset has 10",
+        ),
+        # bare weights of another architecture, nothing recorded
+        (
+            lambda s: (s.update(model=foreign_weights("resnet32", 10)), s.pop("model_name"), s.pop("config")),
+            "does not fit the model: unexpected keys",
+        ),
+        # bare weights of another class count
+        (
+            lambda s: (s.update(model=foreign_weights("resnet20", 100)), s.pop("num_classes"), s.pop("config")),
+            "does not fit the model: shape mismatches (file vs model) fc.weight (100, 64) vs (10, 64)",
+        ),
+    ],
+)
+def test_a_last_checkpoint_of_another_model_is_found_out_before_anything_is_written(run_dir, capfd, change, message):
     state = load_checkpoint(run_dir / "last.pt")
     change(state)
     torch.save(state, run_dir / "last.pt")

@@ -1,15 +1,17 @@
 """Where train.py expects a run file (last.pt, best.pt, metrics.json, config.yaml, log.txt, the lock) and
 finds a directory, a dangling symlink or a symlink loop, or where --run-dir is a file or a broken link:
 one line naming the path, exit 2, before anything is written."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
-from conftest import SMOKE
 
 import train
 from engine.cli import status_of
+
+from conftest import SMOKE
 
 TINY = [*SMOKE, "data.num_train=64", "data.num_test=64", "train.batch_size=32", "train.epochs=1"]
 NAMES = ["last.pt", "best.pt", "metrics.json", "config.yaml", "log.txt", ".lock"]
@@ -42,8 +44,13 @@ def make_fifo(path):
     return "is not a regular file"
 
 
-KINDS = {"directory": make_directory, "dangling": make_dangling, "loop": make_loop,
-         "link to a directory": make_link_to_directory, "fifo": make_fifo}
+KINDS = {
+    "directory": make_directory,
+    "dangling": make_dangling,
+    "loop": make_loop,
+    "link to a directory": make_link_to_directory,
+    "fifo": make_fifo,
+}
 
 
 def listing(root):
@@ -69,8 +76,9 @@ def test_a_run_file_that_is_not_a_file_is_one_line_before_anything_is_written(tm
     before = listing(tmp_path)
     assert train_into(run_dir) == 2
     lines = capfd.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {run_dir / name} {what}, where the run keeps its {name}"), \
+    assert len(lines) == 1 and lines[0].startswith(f"error: {run_dir / name} {what}, where the run keeps its {name}"), (
         lines
+    )
     assert listing(tmp_path) == before
 
 

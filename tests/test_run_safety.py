@@ -1,6 +1,7 @@
 """No fault or bad input loses a result: a run directory that holds one is never cleared without
 --overwrite, the decision is taken again under the lock, and a damaged run file is one line that says
 which file and how to recover, with nothing written before it."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import pytest
 
 import engine.session
 import train
-from conftest import SMOKE, run_train
 from engine.cli import status_of
+
+from conftest import SMOKE, run_train
 from in_process import Finished
 
 TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
@@ -53,8 +55,11 @@ def test_best_checkpoint_is_kept_when_last_is_lost(finished_run, tmp_path):
     (run_dir / "last.pt").unlink()
     before = snapshot(run_dir)
     result = run_train(*TINY, "--run-dir", str(run_dir))
-    assert_one_line_refusal(result, f"{run_dir} has no last.pt to resume from but holds best.pt and metrics.json "
-                                    f"with 1 finished epochs", "--overwrite")
+    assert_one_line_refusal(
+        result,
+        f"{run_dir} has no last.pt to resume from but holds best.pt and metrics.json with 1 finished epochs",
+        "--overwrite",
+    )
     assert snapshot(run_dir) == before
 
 
@@ -77,14 +82,17 @@ def test_a_run_that_finished_while_this_one_was_building_is_not_overwritten(tmp_
     assert not (run_dir / ".lock").exists()
 
 
-@pytest.mark.parametrize("name, damage, message", [
-    ("metrics.json", b"[1, 2]\n", "metrics.json is damaged (a JSON list, not an object)"),
-    ("metrics.json", b'{"best_acc1": 5', "metrics.json is damaged (not JSON: "),
-    ("metrics.json", b"\xff\xfe{}", "metrics.json is damaged (not UTF-8 text)"),
-    ("config.yaml", b"seed: \xff\n", "config.yaml is damaged ("),
-    ("config.yaml", b"", "config.yaml is damaged ("),
-    ("last.pt", None, "last.pt is corrupt, truncated or not a PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("metrics.json", b"[1, 2]\n", "metrics.json is damaged (a JSON list, not an object)"),
+        ("metrics.json", b'{"best_acc1": 5', "metrics.json is damaged (not JSON: "),
+        ("metrics.json", b"\xff\xfe{}", "metrics.json is damaged (not UTF-8 text)"),
+        ("config.yaml", b"seed: \xff\n", "config.yaml is damaged ("),
+        ("config.yaml", b"", "config.yaml is damaged ("),
+        ("last.pt", None, "last.pt is corrupt, truncated or not a PyTorch checkpoint"),
+    ],
+)
 def test_a_damaged_run_file_is_one_line_and_nothing_is_written(finished_run, tmp_path, name, damage, message):
     run_dir = copy_of(finished_run, tmp_path, unfinished=True)
     path = run_dir / name
@@ -124,8 +132,10 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_leaves_no_lock(tm
     code = status_of(train.main, ["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0] == (f"error: no space left on the disk holding {run_dir} (writing {run_dir / 'last.pt'}); "
-                      f"{run_dir / 'last.pt'} is intact and holds the last finished epoch. Free some space and run "
-                      f"the same command again")
+    assert err[0] == (
+        f"error: no space left on the disk holding {run_dir} (writing {run_dir / 'last.pt'}); "
+        f"{run_dir / 'last.pt'} is intact and holds the last finished epoch. Free some space and run "
+        f"the same command again"
+    )
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
     assert not (run_dir / ".lock").exists() and not list(run_dir.glob(".*.tmp"))

@@ -1,5 +1,6 @@
 """SAD (self-attention distillation) on hand-computed tensors: the attention map, upsampling the
 deeper feature before its map is taken, what is detached, the term, its configs and errors."""
+
 from __future__ import annotations
 
 import math
@@ -8,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
 from core.errors import ConfigError
 from losses import LOSSES, StepOutput
 from losses.sad import SADConfig, SelfAttentionDistillation, attention_map, sad_loss
+
+from conftest import REPO, method_config
 
 
 def feature(values, n=1, c=1, h=1, w=2, grad=True):

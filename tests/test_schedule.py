@@ -1,5 +1,6 @@
 """The lr schedule (engine/schedule.py): per-step warm-up, per-epoch decay, by hand and against
 PyTorch's MultiStepLR stepped per epoch."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,20 @@ import torch
 from engine.schedule import lr_factor
 
 
-@pytest.mark.parametrize("step, factor", [
-    (0, 0.05), (9, 0.5), (19, 1.0), (20, 1.0), (39, 1.0), (40, 0.1), (59, 0.1), (60, 0.01), (99, 0.01),
-])
+@pytest.mark.parametrize(
+    "step, factor",
+    [
+        (0, 0.05),
+        (9, 0.5),
+        (19, 1.0),
+        (20, 1.0),
+        (39, 1.0),
+        (40, 0.1),
+        (59, 0.1),
+        (60, 0.01),
+        (99, 0.01),
+    ],
+)
 def test_warmup_then_decay_by_hand(step, factor):
     # 10 steps per epoch, warm-up over 2 epochs, x0.1 after epochs 4 and 6
     assert lr_factor(step, 10, [4, 6], 0.1, 2) == pytest.approx(factor)
@@ -31,7 +43,15 @@ def test_the_trainer_follows_the_schedule(tmp_path):
     from conftest import SMOKE, read_metrics, run_train
 
     run_dir = tmp_path / "run"
-    run_train(*SMOKE, "train.epochs=3", "train.lr=0.1", "train.lr_warmup_epochs=2", "train.milestones=[2]",
-              "--run-dir", str(run_dir), check=True)  # 512 / 64 = 8 steps per epoch
+    run_train(
+        *SMOKE,
+        "train.epochs=3",
+        "train.lr=0.1",
+        "train.lr_warmup_epochs=2",
+        "train.milestones=[2]",
+        "--run-dir",
+        str(run_dir),
+        check=True,
+    )  # 512 / 64 = 8 steps per epoch
     lrs = [epoch["train_lr"] for epoch in read_metrics(run_dir)["history"]]  # each epoch's first step
     assert lrs == pytest.approx([0.1 * 1 / 16, 0.1 * 9 / 16, 0.1 * 0.1])

@@ -1,5 +1,6 @@
 """Teacher-free baselines beside Tf-FD: Tf-KD_reg and the batch transforms (Mixup, CutMix, Cutout), on
 hand-computed tensors, then trained alone and with Tf-FD, and resumed exactly."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import data.batch_transforms as bt
-from conftest import REPO, SMOKE, attached, method_config, read_metrics, run_train, run_train_with_fault
 from core.errors import ConfigError
 from data.batch_transforms import CutMix, CutMixConfig, Cutout, CutoutConfig, Mixup, MixupConfig, mix
 from losses import StepOutput, TrainingSetup
 from losses.ce import CEConfig, CrossEntropy
 from losses.tf_kd_reg import TfKDRegConfig, TfKDRegularization, tf_kd_reg_loss, virtual_teachers
+
+from conftest import REPO, SMOKE, attached, method_config, read_metrics, run_train, run_train_with_fault
 
 
 # ---------------------------------------------------------------- Tf-KD_reg
@@ -172,8 +174,15 @@ def test_two_epochs_learn_alone_and_with_tffd(method, with_tffd, trained):
 def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path, terms):
     """The transforms draw from the generators the checkpoint saves, and PS-KD's past predictions are
     in it: stopped in epoch 2 and resumed, a deterministic CPU run ends as the uninterrupted one."""
-    args = [*RUN, "data.num_train=256", "train.epochs=3", "train.deterministic=true",  # 8 steps per epoch
-            "batch.transforms=[mixup,cutmix,cutout]", "batch.cutmix.prob=0.5", f"loss.terms=[{terms}]"]
+    args = [
+        *RUN,
+        "data.num_train=256",
+        "train.epochs=3",
+        "train.deterministic=true",  # 8 steps per epoch
+        "batch.transforms=[mixup,cutmix,cutout]",
+        "batch.cutmix.prob=0.5",
+        f"loss.terms=[{terms}]",
+    ]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
     stopped = run_train_with_fault("sigterm", 13, *args, "--run-dir", str(resumed))
@@ -186,10 +195,17 @@ def test_a_resumed_run_with_batch_transforms_and_state_is_bit_identical(tmp_path
     assert read_metrics(resumed)["history"][-1]["test_acc1"] == read_metrics(reference)["history"][-1]["test_acc1"]
 
 
-@pytest.mark.parametrize("method, terms, transforms", [
-    ("tf_kd_reg", ["ce", "tf_kd_reg"], []), ("mixup", ["ce"], ["mixup"]), ("cutmix", ["ce"], ["cutmix"]),
-    ("cutout", ["ce"], ["cutout"]), ("cs_kd", ["ce", "cs_kd"], []), ("ps_kd", ["ps_kd"], []),
-])
+@pytest.mark.parametrize(
+    "method, terms, transforms",
+    [
+        ("tf_kd_reg", ["ce", "tf_kd_reg"], []),
+        ("mixup", ["ce"], ["mixup"]),
+        ("cutmix", ["ce"], ["cutmix"]),
+        ("cutout", ["ce"], ["cutout"]),
+        ("cs_kd", ["ce", "cs_kd"], []),
+        ("ps_kd", ["ps_kd"], []),
+    ],
+)
 def test_method_configs_hold_the_original_settings(method, terms, transforms, tmp_path):
 
     config = method_config(tmp_path, method)
@@ -197,7 +213,11 @@ def test_method_configs_hold_the_original_settings(method, terms, transforms, tm
     assert (config.batch.mixup.alpha, config.batch.cutmix.alpha, config.batch.cutmix.prob) == (1.0, 1.0, 0.5)
     assert config.batch.cutout.length == 8
     if method == "tf_kd_reg":
-        assert (config.loss.ce.weight, config.loss.tf_kd_reg.weight, config.loss.tf_kd_reg.temperature) == (0.9, 0.1, 20.0)
+        assert (config.loss.ce.weight, config.loss.tf_kd_reg.weight, config.loss.tf_kd_reg.temperature) == (
+            0.9,
+            0.1,
+            20.0,
+        )
 
 
 # ---------------------------------------------------------------- CS-KD: the sampler, the loaders, the loss

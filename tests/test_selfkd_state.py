@@ -1,6 +1,7 @@
 """Terms with parameters (BYOT's heads) and a batch plan with state across steps (DLB's last mini-batch): the
 losses by hand, what is detached, where the parameters and the state go (optimizer, checkpoint, not the
 exported model), and exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -9,28 +10,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE, attached, leaf_tensors, read_metrics, run_train, run_train_with_fault
 from core.errors import CheckpointError, ConfigError
+from data.plans.last_batch import LastBatchOptions, LastBatchPlan
 from engine.builder import build_experiment
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import load_config
 from engine.distributed import DistContext
 from engine.step import apply_gradients, compute_losses
 from engine.trainer import CHECKPOINT_FORMAT, load_resume_state
-from in_process import run_main
 from losses import StepOutput, TrainingSetup
 from losses.byot import BeYourOwnTeacher, BYOTConfig, feature_hint, soft_cross_entropy
-from data.plans.last_batch import LastBatchOptions, LastBatchPlan
 from losses.dlb import DLBConfig, LastMiniBatchKD
 from losses.kd import kd_loss
 from scripts import evaluate
+
+from conftest import REPO, SMOKE, attached, leaf_tensors, read_metrics, run_train, run_train_with_fault
+from in_process import run_main
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 RUN = [*SMOKE, "data.num_test=128", "train.batch_size=32", "train.lr=0.05"]
 
 
 def experiment(*overrides):
-    return build_experiment(load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "train.device=cpu", *overrides]), CPU)
+    return build_experiment(
+        load_config(REPO / "configs/quickstart.yaml", [*SMOKE, "train.device=cpu", *overrides]), CPU
+    )
 
 
 # ---------------------------------------------------------------- BYOT: the pure functions
@@ -98,11 +102,14 @@ def test_byot_loss_is_the_weighted_sum_of_its_parts_with_the_deepest_exit_detach
     assert feats[0].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"stages": [3]}, "heads go on stages 1..2"),
-    ({"stages": [1, 1]}, "lists a stage twice"),
-    ({"stages": []}, "needs at least one head"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stages": [3]}, "heads go on stages 1..2"),
+        ({"stages": [1, 1]}, "lists a stage twice"),
+        ({"stages": []}, "needs at least one head"),
+    ],
+)
 def test_byot_stage_options_that_do_not_fit_the_model_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         BeYourOwnTeacher(BYOTConfig(**options)).check_features(SHAPES)
@@ -218,8 +225,14 @@ def test_a_checkpoint_from_before_the_batch_plans_gives_dlbs_memory_to_the_plan(
     """Before the batch plans, DLB's memory was its loss term's per-rank state (``rank_terms``)."""
     memory = {"images": torch.ones(2, 3, 4, 4), "targets": torch.tensor([1, 2]), "logits": torch.zeros(2, 5)}
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "terms": [{}, {"_extra_state": memory}],
-                           "rank_terms": [[None, {"_extra_state": memory}], [None, {"_extra_state": {}}]]})
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "terms": [{}, {"_extra_state": memory}],
+            "rank_terms": [[None, {"_extra_state": memory}], [None, {"_extra_state": {}}]],
+        },
+    )
     state = load_resume_state(path, world_size=2)
     assert "rank_terms" not in state and state["terms"] == [{}, {}]
     assert state["rank_plan"][1] == {"_extra_state": {}}
@@ -254,16 +267,29 @@ def test_a_resumed_run_with_heads_and_last_batch_memory_is_bit_identical(tmp_pat
     assert read_metrics(resumed)["history"][-1]["train_loss"] == read_metrics(reference)["history"][-1]["train_loss"]
 
 
-PLAN_RUNS = {"plain": "ce,tffd", "class_pairs": "ce,cs_kd", "same_class": "ce,bake", "two_views": "ce,ddgsd",
-             "mix_pairs": "mixskd"}  # last_batch: the test above, with BYOT's heads
+PLAN_RUNS = {
+    "plain": "ce,tffd",
+    "class_pairs": "ce,cs_kd",
+    "same_class": "ce,bake",
+    "two_views": "ce,ddgsd",
+    "mix_pairs": "mixskd",
+}  # last_batch: the test above, with BYOT's heads
 
 
 @pytest.mark.parametrize("plan", sorted(PLAN_RUNS))
 def test_a_killed_and_resumed_run_of_every_batch_plan_is_bit_identical(plan, tmp_path):
     """Killed in epoch 2 and resumed, a deterministic CPU run under each plan ends as the uninterrupted one: its
     extra samples (partners, views) and its random draws (mixup's lam and permutation) come back the same."""
-    args = [*SMOKE, "data.num_train=96", "data.num_test=32", "train.batch_size=32", "train.epochs=3",
-            "train.deterministic=true", f"loss.terms=[{PLAN_RUNS[plan]}]", "batch.same_class.partners=1"]
+    args = [
+        *SMOKE,
+        "data.num_train=96",
+        "data.num_test=32",
+        "train.batch_size=32",
+        "train.epochs=3",
+        "train.deterministic=true",
+        f"loss.terms=[{PLAN_RUNS[plan]}]",
+        "batch.same_class.partners=1",
+    ]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(*args, "--run-dir", str(reference), check=True)
     stopped = run_train_with_fault("sigterm", 5, *args, "--run-dir", str(resumed))
@@ -272,7 +298,8 @@ def test_a_killed_and_resumed_run_of_every_batch_plan_is_bit_identical(plan, tmp
     ours, theirs = (load_checkpoint(d / "last.pt") for d in (resumed, reference))
     assert all(torch.equal(ours["model"][key], value) for key, value in theirs["model"].items())
     assert [record["train_loss"] for record in read_metrics(resumed)["history"]] == [
-        record["train_loss"] for record in read_metrics(reference)["history"]]
+        record["train_loss"] for record in read_metrics(reference)["history"]
+    ]
 
 
 # ---------------------------------------------------------------- mixed labels (Mixup, CutMix)

@@ -1,6 +1,7 @@
 """launch.py's executors on one job list: SLURM through submitit against a fake sbatch/squeue on PATH
 (what would be submitted, with which dependencies; what a re-run skips and resubmits), the local pool
 on a tiny teacher -> student table, and the checkpoint-and-requeue of a running job."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMOKE, read_metrics, train_env
 from engine.cli import status_of
 from scripts import launch, submit_slurm
 
-ONE_EPOCH = ["data.name=synthetic", "data.num_train=128", "data.num_test=64", "data.image_size=16",
-             "train.batch_size=64", "train.eval_batch_size=64", "train.epochs=1", "train.milestones=[]"]
+from conftest import REPO, SMOKE, read_metrics, train_env
+
+ONE_EPOCH = [
+    "data.name=synthetic",
+    "data.num_train=128",
+    "data.num_test=64",
+    "data.image_size=16",
+    "train.batch_size=64",
+    "train.eval_batch_size=64",
+    "train.epochs=1",
+    "train.milestones=[]",
+]
 
 FAKE_SBATCH = """#!{python}
 import json, os, sys
@@ -40,7 +50,8 @@ exit 0
 
 @pytest.fixture
 def slurm(tmp_path, monkeypatch):
-    """A fake SLURM on PATH (sbatch records each submission file's #SBATCH flags); returns (submissions so far, set_queue(lines))."""
+    """A fake SLURM on PATH (sbatch records each submission file's #SBATCH flags); returns (submissions so far,
+    set_queue(lines))."""
     bin_dir, record = tmp_path / "bin", tmp_path / "slurm_record"
     bin_dir.mkdir(), record.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(python=sys.executable))
@@ -95,17 +106,21 @@ def test_slurm_submits_an_array_then_each_student_after_its_teachers_job(tmp_pat
     first, *students = submissions()
     assert len(students) == 2
     for sub in (first, *students):
-        assert {"--partition=gpu_p", "--gpus-per-node=2", "--time=90", "--nodes=1", "--signal=USR2@120"} \
-            <= set(sub["flags"]), sub
+        assert {"--partition=gpu_p", "--gpus-per-node=2", "--time=90", "--nodes=1", "--signal=USR2@120"} <= set(
+            sub["flags"]
+        ), sub
     assert "--array=0-2%3" in first["flags"] and not any(f.startswith("--dependency") for f in first["flags"])
     # the array's elements in job-list order: t1, t2, alone
-    recorded = {name: submit_slurm.recorded_job(root / name) for name in ("t1", "t2", "alone", "t1_student",
-                                                                          "t2_student")}
+    recorded = {
+        name: submit_slurm.recorded_job(root / name) for name in ("t1", "t2", "alone", "t1_student", "t2_student")
+    }
     assert recorded["t1"] == "100_0" and recorded["t2"] == "100_1" and recorded["alone"] == "100_2"
     deps = sorted(next(f for f in sub["flags"] if f.startswith("--dependency")) for sub in students)
     assert deps == ["--dependency=afterok:100_0", "--dependency=afterok:100_1"]
-    assert all("--kill-on-invalid-dep=yes" in sub["flags"] and not any(f.startswith("--array") for f in sub["flags"])
-               for sub in students)
+    assert all(
+        "--kill-on-invalid-dep=yes" in sub["flags"] and not any(f.startswith("--array") for f in sub["flags"])
+        for sub in students
+    )
     assert {recorded["t1_student"], recorded["t2_student"]} == {"101", "102"}
     assert "job 100_0: " + str(root / "t1") in out and str(tmp_path / "logs") in out
     assert "5 submitted in 3 jobs/arrays" in out
@@ -145,13 +160,16 @@ def test_slurm_student_of_a_finished_teacher_has_no_dependency_and_dry_run_submi
     assert f"# finished: python train.py --config configs/quickstart.yaml --run-dir {root / 't1'}" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--partition", "p"], "--partition needs --executor slurm"),
-    (["--executor", "slurm", "--gpus", "0"], "--gpus is for --executor local"),
-    (["--executor", "slurm", "--timeout-min", "0"], "--timeout-min must be >= 1, got 0"),
-    (["--executor", "slurm", "--gpus-per-job", "-1"], "--gpus-per-job must be >= 0, got -1"),
-    (["--executor", "slurm", "--partition", " "], "--partition needs a partition name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--partition", "p"], "--partition needs --executor slurm"),
+        (["--executor", "slurm", "--gpus", "0"], "--gpus is for --executor local"),
+        (["--executor", "slurm", "--timeout-min", "0"], "--timeout-min must be >= 1, got 0"),
+        (["--executor", "slurm", "--gpus-per-job", "-1"], "--gpus-per-job must be >= 0, got -1"),
+        (["--executor", "slurm", "--partition", " "], "--partition needs a partition name"),
+    ],
+)
 def test_bad_executor_options_exit_2_before_submitting_anything(args, message, tmp_path, slurm, capfd):
     submissions, _ = slurm
     job_file = tmp_path / "jobs.txt"
@@ -161,10 +179,17 @@ def test_bad_executor_options_exit_2_before_submitting_anything(args, message, t
     assert out == "" and submissions() == [] and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("where", ["--slurm-log-dir is a file", "--slurm-log-dir is a dangling symlink",
-                                   "a state file links to a run's metrics.json"])
-def test_slurm_outputs_of_the_wrong_kind_or_over_a_runs_file_are_refused_before_submitting(where, tmp_path, slurm,
-                                                                                          capfd):
+@pytest.mark.parametrize(
+    "where",
+    [
+        "--slurm-log-dir is a file",
+        "--slurm-log-dir is a dangling symlink",
+        "a state file links to a run's metrics.json",
+    ],
+)
+def test_slurm_outputs_of_the_wrong_kind_or_over_a_runs_file_are_refused_before_submitting(
+    where, tmp_path, slurm, capfd
+):
     submissions, _ = slurm
     job_file, run = tmp_path / "jobs.txt", tmp_path / "finished"
     job_file.write_text(_table(tmp_path / "runs"))
@@ -201,8 +226,10 @@ def test_local_executor_runs_a_teacher_then_its_student_and_a_rerun_runs_nothing
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     job_file = tmp_path / "jobs.txt"
     overrides = " ".join(ONE_EPOCH)
-    job_file.write_text(f"--needs {teacher} {student} configs/quickstart.yaml {overrides} seed=1\n"
-                        f"{teacher} configs/quickstart.yaml {overrides}\n")
+    job_file.write_text(
+        f"--needs {teacher} {student} configs/quickstart.yaml {overrides} seed=1\n"
+        f"{teacher} configs/quickstart.yaml {overrides}\n"
+    )
     out, _ = _launch(capfd, job_file, "--executor", "local", "--gpus=", "--jobs", "2")
     assert read_metrics(teacher)["finished"] and read_metrics(student)["finished"]
     # The student's run began (config.yaml) after the teacher's last write (metrics.json: finished); the
@@ -220,8 +247,11 @@ def test_a_checkpointed_job_stops_train_py_which_saves_and_the_requeued_job_resu
     for key, value in train_env().items():
         monkeypatch.setenv(key, value)
     run_dir = tmp_path / "run"
-    job = launch.Job(run_dir, str(REPO / "configs/quickstart.yaml"),
-                     (*SMOKE, "data.num_train=1024", "train.epochs=2", "train.log_interval=1"))
+    job = launch.Job(
+        run_dir,
+        str(REPO / "configs/quickstart.yaml"),
+        (*SMOKE, "data.num_train=1024", "train.epochs=2", "train.log_interval=1"),
+    )
     function = submit_slurm.TrainJob(sys.executable, job.command()[1:], str(REPO), str(job.log_path), gpus=1)
     errors = []
     thread = threading.Thread(target=lambda: _call(function, errors))
@@ -255,16 +285,40 @@ def test_sweep_and_reproduce_take_the_executor_options(tmp_path, slurm, capfd):
 
     submissions, _ = slurm
     root = tmp_path / "sweep"
-    returned = status_of(sweep.main, ["--config", str(REPO / "configs/quickstart.yaml"), "--root", str(root),
-                                      "--grid", "train.lr=0.1,0.2", *SLURM_ARGS])
+    returned = status_of(
+        sweep.main,
+        [
+            "--config",
+            str(REPO / "configs/quickstart.yaml"),
+            "--root",
+            str(root),
+            "--grid",
+            "train.lr=0.1,0.2",
+            *SLURM_ARGS,
+        ],
+    )
     out, _ = capfd.readouterr()
     assert returned == 0, out
     (array,) = submissions()
     assert "--array=0-1%2" in array["flags"] and "--partition=gpu_p" in array["flags"]
     assert submit_slurm.recorded_job(root / "train.lr=0.1" / "seed0") == f"{array['id']}_0"
     assert (root / "slurm").is_dir()  # submitit's files beside the sweep's runs
-    rejected = subprocess.run(["bash", str(REPO / "scripts/reproduce_cifar100.sh"), "--root", str(tmp_path / "t"),
-                               "--executor", "slurm", "--timeout-min", "0"], cwd=REPO, capture_output=True,
-                              text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+    rejected = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts/reproduce_cifar100.sh"),
+            "--root",
+            str(tmp_path / "t"),
+            "--executor",
+            "slurm",
+            "--timeout-min",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable),
+        timeout=120,
+    )
     assert rejected.returncode == 2 and rejected.stdout == ""
     assert rejected.stderr.strip() == "error: --timeout-min must be >= 1, got 0"

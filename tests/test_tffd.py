@@ -1,4 +1,5 @@
 """Tf-FD losses against docs/METHOD.md on small hand-computed tensors, gradient flow included."""
+
 from __future__ import annotations
 
 import math
@@ -182,16 +183,19 @@ def test_salience_builds_no_autograd_graph():
     assert not salience.requires_grad and salience.grad_fn is None
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"stages": [1, 2, 2]}, "loss.tffd.stages lists 2 twice"),
-    ({"pairs": [[1, 2], [1, 2]]}, "loss.tffd.pairs lists [1, 2] twice"),
-    ({"pairs": [[2, 1]]}, "shallow < deep"),
-    ({"pairs": []}, "loss.tffd.pairs is empty"),
-    ({"stages": []}, "loss.tffd.stages is empty"),
-    ({"stages": [0, 1]}, "loss.tffd.stages[0] must be >= 1, got 0"),
-    ({"lambda_inter": float("nan")}, "loss.tffd.lambda_inter must be a finite number, got nan"),
-    ({"warmup_epochs": -1}, "loss.tffd.warmup_epochs must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"stages": [1, 2, 2]}, "loss.tffd.stages lists 2 twice"),
+        ({"pairs": [[1, 2], [1, 2]]}, "loss.tffd.pairs lists [1, 2] twice"),
+        ({"pairs": [[2, 1]]}, "shallow < deep"),
+        ({"pairs": []}, "loss.tffd.pairs is empty"),
+        ({"stages": []}, "loss.tffd.stages is empty"),
+        ({"stages": [0, 1]}, "loss.tffd.stages[0] must be >= 1, got 0"),
+        ({"lambda_inter": float("nan")}, "loss.tffd.lambda_inter must be a finite number, got nan"),
+        ({"warmup_epochs": -1}, "loss.tffd.warmup_epochs must be >= 0, got -1"),
+    ],
+)
 def test_bad_tffd_options_are_config_errors(data, message):
     with pytest.raises(ConfigError) as error:
         build(TfFDConfig, data, prefix="loss.tffd.")

@@ -1,4 +1,5 @@
 """End to end through train.py on the synthetic dataset: learning, outputs, TensorBoard, resume."""
+
 from __future__ import annotations
 
 import signal
@@ -51,8 +52,18 @@ def test_tensorboard_events_hold_named_scalars(finished_run):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     expected = {
-        "train/loss", "train/ce", "train/tffd_intra", "train/tffd_inter", "train/acc1", "train/acc5",
-        "train/lr", "train/images_per_s", "test/acc1", "test/acc5", "epoch/train_loss", "epoch/images_per_s",
+        "train/loss",
+        "train/ce",
+        "train/tffd_intra",
+        "train/tffd_inter",
+        "train/acc1",
+        "train/acc5",
+        "train/lr",
+        "train/images_per_s",
+        "test/acc1",
+        "test/acc5",
+        "epoch/train_loss",
+        "epoch/images_per_s",
     }
     assert expected <= tags, expected - tags
     assert [e.step for e in events.Scalars("test/acc1")] == [1, 2, 3]

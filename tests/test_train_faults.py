@@ -2,6 +2,7 @@
 events, last.pt), the run directory deleted or made read-only while the run trains, a DLB run resumed by
 another number of processes, a second Ctrl-C during the shutdown. Each: one `error:` line (no traceback,
 not even from TensorBoard's writer thread), last.pt kept where it still exists."""
+
 from __future__ import annotations
 
 import builtins
@@ -12,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SMOKE, train_env
 
 import engine.checkpoint
 import engine.logger
@@ -22,6 +22,8 @@ from core.errors import CheckpointError
 from engine.checkpoint import load_checkpoint
 from engine.cli import status_of
 from engine.trainer import Trainer, load_resume_state
+
+from conftest import REPO, SMOKE, train_env
 
 TINY = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.batch_size=32"]
 
@@ -45,6 +47,7 @@ def fail_config_write(monkeypatch):
 
     def atomic_write(path, write):
         return real(path, full_disk) if path.name == "config.yaml" else real(path, write)
+
     monkeypatch.setattr(engine.session, "atomic_write", atomic_write)
 
 
@@ -54,6 +57,7 @@ def fail_log_write(monkeypatch):
     class FullFile:
         def __init__(self, handle):
             self.handle = handle
+
         write = flush = staticmethod(full_disk)
 
         def close(self):
@@ -64,14 +68,18 @@ def fail_log_write(monkeypatch):
 
 def fail_event_write(monkeypatch):
     from tensorboard.summary.writer import record_writer
+
     monkeypatch.setattr(record_writer.RecordWriter, "write", full_disk)  # in TensorBoard's writer thread
 
 
-@pytest.mark.parametrize("fail, writing", [
-    (fail_config_write, "config.yaml"),
-    (fail_log_write, "its log or TensorBoard events"),
-    (fail_event_write, "its log or TensorBoard events"),
-])
+@pytest.mark.parametrize(
+    "fail, writing",
+    [
+        (fail_config_write, "config.yaml"),
+        (fail_log_write, "its log or TensorBoard events"),
+        (fail_event_write, "its log or TensorBoard events"),
+    ],
+)
 def test_a_full_disk_at_the_first_writes_is_one_line(tmp_path, monkeypatch, capfd, fail, writing):
     run_dir = tmp_path / "run"
     fail(monkeypatch)
@@ -90,6 +98,7 @@ def during_epoch_2(monkeypatch, fault):
         if epoch == 2:
             fault(self.run_dir)
         return record(self, epoch, *args)
+
     monkeypatch.setattr(Trainer, "_record", recording)
 
 
@@ -103,8 +112,9 @@ def test_the_run_directory_deleted_while_training_is_one_line(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "log"])
-def test_the_run_directory_made_read_only_while_training_is_one_line_and_keeps_last(tmp_path, monkeypatch, capfd,
-                                                                                      where):
+def test_the_run_directory_made_read_only_while_training_is_one_line_and_keeps_last(
+    tmp_path, monkeypatch, capfd, where
+):
     """A read-only filesystem (root may write in a chmod-ed directory, so the fault is injected)."""
     run_dir = tmp_path / "run"
 
@@ -113,11 +123,16 @@ def test_the_run_directory_made_read_only_while_training_is_one_line_and_keeps_l
 
     def make_read_only(directory):
         if where == "checkpoint":
-            monkeypatch.setattr(engine.checkpoint.tempfile, "mkstemp",
-                                lambda *a, dir, **k: (_ for _ in ()).throw(
-                                    OSError(errno.EROFS, "Read-only file system", str(dir / ".last.pt.x.tmp"))))
+            monkeypatch.setattr(
+                engine.checkpoint.tempfile,
+                "mkstemp",
+                lambda *a, dir, **k: (_ for _ in ()).throw(
+                    OSError(errno.EROFS, "Read-only file system", str(dir / ".last.pt.x.tmp"))
+                ),
+            )
         else:
             monkeypatch.setattr(engine.logger.RunLogger, "flush", read_only)
+
     during_epoch_2(monkeypatch, make_read_only)
     assert train_into(run_dir) == 2
     line = one_error_line(capfd)
@@ -132,21 +147,27 @@ def test_a_bug_writing_elsewhere_keeps_its_traceback(tmp_path, monkeypatch):
 
     def elsewhere(directory):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "no" / "such"))
+
     during_epoch_2(monkeypatch, elsewhere)
     with pytest.raises(FileNotFoundError):
         train.main(["--config", "configs/quickstart.yaml", *TINY, "--run-dir", str(run_dir)])
 
 
-@pytest.mark.parametrize("error", [
-    FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/imagenet/train/n01/x.JPEG"),
-    PermissionError(errno.EACCES, "Permission denied", "/data/imagenet/train"),
-    OSError(errno.ENOSPC, "No space left on device"),  # e.g. a dataset download into another disk
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/imagenet/train/n01/x.JPEG"),
+        PermissionError(errno.EACCES, "Permission denied", "/data/imagenet/train"),
+        OSError(errno.ENOSPC, "No space left on device"),  # e.g. a dataset download into another disk
+    ],
+)
 def test_an_os_error_before_the_run_directory_exists_is_not_taken_for_one_in_it(tmp_path, monkeypatch, error):
     """The run directory's fault lines are for writes into it: an OSError while the experiment is built (the
     data, a download) keeps its own traceback, and no run directory appears."""
+
     def fail(*args, **kwargs):
         raise error
+
     monkeypatch.setattr(engine.session, "build_experiment", fail)
     run_dir = tmp_path / "run"
     with pytest.raises(type(error)) as raised:
@@ -187,9 +208,24 @@ exit_with(train.main)
 
 def test_a_second_ctrl_c_during_the_shutdown_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_SHUTDOWN, "--config", "configs/quickstart.yaml", *TINY,
-                                "train.epochs=3", "--run-dir", str(run_dir)], cwd=REPO, env=train_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SLOW_SHUTDOWN,
+            "--config",
+            "configs/quickstart.yaml",
+            *TINY,
+            "train.epochs=3",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in process.stdout:
             if line.startswith("epoch 1/3"):

@@ -1,5 +1,6 @@
 """USKD (losses/uskd.py): each part on hand-computed tensors, value and gradient and what is detached,
 mixed labels, the weak head and its stage, and the configs' settings."""
+
 from __future__ import annotations
 
 import math
@@ -8,12 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, attached, method_config
 from core.errors import ConfigError
 from losses import StepOutput
-from losses.uskd import (USKDConfig, UniversalSelfKD, label_classes, non_target_loss, rank_scores, target_loss,
-                         uskd_loss, weak_loss, zipf_weights)
+from losses.uskd import (
+    UniversalSelfKD,
+    USKDConfig,
+    label_classes,
+    non_target_loss,
+    rank_scores,
+    target_loss,
+    uskd_loss,
+    weak_loss,
+    zipf_weights,
+)
 from losses.zipf_ls import non_target_columns
+
+from conftest import REPO, attached, method_config
 
 
 # ---------------------------------------------------------------- the target part
@@ -42,7 +53,7 @@ def test_weak_part_is_ce_against_0_9_onehot_plus_0_1_over_k():
 
 
 # ---------------------------------------------------------------- the non-target part
-WEAK_PROBS = torch.tensor([[0.1, 0.2, 0.3, 0.4]])   # the weak head ranks 3, 2, 1, 0
+WEAK_PROBS = torch.tensor([[0.1, 0.2, 0.3, 0.4]])  # the weak head ranks 3, 2, 1, 0
 FINAL_PROBS = torch.tensor([[0.7, 0.2, 0.06, 0.04]])  # the final layer ranks 0, 1, 2, 3
 
 
@@ -103,8 +114,12 @@ def test_uskd_loss_weights_its_parts_and_the_weak_logits_learn_only_from_their_c
 
 
 # ---------------------------------------------------------------- mixed labels: the top-2 classes
-MIXED = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0],   # a mix of classes 3 and 1
-                      [0.0, 0.0, 1.0, 0.0, 0.0]])  # two images of class 2: the second class has no mass
+MIXED = torch.tensor(
+    [
+        [0.0, 0.3, 0.0, 0.7, 0.0],  # a mix of classes 3 and 1
+        [0.0, 0.0, 1.0, 0.0, 0.0],
+    ]
+)  # two images of class 2: the second class has no mass
 
 
 def test_mixed_labels_stand_in_their_two_most_probable_classes():
@@ -179,10 +194,13 @@ def test_the_stage_option_counts_from_the_deepest():
     assert uskd(stage=-1).stage_index == 2 and uskd(stage=-1).weak_head.in_features == 32  # mobilenetv2_imagenet's
 
 
-@pytest.mark.parametrize("shapes, stage, message", [
-    (((8, 4, 4),), -2, "the model has one stage"),
-    (SHAPES, -4, r"loss.uskd.stage=-4 is beyond the shallowest of this model's 3 stages; use -3..-1"),
-])
+@pytest.mark.parametrize(
+    "shapes, stage, message",
+    [
+        (((8, 4, 4),), -2, "the model has one stage"),
+        (SHAPES, -4, r"loss.uskd.stage=-4 is beyond the shallowest of this model's 3 stages; use -3..-1"),
+    ],
+)
 def test_stages_that_do_not_fit_the_model_are_config_errors(shapes, stage, message):
     with pytest.raises(ConfigError, match=message):
         UniversalSelfKD(USKDConfig(stage=stage)).check_features(shapes)

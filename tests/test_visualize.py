@@ -1,4 +1,5 @@
 """scripts/visualize.py: a Tf-FD run's feature figures against a CE run's, their numbers, and bad input."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SMOKE
+import train
 from data import build_dataset
 from engine.cli import status_of
 from engine.config import load_config
@@ -17,14 +18,22 @@ from engine.inference import add_checkpoint_arguments, checkpoint_overrides
 from losses.tffd import channel_salience, intra_fd
 from models import build_model
 from results.figures import DPI
-import train
 from scripts import visualize
+
+from conftest import REPO, SMOKE
 
 ONE_EPOCH = [*SMOKE, "data.num_train=128", "data.num_test=64", "train.epochs=1"]
 NUM_IMAGES, SHOWN, CHANNELS = 40, 2, 3
 # 40 images in batches of 24: the statistics are summed over two uneven batches.
-VISUALIZE = ["--num-images", str(NUM_IMAGES), "--images", str(SHOWN), "--channels", str(CHANNELS),
-             "train.eval_batch_size=24"]
+VISUALIZE = [
+    "--num-images",
+    str(NUM_IMAGES),
+    "--images",
+    str(SHOWN),
+    "--channels",
+    str(CHANNELS),
+    "train.eval_batch_size=24",
+]
 FIGURES = {"salience", "similarity", "maps", "maps_compare"}
 
 
@@ -41,8 +50,10 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rendered(runs):
     out = runs / "figures" / "resnet20"  # a parent that does not exist yet
-    code = status_of(visualize.main, [str(runs / "tffd" / "best.pt"), "--compare", str(runs / "ce" / "best.pt"),
-                                      "--out", str(out), *VISUALIZE])
+    code = status_of(
+        visualize.main,
+        [str(runs / "tffd" / "best.pt"), "--compare", str(runs / "ce" / "best.pt"), "--out", str(out), *VISUALIZE],
+    )
     assert code == 0
     return out, json.loads((out / "features.json").read_text())
 
@@ -51,7 +62,8 @@ def test_every_figure_is_a_png_and_a_pdf_of_the_size_it_was_drawn_at(rendered):
     out, record = rendered
     assert set(record["figures"]) == FIGURES
     assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["features.json", *(f"{name}.{suffix}" for name in FIGURES for suffix in ("png", "pdf"))])
+        ["features.json", *(f"{name}.{suffix}" for name in FIGURES for suffix in ("png", "pdf"))]
+    )
     for name, figure in record["figures"].items():
         width, height = figure["figsize_inches"]
         assert figure["dpi"] == DPI
@@ -67,8 +79,12 @@ def test_every_figure_is_a_png_and_a_pdf_of_the_size_it_was_drawn_at(rendered):
 
 def test_the_numbers_are_consistent(rendered, runs):
     _, record = rendered
-    assert (record["model"], record["dataset"], record["images"], record["shown_images"]) == \
-        ("resnet20", "synthetic", NUM_IMAGES, SHOWN)
+    assert (record["model"], record["dataset"], record["images"], record["shown_images"]) == (
+        "resnet20",
+        "synthetic",
+        NUM_IMAGES,
+        SHOWN,
+    )
     assert record["checkpoint"]["path"] == str(runs / "tffd" / "best.pt")
     assert record["compare"]["label"] == "ce/best.pt"
     for run in (record["checkpoint"], record["compare"]):
@@ -103,7 +119,7 @@ def test_the_numbers_match_losses_tffd_on_the_same_images(rendered, runs, role, 
         assert stage["salience"] == pytest.approx(salience.tolist(), rel=1e-5, abs=1e-7)
         assert stage["mse"] == pytest.approx(intra_fd(feature).item(), rel=1e-4)
         order, half = torch.argsort(salience, descending=True, stable=True), feature.shape[1] // 2
-        salient, redundant = feature[:, order[:half]].flatten(1), feature[:, order[half:2 * half]].flatten(1)
+        salient, redundant = feature[:, order[:half]].flatten(1), feature[:, order[half : 2 * half]].flatten(1)
         assert stage["cosine"] == pytest.approx(F.cosine_similarity(salient, redundant).mean().item(), rel=1e-4)
 
 
@@ -111,16 +127,31 @@ def test_the_numbers_match_losses_tffd_on_the_same_images(rendered, runs, role, 
 def other_architectures(runs):
     """A resnet32 run checkpoint (it names its model) and a bare resnet8x4 state_dict (it does not)."""
     run_checkpoint, bare = runs / "resnet32.pt", runs / "resnet8x4.pt"
-    torch.save({"model": build_model("resnet32", 10).state_dict(), "model_name": "resnet32", "num_classes": 10},
-               run_checkpoint)
+    torch.save(
+        {"model": build_model("resnet32", 10).state_dict(), "model_name": "resnet32", "num_classes": 10}, run_checkpoint
+    )
     torch.save(build_model("resnet8x4", 10).state_dict(), bare)
     return run_checkpoint, bare
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "out is a file", "out below a file", "out is a dangling symlink",
-                                  "out is a symlink loop", "out holds a link to a run's file", "no compare",
-                                  "compare resnet32", "compare bare resnet8x4", "num-images 0", "images 0",
-                                  "channels -1", "more images shown than used"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no checkpoint",
+        "out is a file",
+        "out below a file",
+        "out is a dangling symlink",
+        "out is a symlink loop",
+        "out holds a link to a run's file",
+        "no compare",
+        "compare resnet32",
+        "compare bare resnet8x4",
+        "num-images 0",
+        "images 0",
+        "channels -1",
+        "more images shown than used",
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_architectures, tmp_path, capfd):
     checkpoint, compare = runs / "tffd" / "best.pt", runs / "ce" / "best.pt"
     out, options = tmp_path / "figures", []
@@ -133,10 +164,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_archi
         "out is a dangling symlink": f"--out {out} is a symlink to {tmp_path / 'nowhere'}, which does not exist",
         "out is a symlink loop": f"--out {out} leads into a symlink loop",
         "out holds a link to a run's file": f"--out {out / 'features.json'} (a link to {runs / 'tffd' / 'config.yaml'})"
-                                            f" is the run's config.yaml in {runs / 'tffd'}, which only that run writes",
+        f" is the run's config.yaml in {runs / 'tffd'}, which only that run writes",
         "no compare": f"--compare checkpoint not found: {tmp_path / 'missing.pt'}",
         "compare resnet32": f"--compare checkpoint {other_architectures[0]} holds a resnet32, but {checkpoint} "
-                            f"is a resnet20",
+        f"is a resnet20",
         "compare bare resnet8x4": f"--compare checkpoint {other_architectures[1]} does not fit the model",
         "num-images 0": "--num-images must be at least 1, got 0",
         "images 0": "--images must be at least 1, got 0",
@@ -161,9 +192,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, other_archi
     elif case.startswith("compare "):
         compare = other_architectures[0 if "resnet32" in case else 1]
     else:
-        options = {"num-images 0": ["--num-images", "0"], "images 0": ["--images", "0"],
-                   "channels -1": ["--channels", "-1"],
-                   "more images shown than used": ["--images", "5", "--num-images", "4"]}[case]
+        options = {
+            "num-images 0": ["--num-images", "0"],
+            "images 0": ["--images", "0"],
+            "channels -1": ["--channels", "-1"],
+            "more images shown than used": ["--images", "5", "--num-images", "4"],
+        }[case]
     before, run_config = sorted(tmp_path.rglob("*")), (runs / "tffd" / "config.yaml").read_bytes()
     code = status_of(visualize.main, [str(checkpoint), "--compare", str(compare), "--out", str(out), *options])
     _, err = capfd.readouterr()

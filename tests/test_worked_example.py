@@ -1,6 +1,7 @@
 """docs/ADDING_A_METHOD.md's worked example (docs/examples/class_consistency.py): the doc shows the file as it is,
 its loss by hand (values, and what is detached), its plan's partners on both loaders' indices, and a real run of
 train.py with it, alone and with Tf-FD."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,11 +12,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, read_metrics, train_env
 from data.plans import PLANS
 from data.sharding import epoch_indices
 from losses import LOSSES, StepOutput
 from losses.kd import kd_loss
+
+from conftest import REPO, SMOKE, read_metrics, train_env
 
 EXAMPLE = REPO / "docs" / "examples" / "class_consistency.py"
 
@@ -69,16 +71,26 @@ def test_train_py_trains_the_example(terms, tmp_path):
     """A fresh interpreter: the example registers its plan and term before the config schema is built, as an
     import in losses/__init__.py and data/plans/__init__.py does in a fork."""
     run_dir = tmp_path / "run"
-    argv = ["--config", str(REPO / "configs/quickstart.yaml"), *SMOKE, "train.epochs=1", f"loss.terms=[{terms}]",
-            "--run-dir", str(run_dir)]
-    code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('class_consistency', {str(EXAMPLE)!r})\n"
-            "module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(module)\n"
-            "import train\n"
-            f"sys.exit(train.main({json.dumps(argv)}))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=train_env(), capture_output=True, text=True,
-                            timeout=300)
+    argv = [
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        *SMOKE,
+        "train.epochs=1",
+        f"loss.terms=[{terms}]",
+        "--run-dir",
+        str(run_dir),
+    ]
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('class_consistency', {str(EXAMPLE)!r})\n"
+        "module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "import train\n"
+        f"sys.exit(train.main({json.dumps(argv)}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (epoch,) = read_metrics(run_dir)["history"]
     assert epoch["train_class_consistency"] > 0 and epoch["test_acc1"] > 0

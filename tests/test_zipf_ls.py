@@ -1,6 +1,7 @@
 """Zipf's label smoothing (losses/zipf_ls.py): the ranks with ties, the per-pixel votes, the Zipf target
 and the loss by hand (value and gradient, with the votes and the target logit out of the gradient), the
 term on real backbones' head maps, and the configs."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,20 +9,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO, method_config
 from core.errors import ConfigError
 from engine.config import load_config
 from losses import StepOutput
-from losses.zipf_ls import (ZipfLabelSmoothing, ZipfLSConfig, final_linear, non_target_columns, pixel_votes, rank_min,
-                            zipf_kl, zipf_target)
+from losses.zipf_ls import (
+    ZipfLabelSmoothing,
+    ZipfLSConfig,
+    final_linear,
+    non_target_columns,
+    pixel_votes,
+    rank_min,
+    zipf_kl,
+    zipf_target,
+)
 from models import MODELS, build_model
+
+from conftest import REPO, method_config
 
 
 # ---------------------------------------------------------------- the pure functions, by hand
 def test_rank_is_one_for_the_most_votes_and_ties_share_the_smallest_rank():
-    votes = torch.tensor([[3.0, 0.0, 5.0, 0.0, 3.0, 1.0],   # 5 > 3 = 3 > 1 > 0 = 0
-                          [2.0, 2.0, 2.0, 2.0, 2.0, 2.0],   # all tied
-                          [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])  # no ties
+    votes = torch.tensor(
+        [
+            [3.0, 0.0, 5.0, 0.0, 3.0, 1.0],  # 5 > 3 = 3 > 1 > 0 = 0
+            [2.0, 2.0, 2.0, 2.0, 2.0, 2.0],  # all tied
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        ]
+    )  # no ties
     assert rank_min(votes).tolist() == [[2, 5, 1, 5, 2, 4], [1] * 6, [6, 5, 4, 3, 2, 1]]
     assert torch.equal(rank_min(votes.long()), rank_min(votes))  # counts as integers or floats
 
@@ -57,7 +71,9 @@ def test_zipf_target_is_one_over_the_rank_over_the_non_target_classes():
     torch.testing.assert_close(q, torch.stack([first / 1.65, second / 2.45]))
     squared = zipf_target(votes, torch.tensor([2, 1]), power=2.0)
     torch.testing.assert_close(squared[0], first**2 / (first**2).sum())
-    assert torch.equal(zipf_target(votes, torch.tensor([2, 1]), power=0.0)[0], torch.tensor([0.2, 0.2, 0, 0.2, 0.2, 0.2]))
+    assert torch.equal(
+        zipf_target(votes, torch.tensor([2, 1]), power=0.0)[0], torch.tensor([0.2, 0.2, 0, 0.2, 0.2, 0.2])
+    )
 
 
 def test_non_target_drops_the_target_column_and_keeps_the_order():
@@ -78,8 +94,12 @@ def test_kl_to_the_softmax_of_the_non_target_logits_value_and_gradient():
     torch.testing.assert_close(loss, expected)
     loss.backward()
     # d/dz_c = (p_c - q_c) / N on the non-target logits; nothing reaches the target logit or q.
-    expected_grad = torch.stack([torch.cat([torch.zeros(1), p0 - q0]),
-                                 torch.cat([p1[:2] - q1[:2], torch.zeros(1), p1[2:] - q1[2:]])]) / 2
+    expected_grad = (
+        torch.stack(
+            [torch.cat([torch.zeros(1), p0 - q0]), torch.cat([p1[:2] - q1[:2], torch.zeros(1), p1[2:] - q1[2:]])]
+        )
+        / 2
+    )
     torch.testing.assert_close(logits.grad, expected_grad)
     assert q.grad is None
 
@@ -125,8 +145,9 @@ def test_term_on_a_real_backbones_head_map(name):
     feats, head_map = model.forward_maps(torch.randn(3, 3, 32, 32))
     logits = model.classify_map(head_map)
     targets = torch.tensor([0, 4, 9])
-    loss = ZipfLabelSmoothing(ZipfLSConfig())(StepOutput(logits, feats, targets, 1, model=model,
-                                                         head_map=head_map))["zipf_ls"]
+    loss = ZipfLabelSmoothing(ZipfLSConfig())(StepOutput(logits, feats, targets, 1, model=model, head_map=head_map))[
+        "zipf_ls"
+    ]
     with torch.no_grad():
         up = F.interpolate(head_map, scale_factor=2, mode="bilinear", align_corners=False)
         pixel_logits = torch.einsum("ndhw,kd->nhwk", up, model.fc.weight) + model.fc.bias
@@ -135,8 +156,9 @@ def test_term_on_a_real_backbones_head_map(name):
     torch.testing.assert_close(loss, 0.1 * zipf_kl(logits.detach(), zipf_target(votes, targets), targets))
     (grad,) = torch.autograd.grad(loss, head_map)
     # the same gradient as with the target a constant: the votes add nothing to it
-    (expected,) = torch.autograd.grad(0.1 * zipf_kl(model.classify_map(head_map), zipf_target(votes, targets), targets),
-                                      head_map)
+    (expected,) = torch.autograd.grad(
+        0.1 * zipf_kl(model.classify_map(head_map), zipf_target(votes, targets), targets), head_map
+    )
     torch.testing.assert_close(grad, expected)
 
 
@@ -160,7 +182,11 @@ def test_a_step_without_a_head_map_or_a_classifier_fails_clearly():
     with pytest.raises(RuntimeError, match="head map"):
         term(StepOutput(torch.randn(2, 3), [], torch.tensor([0, 1]), 1, model=TinyNet()))
     with pytest.raises(RuntimeError, match=r"no nn.Linear\(5 -> 3\)"):
-        term(StepOutput(torch.randn(2, 3), [], torch.tensor([0, 1]), 1, model=TinyNet(), head_map=torch.randn(2, 5, 2, 2)))
+        term(
+            StepOutput(
+                torch.randn(2, 3), [], torch.tensor([0, 1]), 1, model=TinyNet(), head_map=torch.randn(2, 5, 2, 2)
+            )
+        )
 
 
 # ---------------------------------------------------------------- configs
@@ -175,10 +201,15 @@ def test_method_config_holds_the_authors_cifar_settings(tmp_path):
     assert with_tffd.loss.terms == ["ce", "zipf_ls", "tffd"] and with_tffd.loss.zipf_ls == alone.loss.zipf_ls
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"weight": -0.1}, "weight"), ({"power": -1.0}, "power"), ({"upsample": 0}, "upsample"),
-    ({"upsample_mode": "nearest"}, "upsample_mode"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"weight": -0.1}, "weight"),
+        ({"power": -1.0}, "power"),
+        ({"upsample": 0}, "upsample"),
+        ({"upsample_mode": "nearest"}, "upsample_mode"),
+    ],
+)
 def test_options_out_of_range_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         ZipfLSConfig(**options)

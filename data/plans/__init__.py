@@ -1,5 +1,6 @@
 """Batch plans: how a run's training steps make their batch (data/plans/base.py). Listed in the config as
 ``batch.plan`` (``auto``: the one the loss terms need), each with its options in ``batch.<plan>``."""
+
 from . import class_pairs, last_batch, mix_pairs, plain, same_class, two_views  # noqa: F401  (register the plans)
 from .base import BatchPlan, Composed
 from .class_pairs import ClassPairs
@@ -10,5 +11,21 @@ from .registry import AUTO, PLANS, NoOptions, build_plan, choose_plan, plans_wit
 from .same_class import SameClass
 from .two_views import TwoViews
 
-__all__ = ["AUTO", "PLANS", "BatchPlan", "ClassPairs", "Composed", "LastBatch", "MixPairs", "NoOptions", "Plain",
-           "SameClass", "TwoViews", "build_plan", "choose_plan", "interpolate", "plans_with_options", "register_plan"]
+__all__ = [
+    "AUTO",
+    "PLANS",
+    "BatchPlan",
+    "ClassPairs",
+    "Composed",
+    "LastBatch",
+    "MixPairs",
+    "NoOptions",
+    "Plain",
+    "SameClass",
+    "TwoViews",
+    "build_plan",
+    "choose_plan",
+    "interpolate",
+    "plans_with_options",
+    "register_plan",
+]

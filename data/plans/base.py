@@ -15,6 +15,7 @@ The step hands the loss terms the plan's typed batch (``StepOutput.batch``): a N
 tensors, one type per plan. A loss term names the plan it needs (``LossTerm.batch_plan``); a run has one
 plan, its options in ``batch.<plan>``.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
@@ -26,6 +27,7 @@ import torch.nn as nn
 class Composed(NamedTuple):
     """What a step trains on: ``parts`` forwarded in passes of their own and their outputs concatenated in
     order, the labels and dataset indices of their rows in that order, and the plan's typed ``batch``."""
+
     parts: tuple[torch.Tensor, ...]
     targets: torch.Tensor
     indices: Optional[torch.Tensor]

@@ -6,6 +6,7 @@ running statistics a second time), as the authors' ``train.py`` does. ``train.ba
 anchors, so each step forwards twice that many images. A batch transform (e.g. Cutout) runs on the
 anchors only, the partners being set aside before it.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -19,6 +20,7 @@ from .registry import register_plan
 class ClassPairs(NamedTuple):
     """The partners of a step's B anchors, one each, of the anchor's class (possibly the anchor itself
     under another augmentation), and the model's logits on them from their own pass, without gradient."""
+
     partner_images: torch.Tensor
     partner_logits: Optional[torch.Tensor] = None
 

@@ -14,6 +14,7 @@ state, per process (each DDP rank keeps its own shard's last batch), saved for e
 checkpoint, so a killed run resumes exactly. ``train.batch_size`` counts the new samples of a step, which
 forwards twice that many.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,13 +34,17 @@ class LastBatch(NamedTuple):
     """The batch is [B_t view 0; B_{t-1} view 1]; ``teacher_logits`` are the (detached, float) logits that the
     previous step made on B_{t-1}'s view 0, before its update: one row for each of the batch's last rows.
     None at the run's first step, whose batch is B_t's view 0 alone."""
+
     teacher_logits: Optional[torch.Tensor]
 
 
 @dataclass
 class LastBatchOptions(Options):
-    joint_pass: bool = option(False, "forward the new batch and the last batch's second view as one batch "
-                                     "(faster; BatchNorm statistics then span both, unlike DLB's two passes)")
+    joint_pass: bool = option(
+        False,
+        "forward the new batch and the last batch's second view as one batch "
+        "(faster; BatchNorm statistics then span both, unlike DLB's two passes)",
+    )
 
 
 @register_plan("last_batch", LastBatchOptions)
@@ -62,10 +67,15 @@ class LastBatchPlan(BatchPlan):
         """From the loader's [B_t view 0; B_t view 1]: B_t view 0 and B_{t-1} view 1, two parts (one with
         ``joint_pass``); B_t's view 1 is kept for the next step."""
         half = images.shape[0] // 2
-        previous = {name: value.to(images.device) if value is not None else None  # from a checkpoint: on the CPU
-                    for name, value in {**self.memory, "logits": self.logits}.items()}
-        self.memory = {"images": images[half:], "targets": targets[half:],
-                       "indices": indices[half:] if indices is not None else None}
+        previous = {
+            name: value.to(images.device) if value is not None else None  # from a checkpoint: on the CPU
+            for name, value in {**self.memory, "logits": self.logits}.items()
+        }
+        self.memory = {
+            "images": images[half:],
+            "targets": targets[half:],
+            "indices": indices[half:] if indices is not None else None,
+        }
         images, targets, indices = images[:half], targets[:half], indices[:half] if indices is not None else None
         if previous["images"] is None:  # the run's first step
             return Composed((images,), targets, indices, LastBatch(None))

@@ -8,6 +8,7 @@ of x, as the hard labels of a Mixup batch; the training top-1 counts against the
 counts the clean images: a step forwards twice as many. Mixup and CutMix (batch transforms) would mix
 across [x; x~] and break its pairs: refused with this plan; Cutout gives x and x~ holes of their own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .registry import register_plan
 class MixPairs(NamedTuple):
     """The batch is [x; x~] of 2B rows, x~ = lam x + (1 - lam) x[permutation]: ``lam`` a 0-d float tensor
     (a tensor, so that a compiled step does not compile again for each lam), ``permutation`` B indices."""
+
     lam: torch.Tensor
     permutation: torch.Tensor
 
@@ -36,8 +38,9 @@ def interpolate(x: torch.Tensor, lam, permutation: torch.Tensor) -> torch.Tensor
 
 @dataclass
 class MixPairsOptions(Options):
-    alpha: float = option(0.4, "lam ~ Beta(alpha, alpha) of the mixup images (MixSKD's CIFAR script: 0.4)",
-                          **BETA_ALPHA)
+    alpha: float = option(
+        0.4, "lam ~ Beta(alpha, alpha) of the mixup images (MixSKD's CIFAR script: 0.4)", **BETA_ALPHA
+    )
 
 
 @register_plan("mix_pairs", MixPairsOptions)

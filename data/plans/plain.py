@@ -1,4 +1,5 @@
 """The loader's batch, as it is: one forward pass of the B samples, nothing more for the terms."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

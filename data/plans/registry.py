@@ -1,5 +1,6 @@
 """Batch-plan registry: name -> (plan class, options dataclass), filled by ``register_plan``; and the one
 rule that picks a run's plan from what its loss terms need."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ def register_plan(name: str, options: type = NoOptions):
 
 def plans_with_options() -> dict[str, type]:
     """name -> options dataclass, for the plans that have options: the config's ``batch.<name>`` sections."""
-    return {name: registered.options for name, registered in sorted(PLANS.items())
-            if registered.options is not NoOptions}
+    return {
+        name: registered.options for name, registered in sorted(PLANS.items()) if registered.options is not NoOptions
+    }
 
 
 def choose_plan(requested: str, needs: dict[str, str]) -> str:
@@ -46,14 +48,18 @@ def choose_plan(requested: str, needs: dict[str, str]) -> str:
     if requested == AUTO:
         if len(wanted) > 1:
             listed = ", ".join(f"loss.{term} needs {plan}" for term, plan in needs.items())
-            raise ConfigError(f"loss.terms need different batch plans ({listed}); a run has one plan: combine terms "
-                              f"that need the same plan, or one that needs none")
+            raise ConfigError(
+                f"loss.terms need different batch plans ({listed}); a run has one plan: combine terms "
+                f"that need the same plan, or one that needs none"
+            )
         return wanted[0] if wanted else "plain"
     PLANS.lookup(requested)
     clash = next((term for term, plan in needs.items() if plan != requested), None)
     if clash is not None:
-        raise ConfigError(f"batch.plan={requested}, but loss.{clash} needs batch plan {needs[clash]}; set "
-                          f"batch.plan={needs[clash]} (or auto), or drop {clash} from loss.terms")
+        raise ConfigError(
+            f"batch.plan={requested}, but loss.{clash} needs batch plan {needs[clash]}; set "
+            f"batch.plan={needs[clash]} (or auto), or drop {clash} from loss.terms"
+        )
     return requested
 
 

@@ -3,6 +3,7 @@ its class, the whole batch trained with gradient in one forward pass, as the aut
 (BatchNorm's statistics span anchors and partners). ``train.batch_size`` counts the anchors: a step
 forwards (M + 1) x that many images.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,17 +22,20 @@ MAX_PARTNERS = 31  # a step forwards (M + 1) x train.batch_size images
 class SameClass(NamedTuple):
     """The batch is B anchors, then B x M other samples of their classes (all first partners, then all second
     ones, ...), every row trained on alike."""
+
     partners: int
 
 
 @dataclass
 class SameClassOptions(Options):
-    partners: int = option(3, "M, the other samples of its class that join each anchor in the batch (BAKE: 3)",
-                           min=1, max=MAX_PARTNERS)
+    partners: int = option(
+        3, "M, the other samples of its class that join each anchor in the batch (BAKE: 3)", min=1, max=MAX_PARTNERS
+    )
 
 
-def other_same_class(labels: torch.Tensor, anchors: torch.Tensor, count: int,
-                     generator: torch.Generator) -> torch.Tensor:
+def other_same_class(
+    labels: torch.Tensor, anchors: torch.Tensor, count: int, generator: torch.Generator
+) -> torch.Tensor:
     """For each anchor, ``count`` other samples of its class (len(anchors) x count): drawn uniformly
     without replacement from the class less the anchor; with replacement where the class has fewer than
     ``count`` other samples; the anchor itself where it is alone in its class."""

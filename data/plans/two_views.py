@@ -3,6 +3,7 @@ augmented view of each of its B images, and both train with gradient in one forw
 Self-KD-Lib's ``train_ddgsd.py`` forwards them). ``train.batch_size`` counts the samples: a step forwards
 twice that many images.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -9,6 +9,7 @@ It needs a batch plan of its own, since CS-KD's (class_pairs) forwards the partn
 ``joint_class_pairs`` draws the same partners and keeps them in the batch. In a fork, the plan is a file in
 data/plans/ and the term one in losses/, each imported by its package's ``__init__.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class JointClassPairsPlan(BatchPlan):
 
 
 # ---------------------------------------------------------------- the loss: a pure function and a thin term
-def class_consistency_loss(anchor_logits: torch.Tensor, partner_logits: torch.Tensor,
-                           temperature: float) -> torch.Tensor:
+def class_consistency_loss(
+    anchor_logits: torch.Tensor, partner_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T^2 KL(sg p_partner || p_anchor) + T^2 KL(sg p_anchor || p_partner) (``kd_loss`` detaches its teacher)."""
     return kd_loss(anchor_logits, partner_logits, temperature) + kd_loss(partner_logits, anchor_logits, temperature)
 
