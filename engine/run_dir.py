@@ -105,7 +105,9 @@ def read_run_config(run_dir: Path) -> dict | None:
 
 
 def current_form(saved: dict) -> dict:
-    """A saved config in the current schema's form (``config_from_dict``); as it is where that refuses it."""
+    """A saved config in the current schema's form (``config_from_dict``): an option added since it was saved at
+    its default (the behaviour of the code that saved it), one that moved at its new key; as it is where the
+    schema refuses it (then every difference shows)."""
     try:
         return to_dict(config_from_dict(saved))
     except ConfigError:
@@ -113,18 +115,12 @@ def current_form(saved: dict) -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """The keys whose values differ; a key the old config lacks (an option added since it was saved) differs
-    only where the new value is not its default, which keeps the behaviour of the code that saved it."""
-    from .config import ExperimentConfig  # the schema imports every registry: only when a run is compared
-
+    """The keys whose values differ, ``RESUME_MAY_CHANGE`` aside."""
     old_flat, new_flat = flatten(old), flatten(new)
-    defaults = flatten(to_dict(ExperimentConfig()))
     return [
         f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
         for key in sorted(set(old_flat) | set(new_flat))
-        if key not in RESUME_MAY_CHANGE
-        and old_flat.get(key) != new_flat.get(key)
-        and not (key not in old_flat and key in defaults and new_flat.get(key) == defaults[key])
+        if key not in RESUME_MAY_CHANGE and old_flat.get(key) != new_flat.get(key)
     ]
 
 
