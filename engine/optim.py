@@ -49,7 +49,7 @@ def build_optimizer(network: nn.Module, train_cfg, lr: float, fused: bool) -> to
         return torch.optim.AdamW(
             params, lr=lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay, fused=fused
         )
-    return torch.optim.SGD(
+    optimizer = torch.optim.SGD(
         params,
         lr=lr,
         momentum=train_cfg.momentum,
@@ -57,6 +57,20 @@ def build_optimizer(network: nn.Module, train_cfg, lr: float, fused: bool) -> to
         weight_decay=train_cfg.weight_decay,
         fused=fused,
     )
+    if fused and train_cfg.momentum > 0:
+        zero_momentum_buffers(optimizer)
+    return optimizer
+
+
+def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter a zero momentum buffer before the first step. torch's fused SGD makes its buffers
+    with ``torch.empty_like`` at its first step and leaves them unwritten when the gradient scaler skips that
+    step (an fp16 overflow, common at the first steps): the next step then reads uninitialised memory, and the
+    weights can turn to NaN. From zero buffers the first update is the same (buf = 0 * momentum + g = g, no
+    dampening)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
 
 
 def build_lr_scheduler(

@@ -195,3 +195,27 @@ def test_a_run_saved_before_these_options_existed_resumes_under_their_defaults_o
     metrics.write_text(metrics.read_text().replace('"finished": true', '"finished": false'))
     assert status_of(train.main, [*command[:-2], "train.optimizer=adamw", *command[-2:]]) == 2  # not a default
     assert status_of(train.main, command) == 0
+
+
+def test_fused_sgd_after_a_skipped_first_step_updates_from_zero_momentum():
+    """torch's fused SGD leaves its momentum buffers uninitialised when GradScaler skips its first step; the
+    optimizer built here starts from zero buffers, so the next step is plain SGD's first step."""
+    config = load_config(REPO / "configs/quickstart.yaml", ["train.momentum=0.9", "train.weight_decay=0"])
+    torch.manual_seed(0)
+    fused_net, plain_net = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    plain_net.load_state_dict(fused_net.state_dict())
+    fused = build_optimizer(fused_net, config.train, lr=0.1, fused=True)
+    plain = build_optimizer(plain_net, config.train, lr=0.1, fused=False)
+    assert len(fused.state) == 2 and all(not state["momentum_buffer"].any() for state in fused.state.values())
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(fused_net(torch.full((2, 4), float("inf"))).sum()).backward()  # an overflow: the step is skipped
+    scaler.step(fused)
+    scaler.update()
+    assert scaler.get_scale() < 65536.0 and torch.equal(fused_net.weight, plain_net.weight)
+    gradients = [torch.randn_like(parameter) for parameter in fused_net.parameters()]
+    for net, optimizer in ((fused_net, fused), (plain_net, plain)):
+        for parameter, gradient in zip(net.parameters(), gradients):
+            parameter.grad = gradient.clone()
+        optimizer.step()
+    for mine, theirs in zip(fused_net.parameters(), plain_net.parameters()):
+        torch.testing.assert_close(mine, theirs)
