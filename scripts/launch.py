@@ -392,7 +392,7 @@ def check_executor_options(args: argparse.Namespace) -> None:
         if missing:
             raise UserError(f"--executor slurm needs {missing[0]} on PATH (is this a SLURM login node?)")
         try:
-            import submitit  # noqa: F401
+            import submitit  # noqa: F401  (only whether it is installed)
         except ImportError:
             raise UserError("--executor slurm needs submitit: pip install -e . (requirements.txt lists it)") from None
 
