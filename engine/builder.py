@@ -156,9 +156,9 @@ def run_plan(config, terms: list[LossTerm]) -> BatchPlan:
     plan = build_plan(name, config.batch)
     clash = [transform for transform in config.batch.transforms if transform in plan.refuses_batch_transforms]
     if clash:
-        needed = next((f" (loss.{term} needs it)" for term, needed in needs.items() if needed == name), "")
+        needer = next((f" (loss.{term} needs it)" for term, plan_name in needs.items() if plan_name == name), "")
         raise ConfigError(
-            f"batch plan {name}{needed} pairs the images of its batch, and batch.transforms {clash} would "
+            f"batch plan {name}{needer} pairs the images of its batch, and batch.transforms {clash} would "
             f"mix across its pairs; remove {', '.join(clash)} from batch.transforms"
         )
     return plan

@@ -103,13 +103,16 @@ class _DataOptions(Options):
         check_augment_names(self.augment)
 
 
+def with_sections(name: str, base: type, sections: dict[str, type], fields: tuple = ()) -> type:
+    """A config section class: ``base``'s options, ``fields`` (name, type, option), and one sub-section per
+    registered part (``sections``: its name -> its options dataclass), in name order."""
+    parts = [(key, config, dataclasses.field(default_factory=config)) for key, config in sorted(sections.items())]
+    return dataclasses.make_dataclass(name, [*fields, *parts], bases=(base,))
+
+
 def _data_schema() -> type:
     """The data section: its own options, and one section ``data.<name>`` per augmentation (data/augmentations.py)."""
-    fields = [
-        (name, config, dataclasses.field(default_factory=config))
-        for name, (_, config, _) in sorted(AUGMENTATIONS.items())
-    ]
-    return dataclasses.make_dataclass("DataConfig", fields, bases=(_DataOptions,))
+    return with_sections("DataConfig", _DataOptions, {name: config for name, (_, config, _) in AUGMENTATIONS.items()})
 
 
 DataConfig = _data_schema()
@@ -190,10 +193,8 @@ class TeacherConfig(Options):
 
 
 def _loss_schema() -> type:
-    fields = [("terms", list[str], option(["ce"], "active loss terms, summed: " + ", ".join(sorted(LOSSES))))]
-    for name, registered in sorted(LOSSES.items()):
-        fields.append((name, registered.config, dataclasses.field(default_factory=registered.config)))
-    return dataclasses.make_dataclass("LossConfig", fields, bases=(Options,))
+    terms = ("terms", list[str], option(["ce"], "active loss terms, summed: " + ", ".join(sorted(LOSSES))))
+    return with_sections("LossConfig", Options, {name: entry.config for name, entry in LOSSES.items()}, (terms,))
 
 
 LossConfig = _loss_schema()
@@ -223,10 +224,7 @@ def _batch_schema() -> type:
     sections = {name: config for name, (_, config) in BATCH_TRANSFORMS.items()}
     clash = sections.keys() & plans_with_options().keys()
     assert not clash, f"a batch plan and a batch transform share the names {sorted(clash)}"
-    sections.update(plans_with_options())
-    for name, config in sorted(sections.items()):
-        fields.append((name, config, dataclasses.field(default_factory=config)))
-    return dataclasses.make_dataclass("BatchConfig", fields, bases=(Options,))
+    return with_sections("BatchConfig", Options, {**sections, **plans_with_options()}, tuple(fields))
 
 
 BatchConfig = _batch_schema()

@@ -22,8 +22,10 @@ from .builder import build_experiment
 from .checkpoint import atomic_write, remove_unfinished_writes
 from .config import load_config
 from .distributed import barrier, broadcast_from_main, environment_ranks, init_distributed, shutdown
+from .hparams import HPARAM_METRICS, tensorboard_hparams
 from .logger import NullLogger, RunLogger
 from .previous_run import pending, set_aside, settle
+from .resume import load_resume_state
 from .run_dir import (
     CONFIG_FILE,
     LAST,
@@ -34,7 +36,7 @@ from .run_dir import (
     clear_run_files,
     default_run_dir,
 )
-from .trainer import HPARAM_METRICS, NonFiniteLoss, Trainer, load_resume_state, tensorboard_hparams
+from .trainer import NonFiniteLoss, Trainer
 
 
 def run_experiment(config_path: str, overrides: list[str], run_dir: str | None, overwrite: bool) -> int:

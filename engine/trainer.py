@@ -12,29 +12,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from core.errors import CheckpointError
-from core.typed_config import flatten, to_dict
+from core.typed_config import to_dict
 from losses.base import epoch_tensor
 
 from .builder import Experiment
 from .calibration import aurc, calibration_sums, confidences_and_hits, expected_calibration_error
 from .checkpoint import (
     atomic_write,
-    check_fits,
-    check_trained_for,
-    load_checkpoint,
     save_checkpoint,
-    state_dict_from,
     unwrap,
 )
 from .distributed import DistContext, all_reduce_sum, any_rank, broadcast_buffers, gather_objects
+from .hparams import HPARAM_METRICS
 from .meters import DeviceMeter, add_sums, correct_topk, means
 from .previous_run import drop_previous
-from .run_dir import BEST, CONFIG_FILE, LAST, METRICS_FILE, RESUME_MAY_CHANGE, check_same_config
+from .resume import CHECKPOINT_FORMAT
+from .run_dir import BEST, LAST, METRICS_FILE
 from .signals import StopRequest
 from .step import apply_gradients, compute_losses
-
-CHECKPOINT_FORMAT = 2  # 2: the lr schedule steps per batch (engine/schedule.py)
 
 
 class NonFiniteLoss(Exception):
@@ -80,71 +75,6 @@ def evaluate(
         "aurc": area,
         "count": int(count),
     }
-
-
-def with_plan_state(state: dict) -> dict:
-    """A run checkpoint from before the batch plans (data/plans/) kept DLB's last batch as its loss term's
-    per-rank state (``"rank_terms"``): that state is the ``last_batch`` plan's now (``"rank_plan"``)."""
-    if not state.get("rank_terms"):
-        return state
-
-    def extra_state(term_states):
-        return next(term["_extra_state"] for term in term_states if term is not None and "_extra_state" in term)
-
-    terms = [{key: value for key, value in term.items() if key != "_extra_state"} for term in state["terms"]]
-    rank_plan = [{"_extra_state": extra_state(term_states)} for term_states in state["rank_terms"]]
-    return {
-        **{key: value for key, value in state.items() if key != "rank_terms"},
-        "terms": terms,
-        "rank_plan": rank_plan,
-    }
-
-
-def load_resume_state(
-    path: Path,
-    world_size: int = 1,
-    experiment: Experiment | None = None,
-    config: dict | None = None,
-    config_file_checked: bool = True,
-) -> dict:
-    """The run checkpoint a resume starts from, checked before the run writes anything: its format, its
-    number of processes and, when given, the ``config`` (resolved) it was trained under and that its model
-    weights fit ``experiment``'s model. ``config_file_checked``: the run directory's config.yaml was
-    compared already; a checkpoint from before they recorded their config is refused without it."""
-    try:
-        state = load_checkpoint(path, "run checkpoint")
-    except CheckpointError as error:
-        raise CheckpointError(f"{error}; pass --overwrite to start the run over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a run checkpoint of format {CHECKPOINT_FORMAT} "
-            f"(resume needs one); pass --overwrite to start over"
-        )
-    state = with_plan_state(state)
-    saved_ranks = len(state.get("rank_plan") or []) or world_size
-    if saved_ranks != world_size:
-        raise CheckpointError(
-            f"{path} holds the per-process state of the batch plan (batch.plan) from {saved_ranks} "
-            f"processes; resume it with {saved_ranks} (torchrun --nproc_per_node {saved_ranks}), "
-            f"or pass --overwrite to start over"
-        )
-    if config is not None:
-        if isinstance(state.get("config"), dict):
-            check_same_config(Path(path).parent, state["config"], config)
-        elif not config_file_checked:
-            raise CheckpointError(
-                f"{path} does not record the config it was trained under (an older checkpoint) and "
-                f"{Path(path).parent / CONFIG_FILE} is gone; put that file back, "
-                f"or pass --overwrite to start over"
-            )
-    if experiment is not None:
-        try:
-            model_name = (config or {}).get("model", {}).get("name")
-            check_trained_for(state, model_name, experiment.loaders.num_classes, path, "run checkpoint")
-            check_fits(experiment.model, state_dict_from(state, path, "run checkpoint"), path, "run checkpoint")
-        except CheckpointError as error:
-            raise CheckpointError(f"{error}; pass --overwrite to start over, or choose another --run-dir") from None
-    return state
 
 
 class Trainer:
@@ -431,26 +361,3 @@ def _bad_terms(names: list[str]) -> list[str]:
 
 
 CALIBRATION_KEYS = ("nll", "ece", "aurc")  # metrics.json: best_<key> and last_<key>, of the best and last epochs
-HPARAM_METRICS = ("hparam/best_acc1", "hparam/last_acc1")  # per epoch: the best so far and this epoch's
-IDENTITY_KEYS = ("seed", "model.name", "data.name", "loss.terms")  # in every HParams row
-
-
-def tensorboard_hparams(config, override_keys=()) -> dict:
-    """The hyper-parameters of the run's HParams row, which tell the runs of a sweep or a table apart:
-    the identity keys, the keys set on the command line (a sweep's axes) and those set away from the
-    defaults, but no paths."""
-    defaults = hparams_of(type(config)())
-    return {
-        key: value
-        for key, value in hparams_of(config).items()
-        if key in IDENTITY_KEYS
-        or (key not in RESUME_MAY_CHANGE and (key in override_keys or value != defaults.get(key)))
-    }
-
-
-def hparams_of(config) -> dict:
-    """Flat scalar hyper-parameters for TensorBoard's HParams tab (lists and nulls as strings)."""
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value)
-        for key, value in flatten(to_dict(config)).items()
-    }

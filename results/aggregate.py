@@ -12,8 +12,8 @@ from core.typed_config import all_keys
 from data.augmentations import AUGMENTATIONS
 from data.batch_transforms import BATCH_TRANSFORMS
 from engine.config import ExperimentConfig
+from engine.hparams import hparams_of
 from engine.run_dir import RESUME_MAY_CHANGE
-from engine.trainer import hparams_of
 from losses import LOSSES
 from results.compare import like_for_like
 from results.methods import METHODS, SelfKD, method_of, selfkd_of

@@ -23,8 +23,8 @@ from pathlib import Path
 from core.typed_config import flatten
 from core.yaml_files import load_yaml_tree
 from engine.config import load_config
+from engine.hparams import hparams_of
 from engine.run_dir import RESUME_MAY_CHANGE
-from engine.trainer import hparams_of
 from results.numbers import fmt_value
 
 REPO = Path(__file__).resolve().parents[1]

@@ -250,7 +250,7 @@ def test_sections_check_their_values_whoever_constructs_them():
 
 
 def test_hparams_rows_hold_what_tells_runs_apart_but_never_a_path():
-    from engine.trainer import tensorboard_hparams
+    from engine.hparams import tensorboard_hparams
 
     config = load_config(REPO / "configs/quickstart.yaml", ["data.root=/somewhere", "loss.tffd.lambda_intra=4e-4"])
     row = tensorboard_hparams(config, ["data.root", "loss.tffd.lambda_intra"])

@@ -209,22 +209,16 @@ def test_resume_under_ddp_continues_the_uninterrupted_run_exactly(two_process_ru
     assert event_file_pids(run_dir) == {rank0_pid(stopped.stdout), rank0_pid(resumed.stdout)}
 
 
+def fault_on_rank_one(kind: str, run_dir) -> subprocess.CompletedProcess:
+    """The 2-process run of CONFIG with the fault ``kind`` injected on rank 1 at step 3 (tests/ddp_probe.py)."""
+    injected = ["--inject", kind, "--rank", "1", "--step", "3"]
+    return torchrun_probe(*injected, *SMALL, "--config", str(REPO / CONFIG), "--run-dir", str(run_dir))
+
+
 def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
     # Rank 1 raises in the forward pass while rank 0 goes on into the backward pass, where DDP waits
     # for rank 1's gradients: the job must still end, not wait for the 30-minute collective timeout.
-    result = torchrun_probe(
-        "--inject",
-        "fail",
-        "--rank",
-        "1",
-        "--step",
-        "3",
-        *SMALL,
-        "--config",
-        str(REPO / CONFIG),
-        "--run-dir",
-        str(tmp_path / "run"),
-    )
+    result = fault_on_rank_one("fail", tmp_path / "run")
     assert result.returncode != 0
     # torchrun's failure summary (train.main is decorated with @record) holds the failing rank's traceback.
     summary = result.stdout.rpartition(" FAILED\n")[2]
@@ -233,19 +227,7 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
 
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
     run_dir = tmp_path / "run"
-    result = torchrun_probe(
-        "--inject",
-        "nan",
-        "--rank",
-        "1",
-        "--step",
-        "3",
-        *SMALL,
-        "--config",
-        str(REPO / CONFIG),
-        "--run-dir",
-        str(run_dir),
-    )
+    result = fault_on_rank_one("nan", run_dir)
     assert result.returncode != 0
     message = "non-finite loss at epoch 1, step 3 (bad: ce"
     assert message in result.stdout and message in (run_dir / "log.txt").read_text()

@@ -16,8 +16,8 @@ from engine.builder import build_experiment
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import load_config
 from engine.distributed import DistContext
+from engine.resume import CHECKPOINT_FORMAT, load_resume_state
 from engine.step import apply_gradients, compute_losses
-from engine.trainer import CHECKPOINT_FORMAT, load_resume_state
 from losses import StepOutput, TrainingSetup
 from losses.byot import BeYourOwnTeacher, BYOTConfig, feature_hint, soft_cross_entropy
 from losses.dlb import DLBConfig, LastMiniBatchKD

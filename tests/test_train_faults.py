@@ -21,7 +21,8 @@ import train
 from core.errors import CheckpointError
 from engine.checkpoint import load_checkpoint
 from engine.cli import status_of
-from engine.trainer import Trainer, load_resume_state
+from engine.resume import load_resume_state
+from engine.trainer import Trainer
 
 from conftest import REPO, SMOKE, train_env
 
