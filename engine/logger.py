@@ -12,6 +12,18 @@ from pathlib import Path
 from .run_dir import LOG_FILE
 
 
+def wait_past_event_files(run_dir: Path) -> None:
+    """Wait until the clock's second is past the creation second in every event file's name in ``run_dir``.
+    TensorBoard reads a run's event files in name order (events.out.tfevents.<second>.<host>.<pid>...): a
+    resumed run's file made in the same second as the killed run's would sort by pid, possibly first, and
+    its points would be read before the killed run's, which the purge then drops (at most a second's wait)."""
+    seconds = [
+        int(part) for path in run_dir.glob("events.out.tfevents.*") if (part := path.name.split(".")[3]).isdigit()
+    ]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
+
+
 class RunLogger:
     """``purge_step``: a resumed run's first step; TensorBoard then drops the points a killed run wrote
     from that step on (those after its last checkpoint), which the resumed run writes again."""
@@ -24,6 +36,7 @@ class RunLogger:
         threading.excepthook = functools.partial(_quiet_event_writer_errors, otherwise=self._thread_hook)
         try:
             self.log_file = open(self.run_dir / LOG_FILE, "a", buffering=1)
+            wait_past_event_files(self.run_dir)
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
         except BaseException:
             threading.excepthook = self._thread_hook

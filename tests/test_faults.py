@@ -22,6 +22,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,6 +159,20 @@ def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(run_dir))
     events.Reload()
     return [(event.step, round(event.value, 4)) for event in events.Scalars(tag)]
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
+    """TensorBoard reads event files in name order; a resumed run's, made within the second of the killed run's
+    and by a process of a lower pid, must still come after it, or the purge drops the points it should keep."""
+    from engine.logger import RunLogger
+
+    killed = tmp_path / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.999999999.0"
+    killed.write_bytes(b"")
+    logger = RunLogger(tmp_path, purge_step=5)
+    logger.scalars({"loss": 1.0}, 5)
+    logger.close()
+    names = sorted(path.name for path in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == killed.name
 
 
 @pytest.fixture(scope="module")
